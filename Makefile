@@ -1,0 +1,40 @@
+# The two commands of the README: `make demo` (setup + the whole study on synthetic data) and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Absolute, so every step (and `mlflow ui`) finds the same embedded store whatever its working directory.
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+DEMO_RAW ?= data/raw
+DEMO_DATA ?= data/processed
+
+.PHONY: install demo test ui server clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/python -m pipeline.cli.generate --out $(DEMO_RAW) --train_patients 150 --test_patients 50 --size 512x384 --shares uniform
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run . -e main --env-manager local --experiment-name retina-flow \
+		-P config=experiments/demo.yaml -P raw_dir=$(DEMO_RAW) -P data_dir=$(DEMO_DATA) -P skip_unavailable_weights=true
+	@echo
+	@echo "Results are in $(MLFLOW_TRACKING_URI) (artifacts under ./mlruns). Browse them with: make ui"
+
+test: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+# The MLflow UI on the embedded store.
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+
+# A tracking server for several users or machines: loopback only unless you choose otherwise.
+server: install
+	$(BIN)/mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow-server.db \
+		--artifacts-destination $(CURDIR)/mlartifacts
+
+clean:
+	rm -rf data mlruns mlartifacts mlflow.db mlflow-server.db

@@ -1,0 +1,51 @@
+"""What every entry point shares: logging setup, the step's MLflow run, and clean user errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from pipeline import tracking
+from pipeline.config import add_override_arguments, given_overrides, load_study_config, section_option_names
+from pipeline.errors import RetinaFlowError
+
+log = logging.getLogger("pipeline")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def run_step(step: str, body: Callable[[], None], run_name: str | None = None) -> int:
+    """Runs ``body`` inside the step's MLflow run; a user error exits 2 with its message, run FAILED.
+
+    The run is opened before the config is read, so even a bad option leaves a FAILED run behind.
+    """
+    setup_logging()
+    try:
+        uri = tracking.configure()
+        log.info("tracking to %s", uri)
+        with tracking.step_run(step, run_name):
+            body()
+    except RetinaFlowError as exc:
+        log.error("%s failed: %s", step, exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def section_parser(section: str, prog: str, description: str | None) -> argparse.ArgumentParser:
+    """``--config FILE`` plus one ``--key VALUE`` flag per key of one config section."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", help=f"experiment YAML whose '{section}' section sets the defaults")
+    add_override_arguments(parser, section_option_names(section))
+    return parser
+
+
+def load_section(args: argparse.Namespace, section: str) -> Any:
+    """The section's config: defaults < ``--config`` file < the flags given."""
+    given = given_overrides(args, section_option_names(section))
+    return getattr(load_study_config(args.config, {f"{section}.{k}": v for k, v in given.items()}), section)

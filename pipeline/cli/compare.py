@@ -1,0 +1,31 @@
+"""Entry point ``compare``: the pretrain x depth comparison, read back from the tracking server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline import steps
+from pipeline.cli._runner import run_step
+from pipeline.config import StudyConfig, coerce_list
+
+DEFAULTS = StudyConfig()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="compare", description=__doc__)
+    parser.add_argument("--models", default=",".join(DEFAULTS.models))
+    parser.add_argument("--pretrained", default=",".join(str(p).lower() for p in DEFAULTS.pretrained))
+    parser.add_argument("--study_run_id", default="", help="only the train runs of this main run (default: all in the experiment)")
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        models = coerce_list(args.models, str, "models")
+        pretrained = coerce_list(args.pretrained, bool, "pretrained")
+        print(steps.run_compare(models, pretrained, parent_run_id=args.study_run_id or None))
+
+    return run_step("compare", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

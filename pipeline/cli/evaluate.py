@@ -1,0 +1,33 @@
+"""Entry point ``evaluate``: a run id or model URI + the test split -> test metrics and confusion matrices."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline import steps
+from pipeline.cli._runner import run_step
+from pipeline.config import StudyConfig, coerce_int
+
+DEFAULT_MODEL = f"models:/{StudyConfig().registered_model}@{StudyConfig().champion_alias}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="evaluate", description=__doc__)
+    parser.add_argument("--model_uri", default=DEFAULT_MODEL, help="train run id, runs:/, models:/ URI (default %(default)s)")
+    parser.add_argument("--data_dir", default="data/processed")
+    parser.add_argument("--batch_size", default="32")
+    parser.add_argument("--num_workers", default="0")
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        metrics = steps.run_evaluate(args.model_uri, args.data_dir, coerce_int(args.batch_size, "batch_size", 1),
+                                     coerce_int(args.num_workers, "num_workers", 0))
+        for name, value in metrics.items():
+            print(f"{name:25s} {value:.4f}")
+
+    return run_step("evaluate", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Entry point ``main``: the whole study in one command, each step a nested MLflow run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline import steps, tracking
+from pipeline.cli._runner import run_step
+from pipeline.config import add_override_arguments, given_overrides, load_study_config, study_option_names
+
+OPTIONS = study_option_names()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="main", description=__doc__)
+    parser.add_argument("--config", default="experiments/study.yaml", help="experiment YAML (default %(default)s)")
+    add_override_arguments(parser, OPTIONS)
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        cfg = load_study_config(args.config, given_overrides(args, OPTIONS))
+        outcome = steps.run_study(cfg)
+        for label, reason in outcome.skipped.items():
+            print(f"NOTE: {label} was not run: {reason}")
+        print("\n" + outcome.comparison + "\n")
+        champion = outcome.champion
+        print(f"champion: {cfg.registered_model} v{outcome.champion_version} (alias @{cfg.champion_alias}), "
+              f"train run {champion.run_id}, best val accuracy {champion.best_val_accuracy:.3f}")
+        print("champion on test: " + ", ".join(f"{k}={v:.3f}" for k, v in outcome.evaluation.items()))
+        print(f"study run: {tracking.run_link()}")
+        print(f"to browse the runs, {tracking.tracking_ui_hint()}")
+
+    return run_step("main", body, run_name="study")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

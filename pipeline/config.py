@@ -1,0 +1,286 @@
+"""Typed configuration: dataclass defaults < experiments/*.yaml (with ``base:``) < CLI overrides.
+
+One YAML schema serves every entry point: a ``preprocess`` section, a ``train`` section and
+the study-level keys that ``main`` uses. Unknown keys are errors, so a typo never silently
+falls back to a default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+SUPPORTED_MODELS = ("resnet18", "resnet50")
+# Five stride-2 stages take a ResNet input down by 32x; below that the last stage sees < 1 pixel.
+MIN_IMAGE_SIZE = 32
+
+
+@dataclass
+class PreprocessConfig:
+    raw_dir: str = "data/raw"
+    image_dir: str = ""  # empty: <raw_dir>/images if it exists, else raw_dir itself
+    data_dir: str = "data/processed"
+    image_size: int = 512
+    val_fraction: float = 0.2
+    seed: int = 0
+    num_workers: int = 0  # 0: one process per CPU core
+
+
+@dataclass
+class TrainConfig:
+    data_dir: str = "data/processed"
+    model: str = "resnet18"
+    pretrained: bool = False
+    weights_path: str = ""  # a local ImageNet state dict, for machines that cannot download
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    image_size: int = 224
+    freeze_epochs: int = 0
+    rotation_degrees: float = 20.0
+    seed: int = 0
+    num_workers: int = 2
+    device: str = "auto"
+
+
+@dataclass
+class StudyConfig:
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    models: list[str] = field(default_factory=lambda: list(SUPPORTED_MODELS))
+    pretrained: list[bool] = field(default_factory=lambda: [True, False])
+    skip_unavailable_weights: bool = False
+    registered_model: str = "dr-resnet"
+    champion_alias: str = "champion"
+
+
+ConfigT = TypeVar("ConfigT")
+
+_TRUE = {"true", "1", "yes", "y", "on"}
+_FALSE = {"false", "0", "no", "n", "off"}
+
+
+def parse_bool(text: str | bool, name: str) -> bool:
+    if isinstance(text, bool):
+        return text
+    lowered = str(text).strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{name}={text!r} is not a boolean; use true or false")
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    """Converts a YAML or command-line value to the annotated type, or fails naming it."""
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if isinstance(value, str):
+            value = [part for part in (p.strip() for p in value.split(",")) if part]
+        if not isinstance(value, list):
+            raise ConfigError(f"{name}={value!r} must be a list")
+        return [_coerce(item, item_type, name) for item in value]
+    if annotation is bool:
+        return parse_bool(value, name)
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r} must be an integer")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}={value!r} must be an integer") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{name}={value!r} must be an integer")
+        return int(as_float)
+    if annotation is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}={value!r} must be a number") from None
+    if annotation is str:
+        if value is None or isinstance(value, (dict, list)):
+            raise ConfigError(f"{name}={value!r} must be a string")
+        return str(value)
+    raise TypeError(f"unsupported config annotation {annotation!r} for {name}")
+
+
+def coerce_int(value: Any, name: str, minimum: int | None = None) -> int:
+    """An integer option from the command line, with the same messages as config keys."""
+    number = _coerce(value, int, name)
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{name}={number} must be at least {minimum}")
+    return number
+
+
+def coerce_list(value: Any, item_type: type, name: str) -> list:
+    """A comma-separated command-line list (``resnet18,resnet50``) of ``item_type`` values."""
+    return _coerce(value, list[item_type], name)
+
+
+def _build(cls: type[ConfigT], values: dict[str, Any], prefix: str = "") -> ConfigT:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        where = f" in section '{prefix.rstrip('.')}'" if prefix else ""
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(unknown)}{where}; valid keys: {', '.join(sorted(known))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{name} must be a mapping of keys, got {value!r}")
+            kwargs[name] = _build(annotation, value, prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, annotation, prefix + name)
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml_with_bases(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Reads an experiment file, resolving ``base:`` (relative to the file) recursively."""
+    path = Path(path).resolve()
+    if path in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path))
+        raise ConfigError(f"config files inherit from each other in a cycle: {chain}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
+    base = loaded.pop("base", None)
+    if base is None:
+        return loaded
+    return _deep_merge(read_yaml_with_bases(path.parent / base, (*_seen, path)), loaded)
+
+
+def load_study_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Builds the study config from defaults, an optional YAML file and flat overrides.
+
+    A flat override such as ``image_size`` applies to every section that has that key (both
+    ``preprocess`` and ``train``); a dotted one (``train.image_size``) to that section only.
+    """
+    values = read_yaml_with_bases(path) if path else {}
+    for key, value in (overrides or {}).items():
+        values = _deep_merge(values, _nest_override(key, value))
+    return _build(StudyConfig, values)
+
+
+def _nest_override(key: str, value: Any) -> dict[str, Any]:
+    if "." in key:
+        section, _, leaf = key.partition(".")
+        return {section: {leaf: value}}
+    nested: dict[str, Any] = {}
+    if key in _study_level_keys():
+        nested[key] = value
+    for section, section_type in _SECTION_TYPES.items():
+        if key in {f.name for f in dataclasses.fields(section_type)}:
+            nested[section] = {key: value}
+    if not nested:
+        raise ConfigError(f"unknown option '{key}'; valid options: {', '.join(study_option_names())}")
+    return nested
+
+
+def _study_level_keys() -> set[str]:
+    return {f.name for f in dataclasses.fields(StudyConfig) if f.name not in _SECTION_TYPES}
+
+
+_SECTION_TYPES: dict[str, type] = {"preprocess": PreprocessConfig, "train": TrainConfig}
+
+
+def study_option_names() -> list[str]:
+    names = _study_level_keys()
+    for section_type in _SECTION_TYPES.values():
+        names.update(f.name for f in dataclasses.fields(section_type))
+    return sorted(names)
+
+
+def section_option_names(section: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(_SECTION_TYPES[section])]
+
+
+def validate_train_config(cfg: TrainConfig) -> None:
+    """Rejects values no run could succeed with, before any data is read."""
+    if cfg.model not in SUPPORTED_MODELS:
+        raise ConfigError(f"model={cfg.model!r} is not supported; choose one of {', '.join(SUPPORTED_MODELS)}")
+    if cfg.image_size < MIN_IMAGE_SIZE:
+        raise ConfigError(
+            f"image_size={cfg.image_size} is too small for {cfg.model}: its five stride-2 stages need "
+            f"at least {MIN_IMAGE_SIZE} px"
+        )
+    for name in ("epochs", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}={getattr(cfg, name)} must be at least 1")
+    if not 0 <= cfg.freeze_epochs <= cfg.epochs:
+        raise ConfigError(f"freeze_epochs={cfg.freeze_epochs} must be between 0 and epochs={cfg.epochs}")
+    if cfg.lr <= 0:
+        raise ConfigError(f"lr={cfg.lr} must be positive")
+    if cfg.num_workers < 0:
+        raise ConfigError(f"num_workers={cfg.num_workers} must be 0 or more")
+
+
+def validate_preprocess_config(cfg: PreprocessConfig) -> None:
+    if cfg.image_size < MIN_IMAGE_SIZE:
+        raise ConfigError(f"image_size={cfg.image_size} is too small: ResNets need at least {MIN_IMAGE_SIZE} px")
+    if not 0 < cfg.val_fraction < 1:
+        raise ConfigError(f"val_fraction={cfg.val_fraction} must be between 0 and 1 (exclusive)")
+
+
+def validate_study_config(cfg: StudyConfig) -> None:
+    for model in cfg.models:
+        if model not in SUPPORTED_MODELS:
+            raise ConfigError(f"models contains {model!r}, which is not supported; choose from {', '.join(SUPPORTED_MODELS)}")
+    if not cfg.models or not cfg.pretrained:
+        raise ConfigError("models and pretrained must each list at least one value")
+    validate_preprocess_config(cfg.preprocess)
+    validate_train_config(cfg.train)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{'train': {'lr': 0.1}}`` -> ``{'train.lr': 0.1}``: the shape MLflow params take."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def add_override_arguments(parser: argparse.ArgumentParser, names: list[str]) -> None:
+    """One ``--name VALUE`` flag per config key; values stay strings until the config coerces them."""
+    for name in names:
+        parser.add_argument(f"--{name}", dest=name, default=None, metavar="VALUE")
+
+
+def given_overrides(args: argparse.Namespace, names: list[str]) -> dict[str, str]:
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}

@@ -1,0 +1,257 @@
+"""Every MLflow call of the project: runs, params, metrics, artifacts, models and the registry.
+
+The loops never import this module; the steps pass its functions in as callbacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import torch
+import torchvision
+import yaml
+from mlflow.entities import Run
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from pipeline.errors import ConfigError, RetinaFlowError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "retina-flow"
+STEP_TAG = "retina_flow.step"
+ERROR_TAG = "retina_flow.error"
+MODEL_URI_TAG = "retina_flow.model_uri"
+SOURCE_RUN_TAG = "retina_flow.model_run_id"
+SKIPPED_TAG_PREFIX = "retina_flow.skipped."
+PER_EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy")
+# Explicit requirements: inferring them costs ~18 s per logged model on these machines.
+MODEL_REQUIREMENTS = [
+    f"torch=={torch.__version__.split('+')[0]}",
+    f"torchvision=={torchvision.__version__.split('+')[0]}",
+]
+
+
+def configure() -> str:
+    """Uses MLFLOW_TRACKING_URI when set (``mlflow run`` sets it), else the embedded sqlite store.
+
+    Outside ``mlflow run``, runs go to the experiment named by MLFLOW_EXPERIMENT_NAME/_ID, or
+    ``retina-flow``.
+    """
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}")
+    if not (os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_RUN_ID")):
+        mlflow.set_experiment(DEFAULT_EXPERIMENT)
+    return mlflow.get_tracking_uri()
+
+
+@contextlib.contextmanager
+def step_run(step: str, run_name: str | None = None, *, nested: bool = False, tags: dict[str, str] | None = None) -> Iterator[Run]:
+    """An MLflow run for one pipeline step; attaches to ``mlflow run``'s run when there is one.
+
+    A failure marks the run FAILED; a user-facing error's message is also kept as a tag, so the
+    UI shows why without a log.
+    """
+    with mlflow.start_run(run_name=run_name, nested=nested, tags={STEP_TAG: step, **(tags or {})}) as run:
+        try:
+            yield run
+        except RetinaFlowError as exc:
+            mlflow.set_tag(ERROR_TAG, str(exc)[:5000])
+            raise
+
+
+def active_run_id() -> str:
+    return mlflow.active_run().info.run_id
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    mlflow.set_tags(tags)
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Logs params not already on the run.
+
+    ``mlflow run`` logs the ``-P`` values (as typed, e.g. ``1e-3``) before the entry point starts
+    and a param can never change, so those keys keep the user's spelling.
+    """
+    run = mlflow.active_run()
+    existing = MlflowClient().get_run(run.info.run_id).data.params
+    fresh = {k: _param_text(v) for k, v in params.items() if k not in existing}
+    if fresh:
+        mlflow.log_params(fresh)
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(_param_text(v) for v in value)
+    return str(value)
+
+
+def log_config(config: dict[str, Any], params: dict[str, Any]) -> None:
+    """The resolved config as ``config.yaml`` plus the given flat params."""
+    mlflow.log_text(yaml.safe_dump(config, sort_keys=False), "config.yaml")
+    log_params(params)
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None, model_id: str | None = None) -> None:
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, model_id=model_id)
+
+
+def log_dict(data: dict[str, Any], artifact_file: str) -> None:
+    mlflow.log_dict(data, artifact_file)
+
+
+def log_figure(figure: Any, artifact_file: str) -> None:
+    mlflow.log_figure(figure, artifact_file)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    mlflow.log_text(text, artifact_file)
+
+
+def log_state_dict(state: dict[str, torch.Tensor], artifact_path: str, file_name: str) -> None:
+    """A plain state dict file (``torch.load(weights_only=True)`` loads it) as a run artifact."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / file_name
+        torch.save(state, path)
+        mlflow.log_artifact(str(path), artifact_path)
+
+
+def log_dataset(manifest: pd.DataFrame, source: str, name: str, context: str) -> None:
+    """The processed manifest as the run's input dataset (the UI's Datasets column)."""
+    with warnings.catch_warnings():
+        # MLflow's hints about integer columns and local-path sources do not apply to a manifest.
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(manifest, source=source, name=name, targets="grade")
+        mlflow.log_input(dataset, context=context)
+
+
+def log_model(serving: torch.nn.Module, example: torch.Tensor) -> tuple[str, str]:
+    """Logs the served model (pt2, no pickle) with signature and input example.
+
+    Returns:
+        (model_uri, model_id) of the LoggedModel, also kept as the run's ``retina_flow.model_uri`` tag.
+    """
+    serving = serving.cpu().eval()
+    with torch.no_grad():
+        output = serving(example)
+    example_np = example.numpy()
+    # -1 on every axis but channels: the network takes any batch and any size >= 32 px.
+    signature = infer_signature(example_np, output.numpy())
+    info = mlflow.pytorch.log_model(
+        serving,
+        name="model",
+        signature=signature,
+        input_example=example_np,
+        pip_requirements=MODEL_REQUIREMENTS,
+        serialization_format="pt2",
+    )
+    mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
+    return info.model_uri, info.model_id
+
+
+def model_uri_of(reference: str) -> str:
+    """A model URI as given, or the model logged by a train run given by its id."""
+    if ":/" in reference:
+        return reference
+    try:
+        run = MlflowClient().get_run(reference)
+    except mlflow.exceptions.MlflowException as exc:
+        raise ConfigError(f"model_uri={reference!r} is neither a model URI nor a known run id: {exc.message}") from None
+    uri = run.data.tags.get(MODEL_URI_TAG)
+    if not uri:
+        raise ConfigError(f"run {reference} has logged no model (no {MODEL_URI_TAG} tag); is it a finished train run?")
+    return uri
+
+
+@dataclass
+class LoadedModel:
+    module: torch.nn.Module
+    uri: str
+    image_size: int
+    source_run_id: str | None
+    model_id: str | None
+
+
+def load_model(uri: str) -> LoadedModel:
+    """Loads a logged or registered model (``models:/dr-resnet@champion``) for inference."""
+    try:
+        info = mlflow.models.get_model_info(uri)
+        module = mlflow.pytorch.load_model(uri, map_location="cpu")
+    except mlflow.exceptions.MlflowException as exc:
+        raise ConfigError(f"cannot load model {uri!r}: {exc.message}") from None
+    shape = info.signature.inputs.inputs[0].shape
+    return LoadedModel(module, uri, int(shape[-1]), info.run_id, getattr(info, "model_id", None))
+
+
+def register_model(model_uri: str, name: str, alias: str, tags: dict[str, str] | None = None) -> str:
+    """Registers a model version and points ``alias`` at it; returns the version."""
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    MlflowClient().set_registered_model_alias(name, alias, version.version)
+    return version.version
+
+
+@dataclass
+class TrainRunRecord:
+    """What ``compare`` needs of one train run, read back from the tracking server."""
+
+    run_id: str
+    run_name: str
+    status: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+def experiment_ids() -> list[str]:
+    run = mlflow.active_run()
+    if run is not None:
+        return [run.info.experiment_id]
+    return [mlflow.tracking.fluent._get_experiment_id()]
+
+
+def search_train_runs(experiment_ids: list[str], parent_run_id: str | None = None) -> list[TrainRunRecord]:
+    """Finished train runs (of one study when ``parent_run_id`` is given) with metric histories."""
+    query = f"tags.`{STEP_TAG}` = 'train' and attributes.status = 'FINISHED'"
+    if parent_run_id:
+        query += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    client = MlflowClient()
+    runs = client.search_runs(experiment_ids, filter_string=query, max_results=5000, order_by=["attributes.start_time ASC"])
+    records = []
+    for run in runs:
+        history = {
+            name: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
+            for name in PER_EPOCH_METRICS
+        }
+        records.append(TrainRunRecord(run.info.run_id, run.info.run_name, run.info.status, run.data.params,
+                                      run.data.metrics, history))
+    return records
+
+
+def run_tags(run_id: str) -> dict[str, str]:
+    return MlflowClient().get_run(run_id).data.tags
+
+
+def tracking_ui_hint() -> str:
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"run `mlflow ui --backend-store-uri {uri}` and open http://127.0.0.1:5000"
+
+
+def run_link(run: Run | None = None) -> str:
+    run = run or mlflow.active_run()
+    uri = mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"

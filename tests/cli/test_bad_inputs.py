@@ -1,0 +1,125 @@
+"""Each bad input exits non-zero with a message naming the file, row or value, and a FAILED run."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.cli import main as main_cli
+from pipeline.cli import preprocess as preprocess_cli
+from pipeline.cli import train as train_cli
+from pipeline.tracking import ERROR_TAG, STEP_TAG
+from tests.conftest import PROJECT_ROOT, subprocess_env
+
+
+def rewrite_column(path, change):
+    values = pd.read_csv(path, header=None, dtype=str)[0].tolist()
+    change(values)
+    pd.Series(values).to_csv(path, header=False, index=False)
+
+
+def set_row(index, value):
+    def change(values):
+        values[index] = value
+    return change
+
+
+def only_run(experiment="tests"):
+    client = MlflowClient()
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def assert_failed_with(capsys, code, message):
+    assert code == 2
+    assert message in capsys.readouterr().err
+    run = only_run()
+    assert run.info.status == "FAILED"
+    assert message in run.data.tags[ERROR_TAG]
+    return run
+
+
+def damage_image(raw, name, data):
+    (raw / "images" / name).write_bytes(data)
+
+
+BAD_RAW_DATA = {
+    "missing CSV": (lambda raw: (raw / "train_label.csv").unlink(), "missing CSV file: {raw}/train_label.csv"),
+    "CSVs of different lengths": (lambda raw: rewrite_column(raw / "test_label.csv", lambda v: v.pop()),
+                                  "test_img.csv has 10 image ids but {raw}/test_label.csv has 9 grades"),
+    "grade outside 0-4": (lambda raw: rewrite_column(raw / "train_label.csv", set_row(4, "5")),
+                          "train_label.csv line 5: grade 5 is outside 0-4"),
+    "grade not an integer": (lambda raw: rewrite_column(raw / "train_label.csv", set_row(0, "mild")),
+                             "train_label.csv line 1: grade 'mild' is not an integer 0-4"),
+    "image file missing": (lambda raw: (raw / "images" / "missing_me.jpeg").unlink(missing_ok=True)
+                           or rewrite_column(raw / "test_img.csv", set_row(6, "missing_me")),
+                           "test_img.csv line 7: image id 'missing_me' has no file {raw}/images/missing_me.jpeg"),
+    "corrupt image": (lambda raw: damage_image(raw, "broken.jpeg", b"\xff\xd8\xff\xe0 not a jpeg")
+                      or rewrite_column(raw / "train_img.csv", set_row(2, "broken")),
+                      "image {raw}/images/broken.jpeg is corrupt, truncated or not an image"),
+    "truncated image": (lambda raw: damage_image(raw, "cut.jpeg", sorted((raw / "images").iterdir())[0].read_bytes()[:300])
+                        or rewrite_column(raw / "train_img.csv", set_row(2, "cut")),
+                        "image {raw}/images/cut.jpeg is corrupt, truncated or not an image"),
+    "id escaping the image folder": (lambda raw: rewrite_column(raw / "train_img.csv", set_row(3, "../x")),
+                                     "train_img.csv line 4: image id '../x' is not a plain file name"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_RAW_DATA))
+def test_preprocess_rejects_bad_raw_data(case, raw_copy, tmp_path, sqlite_tracking, capsys):
+    damage, message = BAD_RAW_DATA[case]
+    damage(raw_copy)
+    code = preprocess_cli.main(["--raw_dir", str(raw_copy), "--data_dir", str(tmp_path / "out"), "--image_size", "32",
+                                "--num_workers", "1"])
+    run = assert_failed_with(capsys, code, message.format(raw=raw_copy))
+    assert run.data.tags[STEP_TAG] == "preprocess"
+    assert not (tmp_path / "out").exists()  # nothing half-written for a later step to accept
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "resnet34"], "model='resnet34' is not supported; choose one of resnet18, resnet50"),
+    (["--model", "resnet50", "--image_size", "16"], "image_size=16 is too small for resnet50"),
+    (["--image_size", "128"], "image_size=128 is larger than the processed dataset's 64 px"),
+    (["--epochs", "two"], "epochs='two' must be an integer"),
+    (["--device", "cuda:0", "--image_size", "32"], "device='cuda:0' but CUDA is not available"),
+])
+def test_train_rejects_bad_options(args, message, processed_dir, sqlite_tracking, capsys):
+    code = train_cli.main(["--data_dir", str(processed_dir), "--epochs", "1", "--num_workers", "0", *args])
+    assert_failed_with(capsys, code, message)
+
+
+@pytest.mark.parametrize("name, file", [("resnet18", "resnet18-f37072fd.pth"), ("resnet50", "resnet50-0676ba61.pth")])
+def test_train_pretrained_without_weights_names_the_file(name, file, processed_dir, sqlite_tracking, empty_torch_home, capsys):
+    code = train_cli.main(["--data_dir", str(processed_dir), "--model", name, "--pretrained", "true",
+                           "--image_size", "32", "--epochs", "1", "--num_workers", "0"])
+    assert_failed_with(capsys, code, f"Put the file {file} (from https://download.pytorch.org/models/{file}) "
+                                     f"in the folder {empty_torch_home}/hub/checkpoints")
+
+
+def test_main_fails_fast_before_training_when_weights_are_missing(raw_dir, tmp_path, sqlite_tracking, empty_torch_home, capsys):
+    code = main_cli.main(["--config", str(PROJECT_ROOT / "experiments" / "tiny.yaml"), "--raw_dir", str(raw_dir),
+                          "--data_dir", str(tmp_path / "data")])
+    assert code == 2
+    assert "skip_unavailable_weights=true" in capsys.readouterr().err
+    run = only_run()
+    assert run.info.status == "FAILED" and "resnet18-f37072fd.pth" in run.data.tags[ERROR_TAG]
+    assert not (tmp_path / "data").exists()  # failed before preprocessing, let alone training
+
+
+def test_real_process_exits_non_zero_and_marks_the_run_failed(processed_dir, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.train", "--data_dir", str(processed_dir), "--model", "resnet101"],
+        cwd=PROJECT_ROOT, env=subprocess_env(MLFLOW_TRACKING_URI=uri, MLFLOW_EXPERIMENT_NAME="tests"),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "error: model='resnet101' is not supported; choose one of resnet18, resnet50" in result.stderr
+    assert "Traceback" not in result.stderr
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.info.status == "FAILED"

@@ -1,0 +1,150 @@
+"""Shared fixtures: tiny synthetic data in the real layout, weights files, tracking stores, a real server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import torchvision
+
+from pipeline.data.preprocess import preprocess
+from pipeline.data.synthetic import UNIFORM_GRADE_SHARES, generate_eyepacs_layout
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+MODELS = ["resnet18", "resnet50"]
+# The fake "ImageNet" weights use another seed than training, so they differ from a scratch init.
+FAKE_WEIGHTS_SEED = 1234
+
+
+@pytest.fixture(scope="session")
+def raw_dir(tmp_path_factory) -> Path:
+    """A tiny raw EyePACS layout: 12 train patients, 5 test patients, 128x96 photos, all grades."""
+    root = tmp_path_factory.mktemp("raw")
+    generate_eyepacs_layout(root, train_patients=12, test_patients=5, size=(128, 96),
+                            grade_shares=UNIFORM_GRADE_SHARES, seed=0)
+    return root
+
+
+@pytest.fixture
+def raw_copy(raw_dir, tmp_path) -> Path:
+    """A private copy of the raw layout that a test may damage."""
+    return Path(shutil.copytree(raw_dir, tmp_path / "raw"))
+
+
+@pytest.fixture(scope="session")
+def processed_dir(raw_dir, tmp_path_factory) -> Path:
+    target = tmp_path_factory.mktemp("processed") / "data"
+    preprocess(raw_dir, target, image_size=64, val_fraction=0.25, seed=0, num_workers=1)
+    return target
+
+
+@pytest.fixture(scope="session")
+def imagenet_weights(tmp_path_factory) -> dict[str, Path]:
+    """A TORCH_HOME holding weights files under torchvision's exact expected names.
+
+    The contents are random (no download is possible here); the tests check that the loading
+    path finds and loads exactly these files.
+    """
+    from pipeline.models import IMAGENET_WEIGHTS
+
+    home = tmp_path_factory.mktemp("torch_home")
+    checkpoints = home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    files = {}
+    for name in MODELS:
+        torch.manual_seed(FAKE_WEIGHTS_SEED)
+        path = checkpoints / IMAGENET_WEIGHTS[name].url.rsplit("/", 1)[-1]
+        torch.save(torchvision.models.get_model(name, weights=None).state_dict(), path)
+        files[name] = path
+    return {"home": home, **files}
+
+
+@pytest.fixture
+def torch_home(imagenet_weights, monkeypatch) -> Path:
+    monkeypatch.setenv("TORCH_HOME", str(imagenet_weights["home"]))
+    return imagenet_weights["home"]
+
+
+@pytest.fixture
+def empty_torch_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "empty_torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def sqlite_tracking(tmp_path, monkeypatch) -> str:
+    """An embedded store of this test's own, as the entry points see it through the environment."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
+    monkeypatch.chdir(tmp_path)  # the store's artifacts (./mlruns) land here too
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    if mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_server(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"mlflow server at {url} did not answer within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` process on a free loopback port, sqlite backend, served artifacts."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_file = open(root / "server.log", "w")
+    process = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+        stdout=log_file, stderr=subprocess.STDOUT, cwd=root,
+    )
+    try:
+        wait_for_server(url, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log_file.close()
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for child processes: this venv first on PATH, no stray MLflow settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env

@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from pipeline.data.dataset import EvalPreset, ProcessedDataset, TrainPreset, make_loader, split_dataset
+from pipeline.errors import DataError
+
+
+def test_splits_and_tensors(processed_dir):
+    processed = ProcessedDataset(processed_dir)
+    train = split_dataset(processed, "train", 32, train=True)
+    image, grade = train[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert 0 <= int(grade) <= 4
+    assert image.min() < 0  # ImageNet-normalised
+
+
+def test_eval_preset_without_normalisation_stays_in_unit_range(processed_dir):
+    processed = ProcessedDataset(processed_dir)
+    image, _ = split_dataset(processed, "test", 48, train=False, normalize=False)[0]
+    assert image.shape == (3, 48, 48) and 0 <= image.min() and image.max() <= 1
+
+
+def test_train_preset_is_random_and_eval_is_not(processed_dir):
+    processed = ProcessedDataset(processed_dir)
+    image = processed.root / processed.split("train")["file"][0]
+    from PIL import Image
+    pil = Image.open(image).convert("RGB")
+    torch.manual_seed(0)
+    augmented = [TrainPreset(32)(pil) for _ in range(4)]
+    assert any(not torch.equal(augmented[0], other) for other in augmented[1:])
+    assert torch.equal(EvalPreset(32)(pil), EvalPreset(32)(pil))
+
+
+def test_loader_batches(processed_dir):
+    processed = ProcessedDataset(processed_dir)
+    loader = make_loader(split_dataset(processed, "val", 32, train=False), 4, shuffle=False, num_workers=0, seed=0)
+    images, grades = next(iter(loader))
+    assert images.shape[1:] == (3, 32, 32) and grades.dtype == torch.long
+
+
+def test_refuses_to_upsample_the_cache(processed_dir):
+    with pytest.raises(DataError, match="image_size=128 is larger than the processed dataset's 64 px"):
+        split_dataset(ProcessedDataset(processed_dir), "train", 128, train=True)
+
+
+def test_unprocessed_folder_is_rejected(raw_dir):
+    with pytest.raises(DataError, match="is not a processed dataset .* run the preprocess entry point"):
+        ProcessedDataset(raw_dir)

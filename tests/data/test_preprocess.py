@@ -1,0 +1,166 @@
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.data import preprocess as preprocess_module
+from pipeline.data.preprocess import (
+    MANIFEST,
+    METADATA,
+    crop_and_resize,
+    fundus_box,
+    load_rgb,
+    preprocess,
+    split_by_patient,
+)
+from pipeline.errors import DataError
+
+
+def first_image(raw):
+    return sorted((raw / "images").iterdir())[0]
+
+
+def test_crop_is_square_and_tight_around_the_disc(tmp_path):
+    # A bright disc of diameter 100 centred at (150, 80) on a 300x200 black photo.
+    yy, xx = np.mgrid[0:200, 0:300]
+    disc = ((xx - 150) ** 2 + (yy - 80) ** 2) <= 50 ** 2
+    pixels = np.zeros((200, 300, 3), np.uint8)
+    pixels[disc] = (200, 90, 40)
+    left, top, right, bottom = fundus_box(Image.fromarray(pixels))
+    assert right - left == bottom - top
+    assert abs(left - 100) <= 1 and abs(top - 30) <= 1 and abs(right - 201) <= 1
+
+
+def test_disc_clipped_by_the_frame_is_padded_square():
+    # Diameter 200 disc clipped top and bottom by a 120 px tall photo: the crop keeps it round.
+    yy, xx = np.mgrid[0:120, 0:300]
+    pixels = np.zeros((120, 300, 3), np.uint8)
+    pixels[((xx - 150) ** 2 + (yy - 60) ** 2) <= 100 ** 2] = 180
+    left, top, right, bottom = fundus_box(Image.fromarray(pixels))
+    assert right - left == bottom - top >= 199
+    assert top < 0 and bottom > 120
+
+
+def test_black_image_is_an_error():
+    with pytest.raises(DataError, match="no fundus found"):
+        fundus_box(Image.new("RGB", (64, 64)))
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_crop_and_resize_outputs_the_requested_size(raw_dir, size):
+    image, source_size = crop_and_resize(first_image(raw_dir), size)
+    assert image.size == (size, size) and image.mode == "RGB"
+    assert source_size == (128, 96)
+    pixels = np.asarray(image, dtype=float)
+    assert pixels[size // 2, size // 2].sum() > 100 and pixels[0, 0].sum() < 30  # disc centred, corners black
+
+
+def test_reduced_scale_decode_matches_full_decode(tmp_path, raw_dir):
+    big = tmp_path / "big.jpeg"
+    Image.open(first_image(raw_dir)).resize((1024, 768), Image.Resampling.BICUBIC).save(big, quality=95)
+    reduced, _ = crop_and_resize(big, 64)
+    full = load_rgb(big).crop(fundus_box(load_rgb(big))).resize((64, 64), Image.Resampling.BICUBIC)
+    difference = np.abs(np.asarray(reduced, float) - np.asarray(full, float)).mean()
+    assert difference < 6, difference
+
+
+@pytest.mark.parametrize("mode, fmt", [("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "PNG"), ("P", "PNG")])
+def test_other_image_modes_and_png_content_are_converted(tmp_path, raw_dir, mode, fmt):
+    path = tmp_path / "odd.jpeg"  # PNG content behind a .jpeg name happens in scraped data sets
+    Image.open(first_image(raw_dir)).convert(mode).save(path, format=fmt)
+    image, _ = crop_and_resize(path, 32)
+    assert image.mode == "RGB" and image.size == (32, 32)
+
+
+def test_truncated_image_names_the_file(tmp_path, raw_dir):
+    path = tmp_path / "cut.jpeg"
+    data = first_image(raw_dir).read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"image .*cut\.jpeg is corrupt, truncated or not an image"):
+        crop_and_resize(path, 32)
+
+
+def test_garbage_file_names_the_file(tmp_path):
+    path = tmp_path / "noise.jpeg"
+    path.write_bytes(os.urandom(2000))
+    with pytest.raises(DataError, match=r"noise\.jpeg is corrupt"):
+        load_rgb(path)
+
+
+def test_split_keeps_patients_whole_and_is_seeded():
+    patients = [str(p) for p in range(40) for _ in range(2)]
+    frame = pd.DataFrame({"patient": patients, "grade": [int(p) % 5 for p in patients]})
+    is_val = split_by_patient(frame, 0.25, seed=3)
+    assert not set(frame.patient[is_val]) & set(frame.patient[~is_val])
+    assert 0.15 < is_val.mean() < 0.35
+    assert sorted(set(frame.grade[is_val])) == [0, 1, 2, 3, 4]  # stratified: every grade in validation
+    assert (split_by_patient(frame, 0.25, seed=3) == is_val).all()
+    assert not (split_by_patient(frame, 0.25, seed=4) == is_val).all()
+
+
+def test_too_few_patients_for_the_split():
+    frame = pd.DataFrame({"patient": ["1", "1", "2", "2"], "grade": [0, 0, 1, 1]})
+    with pytest.raises(DataError, match="2 patients, too few for val_fraction=0.2"):
+        split_by_patient(frame, 0.2, seed=0)
+
+
+def test_processed_dataset_layout(processed_dir, raw_dir):
+    manifest = pd.read_csv(processed_dir / MANIFEST, dtype={"id": str, "patient": str})
+    metadata = json.loads((processed_dir / METADATA).read_text())
+    raw_ids = pd.read_csv(raw_dir / "train_img.csv", header=None)[0].tolist() + pd.read_csv(raw_dir / "test_img.csv", header=None)[0].tolist()
+    assert sorted(manifest["id"]) == sorted(raw_ids)
+    assert set(manifest["split"]) == {"train", "val", "test"}
+    train_patients = set(manifest.loc[manifest.split == "train", "patient"])
+    assert not train_patients & set(manifest.loc[manifest.split == "val", "patient"])
+    assert metadata["image_size"] == 64
+    assert sum(metadata["counts"]["test"]) == len(pd.read_csv(raw_dir / "test_img.csv", header=None))
+    for file in manifest["file"]:
+        with Image.open(processed_dir / file) as image:
+            assert image.size == (64, 64)
+
+
+def test_parallel_preprocess_gives_the_same_dataset(raw_dir, processed_dir, tmp_path):
+    target = tmp_path / "parallel"
+    preprocess(raw_dir, target, image_size=64, val_fraction=0.25, seed=0, num_workers=2)
+    assert (target / MANIFEST).read_text() == (processed_dir / MANIFEST).read_text()
+
+
+def test_interrupted_preprocess_leaves_no_dataset(raw_copy, tmp_path, monkeypatch):
+    target = tmp_path / "processed"
+    calls = []
+    real_process = preprocess_module._process
+
+    def crash_on_the_fifth(job):
+        calls.append(job)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # what Ctrl-C or a kill looks like mid-run
+        return real_process(job)
+
+    monkeypatch.setattr(preprocess_module, "_process", crash_on_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess(raw_copy, target, image_size=32, num_workers=1)
+    assert not target.exists()
+    assert list(tmp_path.glob(".processed.*")) == []
+
+
+def test_failed_rebuild_keeps_the_previous_dataset(raw_copy, tmp_path):
+    target = tmp_path / "processed"
+    preprocess(raw_copy, target, image_size=32, num_workers=1)
+    before = (target / MANIFEST).read_text()
+    victim = sorted((raw_copy / "images").iterdir())[-1]
+    victim.write_bytes(victim.read_bytes()[:200])
+    with pytest.raises(DataError, match=victim.name):
+        preprocess(raw_copy, target, image_size=32, num_workers=1)
+    assert (target / MANIFEST).read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["processed", "raw"]
+
+
+def test_rebuild_replaces_the_dataset(raw_copy, tmp_path):
+    target = tmp_path / "processed"
+    preprocess(raw_copy, target, image_size=32, num_workers=1)
+    preprocess(raw_copy, target, image_size=48, num_workers=1)
+    assert json.loads((target / METADATA).read_text())["image_size"] == 48
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["processed", "raw"]

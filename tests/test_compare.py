@@ -1,0 +1,53 @@
+import matplotlib.pyplot as plt
+import pytest
+
+from pipeline.compare import comparison_table, curves_figure, format_table, run_summary
+from pipeline.tracking import TrainRunRecord
+
+
+def record(model, pretrained, val, test, run_id="r"):
+    epochs = range(1, len(val) + 1)
+    best = max(epochs, key=lambda e: val[e - 1])
+    return TrainRunRecord(
+        run_id, run_id, "FINISHED", {"model": model, "pretrained": str(pretrained).lower()}, {"best_epoch": best},
+        {"val_accuracy": list(zip(epochs, val)), "test_accuracy": list(zip(epochs, test)),
+         "train_accuracy": list(zip(epochs, val)), "train_loss": list(zip(epochs, test)),
+         "val_loss": list(zip(epochs, test)), "test_loss": list(zip(epochs, test))},
+    )
+
+
+def test_run_summary_uses_the_validation_epoch():
+    summary = run_summary(record("resnet18", True, val=[0.5, 0.8, 0.7], test=[0.9, 0.6, 0.95]))
+    assert summary == {"best_val_epoch": 2, "val_accuracy": 0.8, "test_accuracy_at_best_val": 0.6,
+                       "highest_test_accuracy": 0.95, "highest_test_epoch": 3}
+
+
+def test_table_has_the_whole_grid_and_says_why_a_configuration_did_not_run():
+    records = [record("resnet18", False, [0.7, 0.72], [0.71, 0.73]), record("resnet50", False, [0.6], [0.65])]
+    table = comparison_table(records, ["resnet18", "resnet50"], [True, False],
+                             {"resnet18 pretrained": "ImageNet weights unavailable: put resnet18-f37072fd.pth in ..."})
+    assert table["configuration"].tolist() == ["resnet18 pretrained", "resnet18 scratch", "resnet50 pretrained", "resnet50 scratch"]
+    status = dict(zip(table["configuration"], table["status"]))
+    assert status["resnet18 pretrained"] == "not run: ImageNet weights unavailable: put resnet18-f37072fd.pth in ..."
+    assert status["resnet50 pretrained"] == "not run: no finished train run found"
+    assert status["resnet18 scratch"] == "ran"
+    row = table.set_index("configuration").loc["resnet18 scratch"]
+    assert (row["best_val_epoch"], row["test_accuracy_at_best_val"], row["highest_test_accuracy"]) == (2, 0.73, 0.73)
+    text = format_table(table)
+    assert "not run: ImageNet weights unavailable" in text and "0.730" in text
+
+
+def test_several_runs_give_mean_and_std():
+    records = [record("resnet18", True, [0.8], [0.7], "a"), record("resnet18", True, [0.6], [0.5], "b")]
+    row = comparison_table(records, ["resnet18"], [True]).iloc[0]
+    assert row["runs"] == 2
+    assert row["test_accuracy_at_best_val"] == pytest.approx(0.6)
+    assert row["test_accuracy_at_best_val_std"] == pytest.approx(0.1414, abs=1e-3)
+
+
+def test_curves_figure_one_panel_per_depth():
+    records = [record("resnet18", True, [0.5, 0.6], [0.4, 0.5]), record("resnet50", False, [0.5, 0.7], [0.5, 0.6])]
+    figure = curves_figure(records, ["resnet18", "resnet50"], [True, False], ("train_accuracy", "test_accuracy"), "accuracy")
+    assert [axis.get_title() for axis in figure.axes] == ["resnet18", "resnet50"]
+    assert len(figure.axes[0].lines) == 2 and len(figure.axes[1].lines) == 2
+    plt.close(figure)

@@ -1,0 +1,140 @@
+"""The real thing: `mlflow run` against a real `mlflow server` process on loopback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline.tracking import PER_EPOCH_METRICS, SOURCE_RUN_TAG, STEP_TAG
+from tests.conftest import PROJECT_ROOT, VENV_BIN, subprocess_env
+
+GRID = {("resnet18", "true"), ("resnet18", "false"), ("resnet50", "true"), ("resnet50", "false")}
+
+
+def mlflow_run(server: str, args: list[str], **env: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [str(VENV_BIN / "mlflow"), "run", ".", "--env-manager", "local", *args],
+        cwd=PROJECT_ROOT, env=subprocess_env(MLFLOW_TRACKING_URI=server, **env),
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
+def runs_by_step(client: MlflowClient, experiment: str) -> dict[str, list]:
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    grouped: dict[str, list] = {}
+    for run in client.search_runs([experiment_id], max_results=100):
+        grouped.setdefault(run.data.tags.get(STEP_TAG), []).append(run)
+    return grouped
+
+
+@pytest.fixture(scope="module")
+def study(mlflow_server, raw_dir, imagenet_weights, tmp_path_factory):
+    """One whole study through `mlflow run . -e main`, all four configurations."""
+    data_dir = tmp_path_factory.mktemp("e2e") / "processed"
+    result = mlflow_run(mlflow_server, ["-e", "main", "--experiment-name", "e2e", "-P", "config=experiments/tiny.yaml",
+                                        "-P", f"raw_dir={raw_dir}", "-P", f"data_dir={data_dir}"],
+                        TORCH_HOME=str(imagenet_weights["home"]))
+    client = MlflowClient(mlflow_server)
+    return client, runs_by_step(client, "e2e"), result
+
+
+def test_study_tree_and_train_params(study):
+    _, runs, result = study
+    (main_run,) = runs["main"]
+    assert main_run.info.status == "FINISHED"
+    train_runs = runs["train"]
+    assert len(train_runs) == 4
+    assert {(r.data.params["model"], r.data.params["pretrained"]) for r in train_runs} == GRID
+    for run in train_runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == main_run.info.run_id
+        params = run.data.params
+        assert (params["epochs"], params["batch_size"], params["lr"], params["image_size"]) == ("2", "8", "0.01", "32")
+        assert (params["momentum"], params["weight_decay"], params["freeze_epochs"], params["seed"]) == ("0.9", "0.0005", "0", "0")
+    assert len(runs["preprocess"]) == len(runs["evaluate"]) == len(runs["compare"]) == 1
+    assert "champion: dr-resnet" in result.stdout
+
+
+def test_one_value_per_epoch_for_every_per_epoch_metric(study):
+    client, runs, _ = study
+    for run in runs["train"]:
+        for metric in PER_EPOCH_METRICS:
+            history = client.get_metric_history(run.info.run_id, metric)
+            assert sorted(m.step for m in history) == [1, 2], (run.info.run_name, metric)
+
+
+def test_confusion_matrix_and_checkpoint_artifacts(study, tmp_path):
+    client, runs, _ = study
+    for run in runs["train"]:
+        run_id = run.info.run_id
+        names = {a.path for a in client.list_artifacts(run_id, "confusion_matrix")}
+        assert names == {"confusion_matrix/test_confusion_matrix.png", "confusion_matrix/test_confusion_matrix.json"}
+        matrices = json.loads(Path(client.download_artifacts(
+            run_id, "confusion_matrix/test_confusion_matrix.json", str(tmp_path))).read_text())
+        assert np.array(matrices["counts"]).shape == (5, 5)
+        assert np.sum(matrices["counts"]) == 10  # every test image (5 patients, 2 eyes) counted once
+        checkpoint = client.download_artifacts(run_id, "checkpoints/best_model.pt", str(tmp_path / run_id))
+        state = torch.load(checkpoint, weights_only=True)
+        assert state["fc.weight"].shape[0] == 5
+        assert ("layer4.0.conv3.weight" in state) == (run.data.params["model"] == "resnet50")
+
+
+def test_compare_artifacts_read_back_the_four_configurations(study, tmp_path):
+    client, runs, _ = study
+    (compare_run,) = runs["compare"]
+    names = {a.path for a in client.list_artifacts(compare_run.info.run_id, "comparison")}
+    assert {"comparison/comparison.txt", "comparison/comparison.csv", "comparison/accuracy_curves.png",
+            "comparison/loss_curves.png"} <= names
+    table = pd.read_csv(client.download_artifacts(compare_run.info.run_id, "comparison/comparison.csv", str(tmp_path)))
+    assert len(table) == 4 and set(table["status"]) == {"ran"}
+    by_run = {(r.data.params["model"], r.data.params["pretrained"] == "true"): r for r in runs["train"]}
+    for row in table.itertuples():
+        run = by_run[(row.model, bool(row.pretrained))]
+        assert row.best_val_epoch == run.data.metrics["best_epoch"]
+        assert row.highest_test_accuracy == pytest.approx(run.data.metrics["highest_test_accuracy"])
+
+
+def test_champion_is_best_on_validation_and_serves_probabilities(study, mlflow_server):
+    client, runs, _ = study
+    version = client.get_model_version_by_alias("dr-resnet", "champion")
+    best = max(runs["train"], key=lambda r: r.data.metrics["best_val_accuracy"])
+    assert version.run_id == best.info.run_id or (
+        client.get_run(version.run_id).data.metrics["best_val_accuracy"] == best.data.metrics["best_val_accuracy"])
+    (evaluate_run,) = runs["evaluate"]
+    assert evaluate_run.data.tags[SOURCE_RUN_TAG] == version.run_id
+    assert evaluate_run.data.params["model_uri"] == "models:/dr-resnet@champion"
+    mlflow.set_tracking_uri(mlflow_server)
+    try:
+        model = mlflow.pyfunc.load_model("models:/dr-resnet@champion")
+        batch = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
+        probabilities = np.asarray(model.predict(batch))
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert probabilities.shape == (3, 5)
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5) and (probabilities >= 0).all()
+
+
+@pytest.mark.parametrize("model", ["resnet18", "resnet50"])
+def test_train_entry_point_as_written(model, study, mlflow_server, processed_dir):
+    """`mlflow run . -e train -P model=...` with the user's own spelling of values (lr=1e-3)."""
+    experiment = f"e2e-train-{model}"
+    mlflow_run(mlflow_server, ["-e", "train", "--experiment-name", experiment, "-P", f"model={model}",
+                               "-P", f"data_dir={processed_dir}", "-P", "image_size=32", "-P", "epochs=1",
+                               "-P", "lr=1e-3", "-P", "num_workers=0"])
+    client = MlflowClient(mlflow_server)
+    (run,) = runs_by_step(client, experiment)["train"]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model"] == model and run.data.params["lr"] == "1e-3"
+    assert run.data.params["pretrained"] == "false" and run.data.params["rotation_degrees"] == "20.0"
+    assert run.data.tags["retina_flow.device"] == "cpu"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"checkpoints", "confusion_matrix", "config.yaml"}

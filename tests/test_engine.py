@@ -1,0 +1,110 @@
+"""The loops with a dummy model and tensors: no files, no tracking."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from pipeline.engine import evaluate, fit, predict_probabilities, train_one_epoch
+from pipeline.models import build_model
+
+
+class Dummy(nn.Module):
+    """Linear model with the ResNet attribute the freezing logic relies on (``fc``)."""
+
+    def __init__(self, features: int = 12) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(features, 8), nn.BatchNorm1d(8), nn.ReLU())
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+def separable_loader(n=80, seed=0, batch_size=16, shuffle=True):
+    generator = torch.Generator().manual_seed(seed)
+    targets = torch.arange(n) % 5
+    inputs = torch.randn(n, 12, generator=generator) * 0.3
+    inputs[torch.arange(n), targets] += 3.0
+    return DataLoader(TensorDataset(inputs, targets), batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def test_training_learns_a_separable_problem():
+    torch.manual_seed(0)
+    model, loader = Dummy(), separable_loader()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    first = train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, torch.device("cpu"))
+    for _ in range(5):
+        last = train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, torch.device("cpu"))
+    assert last["loss"] < first["loss"] and last["accuracy"] > 0.9
+    assert first["images_per_sec"] > 0
+
+
+def test_evaluate_counts_correct_predictions():
+    model = nn.Sequential(nn.Flatten(), nn.Identity())  # logits = the first 5 inputs
+    inputs = torch.zeros(4, 5)
+    inputs[0, 1] = inputs[1, 2] = inputs[2, 3] = inputs[3, 0] = 1.0
+    targets = torch.tensor([1, 2, 0, 0])  # 3 of 4 right
+    out = evaluate(model, DataLoader(TensorDataset(inputs, targets), batch_size=3), nn.CrossEntropyLoss(), torch.device("cpu"))
+    assert out.accuracy == 0.75
+    assert out.probabilities.shape == (4, 5) and out.targets.tolist() == [1, 2, 0, 0]
+    expected_loss = nn.CrossEntropyLoss()(inputs, targets).item()
+    assert out.loss == pytest.approx(expected_loss, rel=1e-6)
+
+
+def test_fit_selects_on_validation_never_on_test():
+    torch.manual_seed(0)
+    model = Dummy()
+    seen = []
+    # The test loader has labels shifted by one: a model that learns gets *worse* on test, so a
+    # selection that peeked at test would prefer the first epoch.
+    test_inputs, test_targets = separable_loader(shuffle=False).dataset.tensors
+    shifted = DataLoader(TensorDataset(test_inputs, (test_targets + 1) % 5), batch_size=16)
+    result = fit(model, train_loader=separable_loader(), val_loader=separable_loader(seed=1, shuffle=False),
+                 test_loader=shifted, criterion=nn.CrossEntropyLoss(),
+                 optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), device=torch.device("cpu"),
+                 epochs=4, on_epoch_end=lambda epoch, metrics: seen.append((epoch, metrics)))
+    assert [epoch for epoch, _ in seen] == [1, 2, 3, 4]
+    assert set(seen[0][1]) == {"train_loss", "train_accuracy", "train_images_per_sec", "val_loss", "val_accuracy",
+                               "test_loss", "test_accuracy"}
+    # Highest validation accuracy; ties go to the lower validation loss.
+    expected_epoch = max(seen, key=lambda item: (item[1]["val_accuracy"], -item[1]["val_loss"]))[0]
+    assert result.best_epoch == expected_epoch
+    assert result.best_score == max(m["val_accuracy"] for _, m in seen)
+    assert result.best_test.accuracy == seen[result.best_epoch - 1][1]["test_accuracy"]
+    assert result.best_epoch > 1  # later epochs are better on validation, worse on test
+
+
+def test_best_state_is_a_snapshot_not_a_reference():
+    torch.manual_seed(0)
+    model = Dummy()
+    result = fit(model, train_loader=separable_loader(), val_loader=separable_loader(seed=1),
+                 test_loader=separable_loader(seed=2), criterion=nn.CrossEntropyLoss(),
+                 optimizer=torch.optim.SGD(model.parameters(), lr=0.05), device=torch.device("cpu"), epochs=1)
+    with torch.no_grad():
+        model.fc.weight.add_(1.0)
+    assert not torch.equal(result.best_state["fc.weight"], model.fc.weight)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_frozen_epochs_change_only_the_head(name):
+    torch.manual_seed(0)
+    model = build_model(name, pretrained=False)
+    inputs, targets = torch.rand(8, 3, 32, 32), torch.arange(8) % 5
+    loader = DataLoader(TensorDataset(inputs, targets), batch_size=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit(model, train_loader=loader, val_loader=loader, test_loader=loader, criterion=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4),
+        device=torch.device("cpu"), epochs=1, freeze_epochs=1)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"fc.weight", "fc.bias"}  # BatchNorm statistics too stay as they were
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen again for the next phase
+
+
+def test_predict_probabilities_passes_outputs_through():
+    model = nn.Softmax(dim=1)
+    inputs = torch.randn(6, 5)
+    targets, probabilities = predict_probabilities(model, DataLoader(TensorDataset(inputs, torch.arange(6) % 5), batch_size=4), torch.device("cpu"))
+    assert targets.tolist() == [0, 1, 2, 3, 4, 0]
+    assert probabilities.sum(axis=1) == pytest.approx([1.0] * 6)

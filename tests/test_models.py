@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from pipeline.errors import ConfigError, WeightsUnavailableError
+from pipeline.models import (
+    build_model,
+    ensure_pretrained_available,
+    serving_model,
+    set_backbone_trainable,
+    weights_cache_file,
+)
+
+MODELS = ["resnet18", "resnet50"]
+EXPECTED_FILES = {"resnet18": "resnet18-f37072fd.pth", "resnet50": "resnet50-0676ba61.pth"}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_head_has_five_grades(name):
+    model = build_model(name, pretrained=False)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_cache_file_is_torchvisions_name_under_torch_home(name, torch_home):
+    assert weights_cache_file(name) == torch_home / "hub" / "checkpoints" / EXPECTED_FILES[name]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_pretrained_loads_the_cached_file_through_the_weights_api(name, torch_home, imagenet_weights):
+    model = build_model(name, pretrained=True)
+    expected = torch.load(imagenet_weights[name], weights_only=True)
+    loaded = model.state_dict()
+    backbone = [k for k in expected if not k.startswith("fc.")]
+    assert backbone and all(torch.equal(loaded[k], expected[k]) for k in backbone)
+    assert model.fc.out_features == 5
+    scratch = build_model(name, pretrained=False)
+    assert not torch.equal(scratch.state_dict()["conv1.weight"], expected["conv1.weight"])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_missing_weights_name_the_exact_file_and_folder(name, empty_torch_home):
+    expected = empty_torch_home / "hub" / "checkpoints"
+    with pytest.raises(WeightsUnavailableError) as raised:
+        ensure_pretrained_available(name)
+    message = str(raised.value)
+    assert f"Put the file {EXPECTED_FILES[name]}" in message and f"in the folder {expected}" in message
+    assert "weights_path=" in message
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_weights_path_is_loaded_weights_only(name, imagenet_weights, empty_torch_home):
+    model = build_model(name, pretrained=True, weights_path=str(imagenet_weights[name]))
+    expected = torch.load(imagenet_weights[name], weights_only=True)
+    assert torch.equal(model.state_dict()["conv1.weight"], expected["conv1.weight"])
+
+
+def test_weights_of_the_wrong_network_are_refused(imagenet_weights, empty_torch_home):
+    with pytest.raises(WeightsUnavailableError, match="does not hold resnet18 ImageNet weights"):
+        build_model("resnet18", pretrained=True, weights_path=str(imagenet_weights["resnet50"]))
+
+
+def test_pickled_objects_in_a_weights_file_are_refused(tmp_path, empty_torch_home):
+    path = tmp_path / "evil.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "payload": object()}, path)
+    with pytest.raises(WeightsUnavailableError, match="is not a loadable state dict"):
+        build_model("resnet18", pretrained=True, weights_path=str(path))
+
+
+def test_unknown_model_lists_the_choices():
+    with pytest.raises(ConfigError, match="choose one of resnet18, resnet50"):
+        build_model("vgg16", pretrained=False)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_freezing_leaves_only_the_head_trainable(name):
+    model = build_model(name, pretrained=False)
+    set_backbone_trainable(model, False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"fc.weight", "fc.bias"}
+    set_backbone_trainable(model, True)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_serving_model_returns_probabilities(name):
+    served = serving_model(build_model(name, pretrained=False))
+    with torch.no_grad():
+        probabilities = served(torch.rand(3, 3, 32, 32))
+    assert probabilities.shape == (3, 5)
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(3), atol=1e-5)
