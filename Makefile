@@ -7,7 +7,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 DEMO_RAW ?= data/raw
 DEMO_DATA ?= data/processed
 
-.PHONY: install demo test ui server clean
+.PHONY: install browser demo test ui server clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ demo: install
 	@echo
 	@echo "Results are in $(MLFLOW_TRACKING_URI) (artifacts under ./mlruns). Browse them with: make ui"
 
-test: install
+# The HTML report is tested in a real headless Chromium (Debian's package).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: install browser
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 # The MLflow UI on the embedded store.

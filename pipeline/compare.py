@@ -20,8 +20,12 @@ def config_label(model: str, pretrained: bool) -> str:
     return f"{model} {'pretrained' if pretrained else 'scratch'}"
 
 
-def _config_of(record: TrainRunRecord) -> tuple[str, bool]:
+def config_of(record: TrainRunRecord) -> tuple[str, bool]:
     return record.params["model"], parse_bool(record.params["pretrained"], "pretrained")
+
+
+# Test metrics of the selected model that have 95% bootstrap intervals (logged by train).
+CI_METRICS = ("kappa", "referable_auc")
 
 
 def run_summary(record: TrainRunRecord) -> dict[str, float]:
@@ -29,13 +33,26 @@ def run_summary(record: TrainRunRecord) -> dict[str, float]:
     test = dict(record.history["test_accuracy"])
     best_epoch = int(record.metrics["best_epoch"])
     highest_epoch, highest = max(test.items(), key=lambda item: (item[1], -item[0]))
-    return {
+    summary = {
         "best_val_epoch": best_epoch,
         "val_accuracy": dict(record.history["val_accuracy"])[best_epoch],
         "test_accuracy_at_best_val": test[best_epoch],
         "highest_test_accuracy": highest,
         "highest_test_epoch": highest_epoch,
     }
+    for name in ("val_kappa",):
+        if record.history.get(name):
+            summary[name] = dict(record.history[name])[best_epoch]
+    for name in (*CI_METRICS, "referable_sensitivity", "referable_specificity"):
+        value = record.metrics.get(f"selected_test_{name}")
+        if value is not None:
+            summary[f"test_{name}"] = value
+    return summary
+
+
+def _interval(record: TrainRunRecord, name: str) -> tuple[float, float] | None:
+    low, high = (record.metrics.get(f"selected_test_{name}_ci_{side}") for side in ("low", "high"))
+    return None if low is None or high is None else (low, high)
 
 
 def comparison_table(records: list[TrainRunRecord], models: list[str], pretrained_values: list[bool],
@@ -50,7 +67,8 @@ def comparison_table(records: list[TrainRunRecord], models: list[str], pretraine
     for model in models:
         for pretrained in pretrained_values:
             label = config_label(model, pretrained)
-            summaries = [run_summary(r) for r in records if _config_of(r) == (model, pretrained)]
+            runs = [r for r in records if config_of(r) == (model, pretrained)]
+            summaries = [run_summary(r) for r in runs]
             row: dict[str, object] = {"configuration": label, "model": model, "pretrained": pretrained, "runs": len(summaries)}
             if not summaries:
                 row["status"] = f"not run: {not_run.get(label, 'no finished train run found')}"
@@ -62,21 +80,40 @@ def comparison_table(records: list[TrainRunRecord], models: list[str], pretraine
                 row[column] = float(frame[column].mean())
                 if len(frame) > 1:
                     row[f"{column}_std"] = float(frame[column].std(ddof=1))
+            # One run: its bootstrap CI; several: the std above is the run-to-run spread.
+            intervals = {name: _interval(runs[0], name) for name in CI_METRICS} if len(runs) == 1 else {}
+            for name, interval in intervals.items():
+                if interval is not None:
+                    row[f"test_{name}_ci_low"], row[f"test_{name}_ci_high"] = interval
             rows.append(row)
     return pd.DataFrame(rows)
 
 
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Rounded, with ``mean ±std`` or ``value [low, high]`` cells: for the console and the report."""
+    shown = table.drop(columns=["model", "pretrained"]).copy()
+    for column in list(shown.columns):
+        if column.endswith(("_std", "_ci_low", "_ci_high")):
+            continue
+        values = shown[column]
+        if column.endswith("epoch"):
+            shown[column] = values.map(lambda v: "" if pd.isna(v) else f"{v:g}")
+        elif pd.api.types.is_float_dtype(values):
+            text = values.map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+            if f"{column}_std" in shown:
+                std = shown[f"{column}_std"]
+                text = text + std.map(lambda v: "" if pd.isna(v) else f" ±{v:.3f}")
+            if f"{column}_ci_low" in shown:
+                low, high = shown[f"{column}_ci_low"], shown[f"{column}_ci_high"]
+                text = text + [("" if pd.isna(lo) else f" [{lo:.2f}, {hi:.2f}]") for lo, hi in zip(low, high)]
+            shown[column] = text
+    shown = shown.drop(columns=[c for c in shown.columns if c.endswith(("_std", "_ci_low", "_ci_high"))])
+    return shown.fillna("")
+
+
 def format_table(table: pd.DataFrame) -> str:
     """The table as text for the console and the ``comparison.txt`` artifact."""
-    shown = table.drop(columns=["model", "pretrained"]).copy()
-    for column in shown.columns:
-        if column.endswith("accuracy") or column.endswith("accuracy_at_best_val"):
-            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
-        elif column.endswith("epoch"):
-            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:g}")
-        elif column.endswith("_std"):
-            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"±{v:.3f}")
-    return shown.fillna("").to_string(index=False)
+    return display_table(table).to_string(index=False)
 
 
 def _series(records: list[TrainRunRecord], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -96,7 +133,7 @@ def curves_figure(records: list[TrainRunRecord], models: list[str], pretrained_v
     figure, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), squeeze=False, layout="constrained")
     for axis, model in zip(axes[0], models):
         for pretrained in pretrained_values:
-            runs = [r for r in records if _config_of(r) == (model, pretrained)]
+            runs = [r for r in records if config_of(r) == (model, pretrained)]
             for metric in metrics:
                 series = _series(runs, metric)
                 if series is None:

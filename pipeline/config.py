@@ -19,6 +19,9 @@ import yaml
 from pipeline.errors import ConfigError
 
 SUPPORTED_MODELS = ("resnet18", "resnet50")
+CLASS_WEIGHTINGS = ("none", "inverse", "sqrt_inverse")
+# Per-epoch validation metrics that can choose the best epoch and the champion; all: higher is better.
+SELECT_METRICS = ("val_kappa", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_referable_auc")
 # Five stride-2 stages take a ResNet input down by 32x; below that the last stage sees < 1 pixel.
 MIN_IMAGE_SIZE = 32
 
@@ -51,6 +54,14 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 2
     device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto avoids bf16 on CPUs without native support
+    channels_last: bool = True
+    compile: bool = False
+    nproc: int = 1  # >1: relaunch under torchrun with DistributedDataParallel
+    select_metric: str = "val_kappa"  # chooses the best epoch (and, in main, the champion)
+    class_weighting: str = "none"  # none | inverse | sqrt_inverse: cross-entropy weights per grade
+    weighted_sampler: bool = False  # draw training images with inverse grade frequency
+    bootstrap_resamples: int = 1000  # for the 95% confidence intervals of the selected model
 
 
 @dataclass
@@ -60,6 +71,7 @@ class StudyConfig:
     models: list[str] = field(default_factory=lambda: list(SUPPORTED_MODELS))
     pretrained: list[bool] = field(default_factory=lambda: [True, False])
     skip_unavailable_weights: bool = False
+    seeds: int = 1  # runs per configuration, with seeds train.seed, train.seed + 1, ...
     registered_model: str = "dr-resnet"
     champion_alias: str = "champion"
 
@@ -242,6 +254,16 @@ def validate_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"lr={cfg.lr} must be positive")
     if cfg.num_workers < 0:
         raise ConfigError(f"num_workers={cfg.num_workers} must be 0 or more")
+    if cfg.nproc < 1:
+        raise ConfigError(f"nproc={cfg.nproc} must be at least 1")
+    if cfg.select_metric not in SELECT_METRICS:
+        raise ConfigError(f"select_metric={cfg.select_metric!r} is not supported; choose one of {', '.join(SELECT_METRICS)}")
+    if cfg.class_weighting not in CLASS_WEIGHTINGS:
+        raise ConfigError(f"class_weighting={cfg.class_weighting!r} is not supported; choose one of {', '.join(CLASS_WEIGHTINGS)}")
+    if cfg.weighted_sampler and cfg.nproc > 1:
+        raise ConfigError("weighted_sampler=true cannot be combined with nproc > 1 (DistributedSampler)")
+    if cfg.bootstrap_resamples < 0:
+        raise ConfigError(f"bootstrap_resamples={cfg.bootstrap_resamples} must be 0 (no intervals) or more")
 
 
 def validate_preprocess_config(cfg: PreprocessConfig) -> None:
@@ -257,6 +279,8 @@ def validate_study_config(cfg: StudyConfig) -> None:
             raise ConfigError(f"models contains {model!r}, which is not supported; choose from {', '.join(SUPPORTED_MODELS)}")
     if not cfg.models or not cfg.pretrained:
         raise ConfigError("models and pretrained must each list at least one value")
+    if cfg.seeds < 1:
+        raise ConfigError(f"seeds={cfg.seeds} must be at least 1")
     validate_preprocess_config(cfg.preprocess)
     validate_train_config(cfg.train)
 

@@ -11,13 +11,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
+from pipeline.distributed import all_reduce_sum, gather_in_order, unwrap
+from pipeline.hardware import Accelerator
 from pipeline.models import set_backbone_trainable
 
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+MetricsFn = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 
 
 @dataclass
@@ -34,86 +37,133 @@ class EvalOutput:
 @dataclass
 class FitResult:
     best_epoch: int
-    best_score: float
+    best_score: float  # the select metric at the best epoch
     best_state: dict[str, torch.Tensor]
     best_test: EvalOutput  # the selected model's test predictions, for the confusion matrix
     history: list[dict[str, float]] = field(default_factory=list)
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    device: torch.device, *, frozen_backbone: bool = False) -> dict[str, float]:
-    """One pass over ``loader``; returns ``loss``, ``accuracy`` and ``images_per_sec``."""
+                    accel: Accelerator, *, frozen_backbone: bool = False,
+                    scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    """One pass over ``loader``; returns ``loss``, ``accuracy`` and ``images_per_sec`` (all ranks)."""
     model.train()
     if frozen_backbone:
         # A frozen backbone must also keep its BatchNorm statistics, or the "frozen" features drift.
         model.eval()
-        model.fc.train()
+        unwrap(model).fc.train()
     total_loss, correct, seen = 0.0, 0, 0
     started = time.perf_counter()
     for images, targets in loader:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        logits = model(images)
-        loss = criterion(logits, targets)
+        images, targets = accel.inputs(images), targets.to(accel.device, non_blocking=True)
+        with accel.autocast():
+            logits = model(images)
+            loss = criterion(logits, targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:  # fp16 gradients underflow without loss scaling
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         # note: .item() is a device sync point; once per batch is cheap next to the step itself
         total_loss += loss.item() * targets.size(0)
         correct += (logits.argmax(dim=1) == targets).sum().item()
         seen += targets.size(0)
     elapsed = time.perf_counter() - started
+    total_loss, correct, seen = all_reduce_sum([total_loss, correct, seen], accel.dist)
     return {"loss": total_loss / seen, "accuracy": correct / seen, "images_per_sec": seen / elapsed}
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, device: torch.device) -> EvalOutput:
-    """Loss, accuracy and per-image probabilities of ``model`` over ``loader``."""
+def evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, accel: Accelerator,
+             full_length: int | None = None) -> EvalOutput:
+    """Loss, accuracy and per-image probabilities of ``model`` over ``loader``.
+
+    Under torchrun each rank's loader holds the ``rank::world`` slice of a set of
+    ``full_length`` images; the result covers the whole set, in its order, on every rank.
+    """
     model.eval()
     total_loss, targets_all, probs_all = 0.0, [], []
     for images, targets in loader:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        logits = model(images)
-        total_loss += criterion(logits, targets).item() * targets.size(0)
+        images, targets = accel.inputs(images), targets.to(accel.device, non_blocking=True)
+        with accel.autocast():
+            logits = model(images)
+        total_loss += criterion(logits.float(), targets).item() * targets.size(0)
         probs_all.append(torch.softmax(logits.float(), dim=1).cpu())
         targets_all.append(targets.cpu())
-    targets_np = torch.cat(targets_all).numpy()
-    probs_np = torch.cat(probs_all).numpy()
+    targets_np = torch.cat(targets_all).numpy() if targets_all else np.empty(0, dtype=np.int64)
+    probs_np = torch.cat(probs_all).numpy() if probs_all else np.empty((0, 0), dtype=np.float32)
+    if accel.dist.enabled:
+        length = full_length if full_length is not None else len(targets_np)
+        targets_np = gather_in_order(targets_np, length, accel.dist)
+        probs_np = gather_in_order(probs_np, length, accel.dist)
+        (total_loss,) = all_reduce_sum([total_loss], accel.dist)
+    if not np.isfinite(probs_np).all():
+        log.warning("%d of %d images got non-finite outputs: the model is diverging (try a lower lr)",
+                    int((~np.isfinite(probs_np).all(axis=1)).sum()), len(probs_np))
     accuracy = float((probs_np.argmax(axis=1) == targets_np).mean())
     return EvalOutput(total_loss / len(targets_np), accuracy, targets_np, probs_np)
 
 
 def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, test_loader: DataLoader,
-        criterion: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, epochs: int,
-        freeze_epochs: int = 0, on_epoch_end: EpochCallback | None = None) -> FitResult:
-    """Trains for ``epochs`` and keeps the epoch with the best validation accuracy.
+        criterion: nn.Module, optimizer: torch.optim.Optimizer, accel: Accelerator, epochs: int,
+        freeze_epochs: int = 0, eval_lengths: tuple[int, int] | None = None,
+        scaler: torch.amp.GradScaler | None = None, on_epoch_end: EpochCallback | None = None,
+        epoch_metrics: MetricsFn | None = None, select_metric: str = "val_accuracy") -> FitResult:
+    """Trains for ``epochs`` and keeps the epoch with the best ``select_metric`` (a ``val_`` metric).
 
-    Test accuracy is measured every epoch (the course labs' curves) but never used to choose.
+    Test metrics are measured every epoch (the course labs' curves) but never used to choose.
     Epochs are numbered from 1; ``on_epoch_end(epoch, metrics)`` sees each epoch's metrics.
+
+    Args:
+        eval_lengths: full (val, test) sizes when the eval loaders hold one rank's slice.
+        epoch_metrics: more metrics from (targets, probabilities), logged as ``val_*`` and ``test_*``.
+        select_metric: higher is better; ties (and NaN, e.g. an AUC with one class) fall back on
+            the lower validation loss.
     """
+    if not select_metric.startswith("val_"):
+        raise ValueError(f"select_metric={select_metric!r} must be a validation metric (val_...)")
+    val_length, test_length = eval_lengths or (None, None)
     best: FitResult | None = None
     history: list[dict[str, float]] = []
     for epoch in range(1, epochs + 1):
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)  # a different shuffle each epoch, the same on every rank
         frozen = epoch <= freeze_epochs
-        set_backbone_trainable(model, not frozen)
-        train = train_one_epoch(model, train_loader, criterion, optimizer, device, frozen_backbone=frozen)
-        val = evaluate(model, val_loader, criterion, device)
-        test = evaluate(model, test_loader, criterion, device)
+        set_backbone_trainable(unwrap(model), not frozen)
+        train = train_one_epoch(model, train_loader, criterion, optimizer, accel, frozen_backbone=frozen, scaler=scaler)
+        val = evaluate(model, val_loader, criterion, accel, val_length)
+        test = evaluate(model, test_loader, criterion, accel, test_length)
         metrics = {
             "train_loss": train["loss"], "train_accuracy": train["accuracy"],
             "train_images_per_sec": train["images_per_sec"],
             **val.metrics("val"), **test.metrics("test"),
         }
+        if epoch_metrics is not None:
+            metrics |= {f"val_{k}": v for k, v in epoch_metrics(val.targets, val.probabilities).items()}
+            metrics |= {f"test_{k}": v for k, v in epoch_metrics(test.targets, test.probabilities).items()}
         history.append(metrics)
-        # Ties go to the lower validation loss: the more confident of two equally accurate models.
-        if best is None or (val.accuracy, -val.loss) > (best.best_score, -history[best.best_epoch - 1]["val_loss"]):
-            best = FitResult(epoch, val.accuracy, copy.deepcopy(model.state_dict()), test)
+        score = _score(metrics, select_metric)
+        # Ties go to the lower validation loss: the more confident of two equally good models.
+        if best is None or (score, -val.loss) > (_score(history[best.best_epoch - 1], select_metric),
+                                                 -history[best.best_epoch - 1]["val_loss"]):
+            best = FitResult(epoch, metrics[select_metric], copy.deepcopy(unwrap(model).state_dict()), test)
         log.info("epoch %d/%d %s", epoch, epochs, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
     assert best is not None  # epochs >= 1 is validated with the config
     best.history = history
-    set_backbone_trainable(model, True)
+    set_backbone_trainable(unwrap(model), True)
     return best
+
+
+def _score(metrics: dict[str, float], name: str) -> float:
+    if name not in metrics:
+        raise ValueError(f"select_metric={name!r} is not among this epoch's metrics: {', '.join(sorted(metrics))}")
+    value = metrics[name]
+    return float("-inf") if np.isnan(value) else value
 
 
 @torch.no_grad()

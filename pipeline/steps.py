@@ -6,17 +6,20 @@ Entry points wrap one step in a run; ``run_study`` runs them all as nested runs 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from pipeline import tracking
-from pipeline.compare import comparison_table, config_label, curves_figure, format_table
+from pipeline.compare import config_of, comparison_table, config_label, curves_figure, display_table, format_table
 from pipeline.config import (
     PreprocessConfig,
     StudyConfig,
@@ -29,9 +32,23 @@ from pipeline.config import (
 )
 from pipeline.data.dataset import EvalPreset, FundusDataset, ProcessedDataset, make_loader, split_dataset
 from pipeline.data.preprocess import preprocess
+from pipeline.distributed import DistContext, context_from_env, destroy_process_group, init_process_group, shard_indices
 from pipeline.engine import fit, predict_probabilities
 from pipeline.errors import ConfigError, WeightsUnavailableError
-from pipeline.evaluation import classification_metrics, confusion_figure, confusion_matrices
+from pipeline.hardware import Accelerator, resolve_device, resolve_precision
+from pipeline.data.balance import balanced_sampler, class_weights
+from pipeline.evaluation import (
+    all_metrics,
+    bootstrap_intervals,
+    confusion_figure,
+    confusion_grid_figure,
+    confusion_matrices,
+    epoch_metrics,
+    roc_figure,
+)
+from pipeline.gradcam import grad_cam, gradcam_figure
+from pipeline.predict import list_inputs, predict_photos, write_predictions
+from pipeline.report import build_html_report, figure_png
 from pipeline.models import build_model, ensure_pretrained_available, serving_model, weights_cache_file
 
 log = logging.getLogger(__name__)
@@ -43,18 +60,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device={name!r} is not a torch device; use auto, cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} but CUDA is not available on this machine")
-    return device
 
 
 def run_preprocess(cfg: PreprocessConfig) -> dict[str, object]:
@@ -74,26 +79,74 @@ class TrainOutcome:
     run_id: str
     model_uri: str
     best_epoch: int
-    best_val_accuracy: float
+    selection_score: float  # the select metric at the best epoch
     test_accuracy: float
 
 
-def log_test_confusion(targets: np.ndarray, probabilities: np.ndarray, title: str) -> dict[str, float]:
-    """Confusion-matrix artifacts (PNG + JSON) and the scalar test metrics of one model."""
+KEY_METRICS = ("accuracy", "kappa", "referable_auc", "referable_sensitivity", "referable_specificity")
+
+
+def log_model_evaluation(targets: np.ndarray, probabilities: np.ndarray, patients: np.ndarray, *, title: str,
+                         prefix: str, resamples: int, seed: int) -> dict[str, float]:
+    """Confusion matrices, every metric with its patient-level 95% bootstrap interval, and the ROC.
+
+    Returns the scalar metrics, named ``{prefix}{metric}`` and ``{prefix}{metric}_ci_low/high``.
+    """
     matrices = confusion_matrices(targets, probabilities.argmax(axis=1))
     tracking.log_dict(matrices, "confusion_matrix/test_confusion_matrix.json")
-    figure = confusion_figure(matrices, title)
-    tracking.log_figure(figure, "confusion_matrix/test_confusion_matrix.png")
+    for name, figure in (("confusion_matrix/test_confusion_matrix.png", confusion_figure(matrices, title)),
+                         ("roc/test_referable_roc.png", roc_figure(targets, probabilities))):
+        tracking.log_figure(figure, name)
+        plt.close(figure)
+    metrics = all_metrics(targets, probabilities)
+    intervals = bootstrap_intervals(targets, probabilities, groups=patients, n_resamples=resamples, seed=seed) if resamples else {}
+    tracking.log_dict({"metrics": metrics, "ci95": {k: list(v) for k, v in intervals.items()},
+                       "bootstrap": {"resamples": resamples, "unit": "patient", "seed": seed}, "images": len(targets)},
+                      "metrics/test_metrics.json")
+    scalars = {f"{prefix}{name}": value for name, value in metrics.items()}
+    for name in KEY_METRICS:
+        if name in intervals:
+            scalars[f"{prefix}{name}_ci_low"], scalars[f"{prefix}{name}_ci_high"] = intervals[name]
+    return scalars
+
+
+def log_gradcam(model: nn.Module, processed: ProcessedDataset, image_size: int, device: torch.device,
+                per_grade: int = 2) -> None:
+    """Grad-CAM over a fixed sample (the first ``per_grade`` test images of each grade)."""
+    rows = processed.split("test")
+    sample = rows.sort_values("grade", kind="stable").groupby("grade", sort=True).head(per_grade).reset_index(drop=True)
+    normalized = FundusDataset(processed.root, sample, EvalPreset(image_size))
+    shown = FundusDataset(processed.root, sample, EvalPreset(image_size, normalize=False))
+    images = torch.stack([normalized[i][0] for i in range(len(sample))])
+    model = model.float().to(memory_format=torch.contiguous_format)
+    heatmaps = grad_cam(model, images.to(device), model.layer4).cpu()
+    predicted = _predict(model, images.to(device))
+    titles = [f"{image_id}: grade {grade}, predicted {p}" for image_id, grade, p in zip(sample["id"], sample["grade"], predicted)]
+    figure = gradcam_figure(torch.stack([shown[i][0] for i in range(len(sample))]), heatmaps, titles,
+                            columns=min(per_grade, len(sample)))
+    tracking.log_figure(figure, "gradcam/test_gradcam.png")
     plt.close(figure)
-    return classification_metrics(targets, probabilities)
+    tracking.log_arrays("gradcam/test_gradcam.npz", heatmaps=heatmaps.numpy(), grades=sample["grade"].to_numpy(),
+                        ids=sample["id"].to_numpy(dtype=str))
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, images: torch.Tensor) -> list[int]:
+    model.eval()
+    return model(images).argmax(dim=1).tolist()
 
 
 def run_train(cfg: TrainConfig) -> TrainOutcome:
-    """Trains one configuration inside the active run and logs everything a comparison needs."""
+    """Trains one configuration inside the active run and logs everything a comparison needs.
+
+    Under torchrun every rank runs this; only rank 0 writes to MLflow (see tracking).
+    """
     validate_train_config(cfg)
     tracking.log_config(to_dict(cfg), to_dict(cfg))
-    device = resolve_device(cfg.device)
-    processed = ProcessedDataset(cfg.data_dir)
+    ctx = context_from_env()
+    device = resolve_device(cfg.device, ctx.local_rank)
+    accel = Accelerator(device, resolve_precision(cfg.precision, device), cfg.channels_last, ctx)
+    processed = ProcessedDataset(cfg.data_dir, cfg.image_size)
     seed_everything(cfg.seed)
     datasets = {
         "train": split_dataset(processed, "train", cfg.image_size, train=True, rotation_degrees=cfg.rotation_degrees),
@@ -101,60 +154,116 @@ def run_train(cfg: TrainConfig) -> TrainOutcome:
         "test": split_dataset(processed, "test", cfg.image_size, train=False),
     }
     tracking.log_dataset(processed.manifest, str(processed.root.resolve()), processed.root.name, "training")
-    loaders = {
-        name: make_loader(ds, cfg.batch_size, shuffle=name == "train", num_workers=cfg.num_workers, seed=cfg.seed)
-        for name, ds in datasets.items()
-    }
-    tracking.set_tags({"retina_flow.device": str(device), "retina_flow.configuration": config_label(cfg.model, cfg.pretrained)})
-    model = build_model(cfg.model, pretrained=cfg.pretrained, weights_path=cfg.weights_path).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    result = fit(
-        model,
-        train_loader=loaders["train"], val_loader=loaders["val"], test_loader=loaders["test"],
-        criterion=nn.CrossEntropyLoss(), optimizer=optimizer, device=device,
-        epochs=cfg.epochs, freeze_epochs=cfg.freeze_epochs,
-        on_epoch_end=lambda epoch, metrics: tracking.log_metrics(metrics, step=epoch),
-    )
+    tracking.set_tags({"retina_flow.device": str(device), "retina_flow.world_size": str(ctx.world_size),
+                       "retina_flow.precision": str(accel.amp_dtype or torch.float32).removeprefix("torch."),
+                       "retina_flow.configuration": config_label(cfg.model, cfg.pretrained)})
+    init_process_group(ctx, device)
+    try:
+        model = accel.prepare(build_model(cfg.model, pretrained=cfg.pretrained, weights_path=cfg.weights_path))
+        trained = model
+        if ctx.enabled:
+            # Frozen-head epochs leave backbone parameters without gradients, which DDP must be told.
+            trained = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=cfg.freeze_epochs > 0)
+        if cfg.compile:
+            trained = torch.compile(trained)
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        scaler = torch.amp.GradScaler("cuda") if accel.amp_dtype == torch.float16 and device.type == "cuda" else None
+        train_grades = processed.split("train")["grade"].to_numpy()
+        weights = class_weights(train_grades, cfg.class_weighting)
+        if weights is not None:
+            tracking.log_params({f"loss_weight_grade_{g}": round(float(w), 4) for g, w in enumerate(weights)})
+        loaders = make_train_loaders(datasets, cfg, ctx, train_grades)
+        result = fit(
+            trained,
+            train_loader=loaders["train"], val_loader=loaders["val"], test_loader=loaders["test"],
+            criterion=nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device)),
+            optimizer=optimizer, accel=accel,
+            epochs=cfg.epochs, freeze_epochs=cfg.freeze_epochs, scaler=scaler,
+            eval_lengths=(len(datasets["val"]), len(datasets["test"])),
+            epoch_metrics=epoch_metrics, select_metric=cfg.select_metric,
+            on_epoch_end=lambda epoch, metrics: tracking.log_metrics(metrics, step=epoch),
+        )
+    finally:
+        destroy_process_group()
     model.load_state_dict(result.best_state)
     test = result.best_test
-    selected = log_test_confusion(test.targets, test.probabilities, f"{config_label(cfg.model, cfg.pretrained)}: "
-                                  f"test set, epoch {result.best_epoch} (best validation accuracy)")
+    best = result.history[result.best_epoch - 1]
+    selected = log_model_evaluation(
+        test.targets, test.probabilities, processed.split("test")["patient"].to_numpy(), prefix="selected_test_",
+        title=f"{config_label(cfg.model, cfg.pretrained)}: test set, epoch {result.best_epoch} (best {cfg.select_metric})",
+        resamples=cfg.bootstrap_resamples, seed=cfg.seed)
     tracking.log_metrics({
         "best_epoch": result.best_epoch,
-        "best_val_accuracy": result.best_score,
+        f"best_{cfg.select_metric}": result.best_score,
+        "selection_score": result.best_score,
+        "best_val_accuracy": best["val_accuracy"],
         "highest_test_accuracy": max(h["test_accuracy"] for h in result.history),
-        **{f"selected_test_{name}": value for name, value in selected.items()},
+        **selected,
     })
+    if ctx.is_main:
+        log_gradcam(model, processed, cfg.image_size, device)
     cpu_state = {k: v.detach().cpu() for k, v in result.best_state.items()}
     tracking.log_state_dict(cpu_state, "checkpoints", "best_model.pt")
     example_rows = processed.split("test").head(SERVING_EXAMPLE_IMAGES)
     example_set = FundusDataset(processed.root, example_rows, EvalPreset(cfg.image_size, normalize=False))
     example = torch.stack([example_set[i][0] for i in range(len(example_set))])
-    model_uri, _ = tracking.log_model(serving_model(model), example)
-    return TrainOutcome(tracking.active_run_id(), model_uri, result.best_epoch, result.best_score, selected["accuracy"])
+    model_uri, _ = tracking.log_model(serving_model(model.float().to(memory_format=torch.contiguous_format)), example)
+    return TrainOutcome(tracking.active_run_id(), model_uri, result.best_epoch, result.best_score,
+                        selected["selected_test_accuracy"])
 
 
-def run_evaluate(model_ref: str, data_dir: str, batch_size: int = 32, num_workers: int = 0) -> dict[str, float]:
-    """Test metrics of a logged or registered model, linked to the run that trained it."""
+def make_train_loaders(datasets: dict[str, Dataset], cfg: TrainConfig, ctx: DistContext,
+                       train_grades: np.ndarray) -> dict[str, DataLoader]:
+    """Loaders for one rank: a DistributedSampler share of train, a ``rank::world`` slice of val/test."""
+    loaders = {}
+    for name, dataset in datasets.items():
+        sampler = None
+        if cfg.weighted_sampler and name == "train":
+            sampler = balanced_sampler(train_grades, cfg.seed)
+        elif ctx.enabled and name == "train":
+            sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed)
+        elif ctx.enabled:
+            dataset = Subset(dataset, shard_indices(len(dataset), ctx))
+        loaders[name] = make_loader(dataset, cfg.batch_size, shuffle=name == "train" and sampler is None,
+                                    num_workers=cfg.num_workers, seed=cfg.seed, sampler=sampler, training=name == "train")
+    return loaders
+
+
+def run_evaluate(model_ref: str, data_dir: str, batch_size: int = 32, num_workers: int = 0,
+                 resamples: int = 1000) -> dict[str, float]:
+    """Test metrics with 95% CIs of a logged or registered model, linked to the run that trained it."""
     uri = tracking.model_uri_of(model_ref)
     loaded = tracking.load_model(uri)
-    tracking.log_params({"model_uri": uri, "data_dir": data_dir, "batch_size": batch_size})
+    tracking.log_params({"model_uri": uri, "data_dir": data_dir, "batch_size": batch_size, "bootstrap_resamples": resamples})
     if loaded.source_run_id:
         tracking.set_tags({tracking.SOURCE_RUN_TAG: loaded.source_run_id})
-    processed = ProcessedDataset(data_dir)
-    if loaded.image_size > processed.image_size:
-        raise ConfigError(f"model {uri} takes {loaded.image_size} px images but {data_dir} holds {processed.image_size} px")
+    processed = ProcessedDataset(data_dir, loaded.image_size)
     test = FundusDataset(processed.root, processed.split("test"), EvalPreset(loaded.image_size, normalize=False))
     loader = make_loader(test, batch_size, shuffle=False, num_workers=num_workers, seed=0)
     targets, probabilities = predict_probabilities(loaded.module, loader, torch.device("cpu"))
-    metrics = log_test_confusion(targets, probabilities, f"{uri}: test set")
-    test_metrics = {f"test_{name}": value for name, value in metrics.items()}
+    test_metrics = log_model_evaluation(targets, probabilities, processed.split("test")["patient"].to_numpy(),
+                                        title=f"{uri}: test set", prefix="test_", resamples=resamples, seed=0)
     tracking.log_metrics(test_metrics, model_id=loaded.model_id)
     return test_metrics
 
 
+def run_predict(model_ref: str, source: str, output: str, batch_size: int = 32, num_workers: int = 0) -> pd.DataFrame:
+    """Predictions for new photos with the same crop/resize/normalise as training; CSV logged too."""
+    uri = tracking.model_uri_of(model_ref)
+    loaded = tracking.load_model(uri)
+    tracking.log_params({"model_uri": uri, "input": source, "output": output, "batch_size": batch_size})
+    inputs = list_inputs(source)
+    frame = predict_photos(loaded.module, inputs, loaded.image_size, batch_size=batch_size, num_workers=num_workers)
+    path = write_predictions(frame, output)
+    tracking.log_metrics({"images": len(frame), "referable_share": float(frame["referable"].mean())})
+    tracking.log_artifact(path, "predictions")
+    return frame
+
+
 def run_compare(models: list[str], pretrained_values: list[bool], parent_run_id: str | None = None) -> str:
-    """Reads train runs back from the tracking server and logs the comparison table and figures."""
+    """Reads train runs back from the tracking server; logs the table, figures and an HTML report."""
     records = tracking.search_train_runs(tracking.experiment_ids(), parent_run_id)
     not_run = {}
     if parent_run_id:
@@ -166,13 +275,41 @@ def run_compare(models: list[str], pretrained_values: list[bool], parent_run_id:
                          "train_runs": len(records)})
     tracking.log_text(text, "comparison/comparison.txt")
     tracking.log_text(table.to_csv(index=False), "comparison/comparison.csv")
-    for name, metrics, ylabel in (
-        ("accuracy_curves", ("train_accuracy", "test_accuracy"), "accuracy"),
-        ("loss_curves", ("train_loss", "val_loss"), "cross-entropy loss"),
+    figures: dict[str, bytes] = {}
+    for name, heading, metrics, ylabel in (
+        ("accuracy_curves", "Train and test accuracy per epoch", ("train_accuracy", "test_accuracy"), "accuracy"),
+        ("kappa_curves", "Quadratic weighted kappa per epoch", ("val_kappa", "test_kappa"), "kappa"),
+        ("loss_curves", "Train and validation loss per epoch", ("train_loss", "val_loss"), "cross-entropy loss"),
     ):
         figure = curves_figure(records, models, pretrained_values, metrics, ylabel)
         tracking.log_figure(figure, f"comparison/{name}.png")
-        plt.close(figure)
+        figures[heading] = figure_png(figure)
+    matrices = {}
+    for record in records:
+        label = config_label(*config_of(record))
+        raw = tracking.read_artifact(record.run_id, "confusion_matrix/test_confusion_matrix.json")
+        if raw is not None and label not in matrices:
+            matrices[label] = json.loads(raw)
+    if matrices:
+        figure = confusion_grid_figure(matrices)
+        tracking.log_figure(figure, "comparison/confusion_matrices.png")
+        figures["Test confusion matrices of the selected epoch (first run of each configuration)"] = figure_png(figure)
+    notes = [f"{label}: not run: {reason}" for label, reason in not_run.items()]
+    if records:
+        champion = max(records, key=lambda r: r.metrics.get("selection_score", float("-inf")))
+        notes.append(f"Champion (best {champion.params.get('select_metric', 'validation')} on validation): "
+                     f"{champion.run_name} ({champion.run_id})")
+        for artifact, heading in (("roc/test_referable_roc.png", "Champion: referable DR (grade >= 2) ROC on test"),
+                                  ("gradcam/test_gradcam.png", "Champion: Grad-CAM on a fixed test sample per grade")):
+            png = tracking.read_artifact(champion.run_id, artifact)
+            if png is not None:
+                figures[heading] = png
+    report = build_html_report(
+        title="retina-flow: ResNet depth x ImageNet pretraining",
+        summary_table=display_table(table), figures=figures, notes=notes,
+        run_links={f"{r.run_name} ({r.run_id[:8]})": tracking.run_url(r.run_id) for r in records},
+    )
+    tracking.log_text(report, "comparison/report.html")
     return text
 
 
@@ -224,19 +361,22 @@ def run_study(cfg: StudyConfig) -> StudyOutcome:
             label = config_label(model, pretrained)
             if label in skipped:
                 continue
-            with tracking.step_run("train", label.replace(" ", "-"), nested=True):
-                trained.append(run_train(dataclasses.replace(cfg.train, model=model, pretrained=pretrained)))
+            for seed in range(cfg.train.seed, cfg.train.seed + cfg.seeds):
+                name = label.replace(" ", "-") + (f"-seed{seed}" if cfg.seeds > 1 else "")
+                with tracking.step_run("train", name, nested=True):
+                    trained.append(run_train(dataclasses.replace(cfg.train, model=model, pretrained=pretrained, seed=seed)))
     if not trained:
         raise ConfigError("every configuration was skipped; nothing was trained")
-    champion = max(trained, key=lambda outcome: outcome.best_val_accuracy)
+    # NaN scores (e.g. an AUC on a one-class validation set) never win.
+    champion = max(trained, key=lambda outcome: -np.inf if np.isnan(outcome.selection_score) else outcome.selection_score)
     version = tracking.register_model(champion.model_uri, cfg.registered_model, cfg.champion_alias,
                                       tags={"train_run_id": champion.run_id})
     tracking.set_tags({"retina_flow.champion_run_id": champion.run_id,
                        "retina_flow.champion_version": f"{cfg.registered_model} v{version}"})
     champion_uri = f"models:/{cfg.registered_model}@{cfg.champion_alias}"
     with tracking.step_run("evaluate", "evaluate-champion", nested=True):
-        evaluation = run_evaluate(champion_uri, cfg.preprocess.data_dir)
+        evaluation = run_evaluate(champion_uri, cfg.preprocess.data_dir, resamples=cfg.train.bootstrap_resamples)
     with tracking.step_run("compare", "compare", nested=True):
         comparison = run_compare(cfg.models, cfg.pretrained, parent_run_id=study_run_id)
-    tracking.log_metrics({"champion_best_val_accuracy": champion.best_val_accuracy, **evaluation})
+    tracking.log_metrics({"champion_selection_score": champion.selection_score, **evaluation})
     return StudyOutcome(trained, skipped, champion, version, evaluation, comparison)

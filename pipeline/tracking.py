@@ -10,12 +10,14 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 import torch
 import torchvision
@@ -24,6 +26,7 @@ from mlflow.entities import Run
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from pipeline.distributed import context_from_env
 from pipeline.errors import ConfigError, RetinaFlowError
 
 log = logging.getLogger(__name__)
@@ -34,7 +37,13 @@ ERROR_TAG = "retina_flow.error"
 MODEL_URI_TAG = "retina_flow.model_uri"
 SOURCE_RUN_TAG = "retina_flow.model_run_id"
 SKIPPED_TAG_PREFIX = "retina_flow.skipped."
-PER_EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy")
+PER_EPOCH_METRICS = (
+    "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
+    "val_kappa", "test_kappa", "val_balanced_accuracy", "val_macro_f1",
+    "val_referable_auc", "val_referable_sensitivity", "val_referable_specificity",
+)
+# The per-epoch metrics compare draws as curves (read back with their full history).
+CURVE_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_accuracy", "val_kappa", "test_kappa")
 # Explicit requirements: inferring them costs ~18 s per logged model on these machines.
 MODEL_REQUIREMENTS = [
     f"torch=={torch.__version__.split('+')[0]}",
@@ -42,12 +51,25 @@ MODEL_REQUIREMENTS = [
 ]
 
 
+def main_process_only(default: Any = None) -> Callable:
+    """Under torchrun only rank 0 writes to MLflow; on other ranks the call returns ``default``."""
+    def decorate(function: Callable) -> Callable:
+        @wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return function(*args, **kwargs) if context_from_env().is_main else default
+        return wrapper
+    return decorate
+
+
+@main_process_only("(no tracking on this torchrun rank)")
 def configure() -> str:
     """Uses MLFLOW_TRACKING_URI when set (``mlflow run`` sets it), else the embedded sqlite store.
 
     Outside ``mlflow run``, runs go to the experiment named by MLFLOW_EXPERIMENT_NAME/_ID, or
     ``retina-flow``.
     """
+    # Artifact read-backs (compare) would otherwise draw a progress bar per file.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}")
     if not (os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_RUN_ID")):
         mlflow.set_experiment(DEFAULT_EXPERIMENT)
@@ -55,12 +77,15 @@ def configure() -> str:
 
 
 @contextlib.contextmanager
-def step_run(step: str, run_name: str | None = None, *, nested: bool = False, tags: dict[str, str] | None = None) -> Iterator[Run]:
+def step_run(step: str, run_name: str | None = None, *, nested: bool = False, tags: dict[str, str] | None = None) -> Iterator[Run | None]:
     """An MLflow run for one pipeline step; attaches to ``mlflow run``'s run when there is one.
 
     A failure marks the run FAILED; a user-facing error's message is also kept as a tag, so the
-    UI shows why without a log.
+    UI shows why without a log. Ranks other than 0 of a torchrun job open no run.
     """
+    if not context_from_env().is_main:
+        yield None
+        return
     with mlflow.start_run(run_name=run_name, nested=nested, tags={STEP_TAG: step, **(tags or {})}) as run:
         try:
             yield run
@@ -69,14 +94,17 @@ def step_run(step: str, run_name: str | None = None, *, nested: bool = False, ta
             raise
 
 
+@main_process_only("")
 def active_run_id() -> str:
     return mlflow.active_run().info.run_id
 
 
+@main_process_only(None)
 def set_tags(tags: dict[str, str]) -> None:
     mlflow.set_tags(tags)
 
 
+@main_process_only(None)
 def log_params(params: dict[str, Any]) -> None:
     """Logs params not already on the run.
 
@@ -98,28 +126,34 @@ def _param_text(value: Any) -> str:
     return str(value)
 
 
+@main_process_only(None)
 def log_config(config: dict[str, Any], params: dict[str, Any]) -> None:
     """The resolved config as ``config.yaml`` plus the given flat params."""
     mlflow.log_text(yaml.safe_dump(config, sort_keys=False), "config.yaml")
     log_params(params)
 
 
+@main_process_only(None)
 def log_metrics(metrics: dict[str, float], step: int | None = None, model_id: str | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, model_id=model_id)
 
 
+@main_process_only(None)
 def log_dict(data: dict[str, Any], artifact_file: str) -> None:
     mlflow.log_dict(data, artifact_file)
 
 
+@main_process_only(None)
 def log_figure(figure: Any, artifact_file: str) -> None:
     mlflow.log_figure(figure, artifact_file)
 
 
+@main_process_only(None)
 def log_text(text: str, artifact_file: str) -> None:
     mlflow.log_text(text, artifact_file)
 
 
+@main_process_only(None)
 def log_state_dict(state: dict[str, torch.Tensor], artifact_path: str, file_name: str) -> None:
     """A plain state dict file (``torch.load(weights_only=True)`` loads it) as a run artifact."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,6 +162,21 @@ def log_state_dict(state: dict[str, torch.Tensor], artifact_path: str, file_name
         mlflow.log_artifact(str(path), artifact_path)
 
 
+@main_process_only(None)
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    mlflow.log_artifact(str(path), artifact_path)
+
+
+@main_process_only(None)
+def log_arrays(artifact_file: str, **arrays: np.ndarray) -> None:
+    """Numpy arrays as one ``.npz`` artifact (e.g. Grad-CAM heatmaps, for a later look or a test)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        np.savez_compressed(path, **arrays)
+        mlflow.log_artifact(str(path), str(Path(artifact_file).parent))
+
+
+@main_process_only(None)
 def log_dataset(manifest: pd.DataFrame, source: str, name: str, context: str) -> None:
     """The processed manifest as the run's input dataset (the UI's Datasets column)."""
     with warnings.catch_warnings():
@@ -137,6 +186,7 @@ def log_dataset(manifest: pd.DataFrame, source: str, name: str, context: str) ->
         mlflow.log_input(dataset, context=context)
 
 
+@main_process_only(("", ""))
 def log_model(serving: torch.nn.Module, example: torch.Tensor) -> tuple[str, str]:
     """Logs the served model (pt2, no pickle) with signature and input example.
 
@@ -195,6 +245,7 @@ def load_model(uri: str) -> LoadedModel:
     return LoadedModel(module, uri, int(shape[-1]), info.run_id, getattr(info, "model_id", None))
 
 
+@main_process_only("")
 def register_model(model_uri: str, name: str, alias: str, tags: dict[str, str] | None = None) -> str:
     """Registers a model version and points ``alias`` at it; returns the version."""
     version = mlflow.register_model(model_uri, name, tags=tags)
@@ -232,7 +283,7 @@ def search_train_runs(experiment_ids: list[str], parent_run_id: str | None = Non
     for run in runs:
         history = {
             name: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
-            for name in PER_EPOCH_METRICS
+            for name in CURVE_METRICS
         }
         records.append(TrainRunRecord(run.info.run_id, run.info.run_name, run.info.status, run.data.params,
                                       run.data.metrics, history))
@@ -241,6 +292,21 @@ def search_train_runs(experiment_ids: list[str], parent_run_id: str | None = Non
 
 def run_tags(run_id: str) -> dict[str, str]:
     return MlflowClient().get_run(run_id).data.tags
+
+
+def read_artifact(run_id: str, artifact_path: str) -> bytes | None:
+    """One artifact's bytes, fetched from wherever the tracking server keeps it; None if absent."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp)
+        except (mlflow.exceptions.MlflowException, OSError):
+            return None
+        return Path(local).read_bytes()
+
+
+def run_url(run_id: str) -> str:
+    run = MlflowClient().get_run(run_id)
+    return run_link(run)
 
 
 def tracking_ui_hint() -> str:

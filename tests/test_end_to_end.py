@@ -138,3 +138,79 @@ def test_train_entry_point_as_written(model, study, mlflow_server, processed_dir
     assert run.data.params["pretrained"] == "false" and run.data.params["rotation_degrees"] == "20.0"
     assert run.data.tags["retina_flow.device"] == "cpu"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"checkpoints", "confusion_matrix", "config.yaml"}
+
+
+def test_torchrun_two_processes_make_one_complete_run(mlflow_server, processed_dir, tmp_path):
+    """`-P nproc=2`: DDP over gloo on CPU; rank 0 alone logs, and metrics equal single-process ones."""
+    from pipeline.data.dataset import ProcessedDataset, make_loader, split_dataset
+    from pipeline.engine import evaluate
+    from pipeline.hardware import Accelerator
+    from pipeline.models import build_model
+
+    experiment = "e2e-torchrun"
+    mlflow_run(mlflow_server, ["-e", "train", "--experiment-name", experiment, "-P", "nproc=2",
+                               "-P", f"data_dir={processed_dir}", "-P", "image_size=32", "-P", "epochs=2",
+                               "-P", "num_workers=0", "-P", "batch_size=4"])
+    client = MlflowClient(mlflow_server)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    (run,) = client.search_runs([experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["retina_flow.world_size"] == "2"
+    for metric in PER_EPOCH_METRICS:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2], metric
+
+    checkpoint = client.download_artifacts(run.info.run_id, "checkpoints/best_model.pt", str(tmp_path))
+    model = build_model("resnet18", pretrained=False)
+    model.load_state_dict(torch.load(checkpoint, weights_only=True))
+    val = split_dataset(ProcessedDataset(processed_dir, 32), "val", 32, train=False)
+    single = evaluate(model, make_loader(val, 4, shuffle=False, num_workers=0, seed=0), torch.nn.CrossEntropyLoss(),
+                      Accelerator(torch.device("cpu"), channels_last=True))
+    best_epoch = int(run.data.metrics["best_epoch"])
+    logged_val = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy")}
+    assert single.accuracy == pytest.approx(logged_val[best_epoch]) == pytest.approx(run.data.metrics["best_val_accuracy"])
+    logged_loss = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_loss")}
+    # Ranks run with one thread each (torchrun's default), this process with more: oneDNN picks
+    # other fp32 convolution kernels, so losses agree to rounding, not bit for bit.
+    assert single.loss == pytest.approx(logged_loss[best_epoch], rel=2e-3)
+
+
+def test_study_report_renders_in_chromium(study, tmp_path):
+    """The compare run's HTML report, as logged, loads every image with no console errors."""
+    from tests.browser import console_messages, probed_title, run_chromium, with_image_probe
+
+    client, runs, _ = study
+    (compare_run,) = runs["compare"]
+    page = Path(client.download_artifacts(compare_run.info.run_id, "comparison/report.html", str(tmp_path))).read_text()
+    images = page.count("data:image/png;base64,")
+    assert images >= 5  # accuracy, kappa and loss curves, confusion grid, champion ROC (+ Grad-CAM)
+    shown = run_chromium(Path(tmp_path / "report.html"), tmp_path / "profile-1", f"--screenshot={tmp_path / 'shot.png'}")
+    assert console_messages(shown.stderr) == [] and (tmp_path / "shot.png").stat().st_size > 10_000
+    probed = tmp_path / "probed.html"
+    probed.write_text(with_image_probe(page))
+    dom = run_chromium(probed, tmp_path / "profile-2", "--dump-dom")
+    assert probed_title(dom.stdout) == f"images {images}/{images}"
+    for run in runs["train"]:
+        assert run.info.run_id[:8] in page  # every train run is linked
+
+
+def test_gradcam_artifact_differs_between_grades(study, tmp_path):
+    client, runs, _ = study
+    version = client.get_model_version_by_alias("dr-resnet", "champion")
+    names = {a.path for a in client.list_artifacts(version.run_id, "gradcam")}
+    assert names == {"gradcam/test_gradcam.png", "gradcam/test_gradcam.npz"}
+    arrays = np.load(client.download_artifacts(version.run_id, "gradcam/test_gradcam.npz", str(tmp_path)))
+    heatmaps, grades = arrays["heatmaps"], arrays["grades"]
+    assert heatmaps.shape[1:] == (32, 32) and heatmaps.min() >= 0 and heatmaps.max() <= 1
+    assert sorted(set(grades)) == [0, 1, 2, 3, 4]  # a fixed sample of every grade
+    mean_by_grade = {g: heatmaps[grades == g].mean(axis=0) for g in set(grades)}
+    assert np.abs(mean_by_grade[0] - mean_by_grade[4]).max() > 0.01
+
+
+def test_intervals_bracket_the_champions_test_metrics(study):
+    client, runs, _ = study
+    (evaluate_run,) = runs["evaluate"]
+    metrics = evaluate_run.data.metrics
+    for name in ("test_accuracy", "test_kappa"):
+        assert metrics[f"{name}_ci_low"] <= metrics[name] <= metrics[f"{name}_ci_high"], name
+    for run in runs["train"]:
+        assert run.data.params["select_metric"] == "val_kappa"
+        assert run.data.metrics["selection_score"] == run.data.metrics["best_val_kappa"]

@@ -6,7 +6,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline.engine import evaluate, fit, predict_probabilities, train_one_epoch
+from pipeline.hardware import Accelerator
 from pipeline.models import build_model
+
+CPU = Accelerator(torch.device("cpu"))
 
 
 class Dummy(nn.Module):
@@ -33,9 +36,9 @@ def test_training_learns_a_separable_problem():
     torch.manual_seed(0)
     model, loader = Dummy(), separable_loader()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    first = train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, torch.device("cpu"))
+    first = train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, CPU)
     for _ in range(5):
-        last = train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, torch.device("cpu"))
+        last = train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, CPU)
     assert last["loss"] < first["loss"] and last["accuracy"] > 0.9
     assert first["images_per_sec"] > 0
 
@@ -45,7 +48,7 @@ def test_evaluate_counts_correct_predictions():
     inputs = torch.zeros(4, 5)
     inputs[0, 1] = inputs[1, 2] = inputs[2, 3] = inputs[3, 0] = 1.0
     targets = torch.tensor([1, 2, 0, 0])  # 3 of 4 right
-    out = evaluate(model, DataLoader(TensorDataset(inputs, targets), batch_size=3), nn.CrossEntropyLoss(), torch.device("cpu"))
+    out = evaluate(model, DataLoader(TensorDataset(inputs, targets), batch_size=3), nn.CrossEntropyLoss(), CPU)
     assert out.accuracy == 0.75
     assert out.probabilities.shape == (4, 5) and out.targets.tolist() == [1, 2, 0, 0]
     expected_loss = nn.CrossEntropyLoss()(inputs, targets).item()
@@ -62,7 +65,7 @@ def test_fit_selects_on_validation_never_on_test():
     shifted = DataLoader(TensorDataset(test_inputs, (test_targets + 1) % 5), batch_size=16)
     result = fit(model, train_loader=separable_loader(), val_loader=separable_loader(seed=1, shuffle=False),
                  test_loader=shifted, criterion=nn.CrossEntropyLoss(),
-                 optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), device=torch.device("cpu"),
+                 optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), accel=CPU,
                  epochs=4, on_epoch_end=lambda epoch, metrics: seen.append((epoch, metrics)))
     assert [epoch for epoch, _ in seen] == [1, 2, 3, 4]
     assert set(seen[0][1]) == {"train_loss", "train_accuracy", "train_images_per_sec", "val_loss", "val_accuracy",
@@ -80,7 +83,7 @@ def test_best_state_is_a_snapshot_not_a_reference():
     model = Dummy()
     result = fit(model, train_loader=separable_loader(), val_loader=separable_loader(seed=1),
                  test_loader=separable_loader(seed=2), criterion=nn.CrossEntropyLoss(),
-                 optimizer=torch.optim.SGD(model.parameters(), lr=0.05), device=torch.device("cpu"), epochs=1)
+                 optimizer=torch.optim.SGD(model.parameters(), lr=0.05), accel=CPU, epochs=1)
     with torch.no_grad():
         model.fc.weight.add_(1.0)
     assert not torch.equal(result.best_state["fc.weight"], model.fc.weight)
@@ -95,7 +98,7 @@ def test_frozen_epochs_change_only_the_head(name):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fit(model, train_loader=loader, val_loader=loader, test_loader=loader, criterion=nn.CrossEntropyLoss(),
         optimizer=torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4),
-        device=torch.device("cpu"), epochs=1, freeze_epochs=1)
+        accel=CPU, epochs=1, freeze_epochs=1)
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"fc.weight", "fc.bias"}  # BatchNorm statistics too stay as they were
@@ -108,3 +111,32 @@ def test_predict_probabilities_passes_outputs_through():
     targets, probabilities = predict_probabilities(model, DataLoader(TensorDataset(inputs, torch.arange(6) % 5), batch_size=4), torch.device("cpu"))
     assert targets.tolist() == [0, 1, 2, 3, 4, 0]
     assert probabilities.sum(axis=1) == pytest.approx([1.0] * 6)
+
+
+def resnet_outputs(name: str, accel: Accelerator, train_steps: int = 0) -> torch.Tensor:
+    """Logits of a seeded ResNet on a fixed batch after ``train_steps`` SGD steps under ``accel``."""
+    torch.manual_seed(0)
+    model = accel.prepare(build_model(name, pretrained=False))
+    inputs, targets = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1)), torch.arange(4) % 5
+    loader = DataLoader(TensorDataset(inputs, targets), batch_size=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for _ in range(train_steps):
+        train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, accel)
+    out = evaluate(model, loader, nn.CrossEntropyLoss(), accel)
+    return torch.from_numpy(out.probabilities)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_channels_last_matches_fp32_contiguous(name):
+    reference = resnet_outputs(name, CPU, train_steps=1)
+    channels_last = resnet_outputs(name, Accelerator(torch.device("cpu"), channels_last=True), train_steps=1)
+    assert torch.allclose(channels_last, reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_bf16_autocast_stays_close_to_fp32(name):
+    reference = resnet_outputs(name, CPU)
+    bf16 = resnet_outputs(name, Accelerator(torch.device("cpu"), amp_dtype=torch.bfloat16, channels_last=True))
+    assert bf16.dtype == torch.float32  # probabilities are computed in fp32 whatever the autocast
+    assert (bf16 - reference).abs().max() < 0.05
+    assert torch.equal(bf16.argmax(dim=1), reference.argmax(dim=1))

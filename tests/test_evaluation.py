@@ -1,10 +1,21 @@
 import json
+from itertools import product
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from pipeline.evaluation import classification_metrics, confusion_figure, confusion_matrices
+from pipeline.evaluation import (
+    all_metrics,
+    bootstrap_intervals,
+    classification_metrics,
+    confusion_figure,
+    confusion_grid_figure,
+    confusion_matrices,
+    per_grade_metrics,
+    referable_metrics,
+    roc_figure,
+)
 
 
 def one_hot(predictions):
@@ -43,3 +54,249 @@ def test_confusion_figure_has_both_panels():
     titles = [axis.get_title() for axis in figure.axes]
     assert "counts" in titles and "normalised by true grade" in titles
     plt.close(figure)
+
+
+# --- referable DR, per grade, bootstrap ------------------------------------------------------
+
+# Eight images. Referable = grade >= 2: images 2, 3, 4, 6 (4 positives); 0, 1, 5, 7 negatives.
+REFERABLE_TARGETS = np.array([0, 1, 2, 3, 4, 0, 2, 1])
+P_REFERABLE = np.array([0.1, 0.6, 0.9, 0.4, 0.8, 0.2, 0.6, 0.3])
+
+
+def with_referable_mass(p_referable):
+    """Softmax rows putting 1 - p on grade 0 and p on grade 2, so P(grade >= 2) = p exactly."""
+    probabilities = np.zeros((len(p_referable), 5))
+    probabilities[:, 0] = 1 - p_referable
+    probabilities[:, 2] = p_referable
+    return probabilities
+
+
+def pairwise_auc(labels, scores):
+    """AUC from its definition: the share of (positive, negative) pairs ranked right, ties 1/2."""
+    positives, negatives = scores[labels == 1], scores[labels == 0]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in product(positives, negatives))
+    return wins / (len(positives) * len(negatives))
+
+
+def test_referable_metrics_worked_by_hand():
+    metrics = referable_metrics(REFERABLE_TARGETS, with_referable_mass(P_REFERABLE), threshold=0.5)
+    # Called referable (p >= 0.5): images 1, 2, 4, 6.
+    # Positives 2, 4, 6 called, 3 (p=0.4) missed -> sensitivity 3/4.
+    # Negatives 0, 5, 7 not called, 1 (p=0.6) called -> specificity 3/4.
+    assert metrics["referable_sensitivity"] == pytest.approx(3 / 4)
+    assert metrics["referable_specificity"] == pytest.approx(3 / 4)
+    # Positive scores 0.9, 0.8, 0.6, 0.4 against negatives 0.1, 0.2, 0.3, 0.6:
+    # 0.9 and 0.8 beat all 4 (8); 0.6 beats 3 and ties 1 (3.5); 0.4 beats 3 (3) -> 14.5 / 16.
+    assert metrics["referable_auc"] == pytest.approx(14.5 / 16)
+    assert metrics["referable_auc"] == pytest.approx(pairwise_auc((REFERABLE_TARGETS >= 2).astype(int), P_REFERABLE))
+
+
+def test_referable_threshold_is_inclusive():
+    # At 0.6 the two p=0.6 images (1: negative, 6: positive) are still called: same as at 0.5.
+    at_06 = referable_metrics(REFERABLE_TARGETS, with_referable_mass(P_REFERABLE), threshold=0.6)
+    assert (at_06["referable_sensitivity"], at_06["referable_specificity"]) == pytest.approx((3 / 4, 3 / 4))
+    # At 0.65 only 2 and 4 are called: sensitivity 2/4, every negative cleared.
+    at_065 = referable_metrics(REFERABLE_TARGETS, with_referable_mass(P_REFERABLE), threshold=0.65)
+    assert (at_065["referable_sensitivity"], at_065["referable_specificity"]) == pytest.approx((1 / 2, 1))
+    assert at_065["referable_auc"] == at_06["referable_auc"]  # AUC does not depend on the threshold
+
+
+def test_referable_probability_sums_grades_2_to_4():
+    probabilities = np.array([[0.5, 0.2, 0.1, 0.1, 0.1], [0.1, 0.6, 0.1, 0.1, 0.1]])
+    # Image 0: argmax grade 0 but P(>= 2) = 0.3; image 1: argmax grade 1, P(>= 2) = 0.3 as well.
+    metrics = referable_metrics(np.array([3, 0]), probabilities, threshold=0.3)
+    assert metrics["referable_sensitivity"] == 1.0 and metrics["referable_specificity"] == 0.0
+
+
+def test_referable_auc_is_nan_with_a_single_class():
+    metrics = referable_metrics(np.array([0, 1, 0, 1]), with_referable_mass(np.array([0.1, 0.7, 0.3, 0.2])))
+    assert np.isnan(metrics["referable_auc"])
+    assert np.isnan(metrics["referable_sensitivity"])  # no referable image: undefined, not 0
+    assert metrics["referable_specificity"] == pytest.approx(3 / 4)
+    only_referable = referable_metrics(np.array([2, 4]), with_referable_mass(np.array([0.9, 0.4])))
+    assert np.isnan(only_referable["referable_auc"]) and np.isnan(only_referable["referable_specificity"])
+
+
+def test_per_grade_metrics_worked_by_hand():
+    targets = np.array([0, 0, 1, 2, 2, 2, 4, 4])
+    predictions = np.array([0, 1, 1, 2, 2, 0, 4, 3])
+    metrics = per_grade_metrics(targets, one_hot(predictions))
+    # grade: (predicted as it -> of those right), (truly it -> of those found)
+    # 0: predicted at 0, 5 -> 1 right = 1/2; true at 0, 1 -> found 0 = 1/2
+    # 1: predicted at 1, 2 -> 1 right = 1/2; true at 2 -> found = 1
+    # 2: predicted at 3, 4 -> both right = 1; true at 3, 4, 5 -> found 2 = 2/3
+    # 3: predicted at 7 (a 4) -> 0; never true -> recall 0 by the zero_division convention
+    # 4: predicted at 6 -> right = 1; true at 6, 7 -> found 1 = 1/2
+    expected_precision = [1 / 2, 1 / 2, 1, 0, 1]
+    expected_recall = [1 / 2, 1, 2 / 3, 0, 1 / 2]
+    for grade in range(5):
+        assert metrics[f"precision_grade_{grade}"] == pytest.approx(expected_precision[grade])
+        assert metrics[f"recall_grade_{grade}"] == pytest.approx(expected_recall[grade])
+    assert len(metrics) == 10
+
+
+def test_all_metrics_is_the_union():
+    targets, probabilities = REFERABLE_TARGETS, with_referable_mass(P_REFERABLE)
+    parts = [classification_metrics(targets, probabilities), referable_metrics(targets, probabilities),
+             per_grade_metrics(targets, probabilities)]
+    combined = all_metrics(targets, probabilities)
+    assert len(combined) == sum(len(part) for part in parts) == 17  # no name collides
+    for part in parts:
+        assert {name: combined[name] for name in part} == part
+    assert all(isinstance(value, float) for value in combined.values())  # loggable as is
+
+
+def noisy_predictions(n, seed, skill=1.5):
+    """Targets over all grades and softmax rows leaning towards the true grade."""
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, 5, n)
+    logits = rng.normal(0, 1, (n, 5))
+    logits[np.arange(n), targets] += skill
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return targets, probabilities
+
+
+def test_bootstrap_is_deterministic_per_seed():
+    targets, probabilities = noisy_predictions(60, seed=1)
+    first = bootstrap_intervals(targets, probabilities, n_resamples=50, seed=7)
+    assert first == bootstrap_intervals(targets, probabilities, n_resamples=50, seed=7)
+    assert first != bootstrap_intervals(targets, probabilities, n_resamples=50, seed=8)
+    assert set(first) == set(all_metrics(targets, probabilities))
+
+
+def test_bootstrap_brackets_the_point_estimate():
+    targets, probabilities = noisy_predictions(200, seed=2)
+    point = all_metrics(targets, probabilities)
+    intervals = bootstrap_intervals(targets, probabilities, n_resamples=300, seed=0)
+    for name in ("accuracy", "kappa", "referable_auc"):
+        low, high = intervals[name]
+        assert low < point[name] < high, name
+        assert high - low < 0.3, name  # a real interval, not [0, 1]
+    for low, high in intervals.values():
+        assert low <= high
+
+
+def test_bootstrap_narrows_with_more_data():
+    def width(n):
+        targets, probabilities = noisy_predictions(n, seed=3)
+        low, high = bootstrap_intervals(targets, probabilities, n_resamples=200, seed=0,
+                                        metric_fn=classification_metrics)["accuracy"]
+        return high - low
+
+    # Width goes as 1/sqrt(n): 16x the images should give about a quarter of the width.
+    assert width(1600) < 0.5 * width(100)
+
+
+def recording_metric(log):
+    """A metric_fn that records which images (ids carried in column 0) each resample drew."""
+    def metric_fn(targets, probabilities):
+        log.append(probabilities[:, 0].astype(int))
+        return {"size": float(len(targets))}
+    return metric_fn
+
+
+def test_bootstrap_resamples_whole_patients():
+    n_patients = 20
+    ids = np.arange(2 * n_patients)
+    patients = ids // 2  # images 2k and 2k+1 are the two eyes of patient k
+    carrier = np.column_stack([ids, np.zeros((len(ids), 4))])
+    draws = []
+    bootstrap_intervals(np.zeros(len(ids), int), carrier, groups=patients, n_resamples=100,
+                        metric_fn=recording_metric(draws))
+    resamples = draws[1:]  # the first call is on the full sample
+    assert len(resamples) == 100
+    for drawn in resamples:
+        counts = np.bincount(drawn, minlength=len(ids))
+        assert (counts[0::2] == counts[1::2]).all()  # both eyes equally often, in or out together
+        assert len(drawn) == len(ids)  # n_patients patients drawn, two eyes each
+    # It is resampling, not a copy: some patients left out, some drawn twice or more.
+    all_counts = np.array([np.bincount(d, minlength=len(ids)) for d in resamples])
+    assert (all_counts == 0).any() and (all_counts >= 2).any()
+
+    # Without groups the eyes come apart, which shows the check above can fail.
+    draws.clear()
+    bootstrap_intervals(np.zeros(len(ids), int), carrier, n_resamples=20, metric_fn=recording_metric(draws))
+    assert any((np.bincount(d, minlength=len(ids))[0::2] != np.bincount(d, minlength=len(ids))[1::2]).any()
+               for d in draws[1:])
+
+
+def test_bootstrap_groups_of_unequal_size():
+    # Patient "b" has one eye only; string ids work as well as integers.
+    groups = np.array(["a", "a", "b", "c", "c"])
+    carrier = np.column_stack([np.arange(5), np.zeros((5, 4))])
+    draws = []
+    bootstrap_intervals(np.zeros(5, int), carrier, groups=groups, n_resamples=50, metric_fn=recording_metric(draws))
+    for drawn in draws[1:]:
+        counts = np.bincount(drawn, minlength=5)
+        assert counts[0] == counts[1] and counts[3] == counts[4]
+        assert counts[[0, 2, 3]].sum() == 3  # three patients drawn per resample
+
+
+def test_bootstrap_skips_undefined_resamples_per_metric():
+    # One referable image out of ten: about a third of the resamples miss it and have no AUC.
+    targets = np.array([0, 0, 1, 0, 1, 0, 0, 1, 3, 0])
+    p_referable = np.array([0.1, 0.2, 0.3, 0.4, 0.1, 0.5, 0.2, 0.3, 0.7, 0.6])
+    intervals = bootstrap_intervals(targets, with_referable_mass(p_referable), n_resamples=100,
+                                    metric_fn=referable_metrics)
+    low, high = intervals["referable_auc"]
+    assert 0 <= low <= high <= 1
+    assert not np.isnan(intervals["referable_specificity"]).any()
+
+    def partly_undefined(targets, probabilities):
+        return {"never": float("nan"), "mean": float(targets.mean())}
+
+    never = bootstrap_intervals(targets, with_referable_mass(p_referable), n_resamples=20, metric_fn=partly_undefined)
+    assert np.isnan(never["never"]).all() and not np.isnan(never["mean"]).any()
+
+
+def test_bootstrap_rejects_mismatched_inputs():
+    with pytest.raises(ValueError, match="groups"):
+        bootstrap_intervals(np.zeros(4, int), one_hot(np.zeros(4, int)), groups=np.arange(3))
+    with pytest.raises(ValueError, match="targets"):
+        bootstrap_intervals(np.zeros(4, int), one_hot(np.zeros(3, int)))
+
+
+def test_roc_figure_marks_the_operating_point():
+    figure = roc_figure(REFERABLE_TARGETS, with_referable_mass(P_REFERABLE), threshold=0.5)
+    (axis,) = figure.axes
+    assert "Referable DR" in axis.get_title()
+    legend = [text.get_text() for text in axis.get_legend().get_texts()]
+    assert any("AUC = 0.91" in text for text in legend)  # 14.5/16 = 0.906
+    (point,) = [line for line in axis.get_lines() if line.get_label().startswith("threshold 0.5")]
+    # Operating point: (1 - specificity, sensitivity) = (1/4, 3/4) from the hand-worked example.
+    assert (point.get_xdata()[0], point.get_ydata()[0]) == pytest.approx((0.25, 0.75))
+    assert "sensitivity" in axis.get_ylabel() and "specificity" in axis.get_xlabel()
+    plt.close(figure)
+
+
+def test_roc_figure_with_a_single_class_says_so():
+    figure = roc_figure(np.array([0, 1, 0]), with_referable_mass(np.array([0.1, 0.6, 0.2])))
+    (axis,) = figure.axes
+    assert any("undefined" in text.get_text() for text in axis.texts)
+    plt.close(figure)
+
+
+def test_confusion_grid_has_a_row_per_configuration():
+    targets = np.array([0, 1, 2, 3, 4, 4])
+    matrices = {label: confusion_matrices(targets, predictions) for label, predictions in
+                [("resnet18 scratch", np.array([0, 1, 2, 3, 4, 3])), ("resnet18 pretrained", targets),
+                 ("resnet50 pretrained", np.array([0, 0, 2, 2, 4, 4]))]}
+    figure = confusion_grid_figure(matrices)
+    assert len(figure.axes) == 6
+    titles = [axis.get_title() for axis in figure.axes]
+    assert titles == [f"{label}: {kind}" for label in matrices for kind in ("counts", "normalised by true grade")]
+    rows = sorted({round(axis.get_position().y0, 3) for axis in figure.axes})
+    assert len(rows) == 3  # laid out as three rows, not one strip
+    plt.close(figure)
+    with pytest.raises(ValueError):
+        confusion_grid_figure({})
+
+
+def test_non_finite_outputs_of_a_diverging_model_give_nan_auc_not_an_error():
+    from pipeline.evaluation import epoch_metrics
+
+    probabilities = np.full((4, 5), 0.2)
+    probabilities[1] = np.nan
+    metrics = epoch_metrics(np.array([0, 2, 3, 1]), probabilities)
+    assert np.isnan(metrics["referable_auc"])
+    assert np.isfinite(metrics["kappa"])

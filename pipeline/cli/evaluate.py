@@ -18,13 +18,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_dir", default="data/processed")
     parser.add_argument("--batch_size", default="32")
     parser.add_argument("--num_workers", default="0")
+    parser.add_argument("--bootstrap_resamples", default="1000", help="for the 95%% confidence intervals (0: none)")
     args = parser.parse_args(argv)
 
     def body() -> None:
         metrics = steps.run_evaluate(args.model_uri, args.data_dir, coerce_int(args.batch_size, "batch_size", 1),
-                                     coerce_int(args.num_workers, "num_workers", 0))
+                                     coerce_int(args.num_workers, "num_workers", 0),
+                                     coerce_int(args.bootstrap_resamples, "bootstrap_resamples", 0))
         for name, value in metrics.items():
-            print(f"{name:25s} {value:.4f}")
+            print(f"{name:36s} {value:.4f}")
 
     return run_step("evaluate", body)
 

@@ -26,8 +26,13 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + outcome.comparison + "\n")
         champion = outcome.champion
         print(f"champion: {cfg.registered_model} v{outcome.champion_version} (alias @{cfg.champion_alias}), "
-              f"train run {champion.run_id}, best val accuracy {champion.best_val_accuracy:.3f}")
-        print("champion on test: " + ", ".join(f"{k}={v:.3f}" for k, v in outcome.evaluation.items()))
+              f"train run {champion.run_id}, best {cfg.train.select_metric} {champion.selection_score:.3f}")
+        shown = [k for k in outcome.evaluation if not k.endswith(("_ci_low", "_ci_high")) and "grade" not in k]
+        print("champion on test (95% CI by patient bootstrap):")
+        for name in shown:
+            low, high = outcome.evaluation.get(f"{name}_ci_low"), outcome.evaluation.get(f"{name}_ci_high")
+            interval = f" [{low:.3f}, {high:.3f}]" if low is not None else ""
+            print(f"  {name:28s} {outcome.evaluation[name]:.3f}{interval}")
         print(f"study run: {tracking.run_link()}")
         print(f"to browse the runs, {tracking.tracking_ui_hint()}")
 

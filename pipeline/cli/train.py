@@ -1,25 +1,70 @@
-"""Entry point ``train``: one ResNet configuration, tracked per epoch, best checkpoint and model logged."""
+"""Entry point ``train``: one ResNet configuration, tracked per epoch, best checkpoint and model logged.
+
+Runs unchanged under ``torchrun --nproc_per_node=N``; with ``--nproc N`` it starts torchrun itself.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from pipeline import steps
-from pipeline.cli._runner import load_section, run_step, section_parser
+from pipeline.cli._runner import load_section, run_step, section_parser, setup_logging
 from pipeline.compare import config_label
+from pipeline.config import coerce_int
+from pipeline.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = section_parser("train", "train", __doc__).parse_args(argv)
+    if args.nproc is not None and "LOCAL_RANK" not in os.environ:
+        try:
+            nproc = coerce_int(args.nproc, "nproc", 1)
+        except ConfigError:
+            nproc = 1  # the run itself reports the bad value, and is marked FAILED
+        if nproc > 1:
+            return launch_torchrun(nproc, argv)
 
     def body() -> None:
         cfg = load_section(args, "train")
         outcome = steps.run_train(cfg)
-        print(f"{config_label(cfg.model, cfg.pretrained)}: best epoch {outcome.best_epoch}, "
-              f"val accuracy {outcome.best_val_accuracy:.3f}, test accuracy {outcome.test_accuracy:.3f}")
-        print(f"run {outcome.run_id}, model {outcome.model_uri}")
+        if outcome.run_id:  # rank 0 of a torchrun job, or the only process
+            print(f"{config_label(cfg.model, cfg.pretrained)}: best epoch {outcome.best_epoch}, "
+                  f"{cfg.select_metric} {outcome.selection_score:.3f}, test accuracy {outcome.test_accuracy:.3f}")
+            print(f"run {outcome.run_id}, model {outcome.model_uri}")
 
     return run_step("train", body)
+
+
+def launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """``torchrun --standalone --nproc_per_node=N -m pipeline.cli.train ...``; rank 0 joins MLFLOW_RUN_ID's run."""
+    from torch.distributed.run import main as torchrun
+
+    setup_logging()
+    # torchrun's parser would read our --nproc as an abbreviation of its --nproc-per-node.
+    rank_argv = strip_option(argv, "--nproc")
+    try:
+        torchrun(["--standalone", f"--nproc_per_node={nproc}", "-m", "pipeline.cli.train", *rank_argv])
+    except SystemExit as exc:  # torchrun exits on its own; a failed rank surfaces as ChildFailedError
+        return int(exc.code or 0)
+    except Exception as exc:  # noqa: BLE001 - torchrun's ChildFailedError carries each rank's failure
+        print(f"error: distributed training failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def strip_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` / ``option=VALUE``."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(f"{option}="):
+            kept.append(arg)
+    return kept
 
 
 if __name__ == "__main__":

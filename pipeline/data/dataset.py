@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from pipeline.data.preprocess import MANIFEST, METADATA, load_rgb
@@ -49,17 +49,42 @@ class EvalPreset:
         return self.transforms(img)
 
 
-class ProcessedDataset:
-    """A processed dataset folder: ``manifest.csv``, ``dataset.json`` and ``images/``."""
+def _is_dataset(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file() and (folder / METADATA).is_file()
 
-    def __init__(self, data_dir: str | Path) -> None:
-        self.root = Path(data_dir)
+
+def resolve_dataset_dir(data_dir: str | Path, image_size: int | None = None) -> Path:
+    """``data_dir`` itself if it is a dataset, else its smallest ``<size>px`` cache >= ``image_size``."""
+    data_dir = Path(data_dir)
+    if _is_dataset(data_dir):
+        return data_dir
+    caches = {}
+    for folder in data_dir.glob("*px"):
+        if folder.name[:-2].isdigit() and _is_dataset(folder):
+            caches[int(folder.name[:-2])] = folder
+    if not caches:
+        raise DataError(f"{data_dir} holds no processed dataset (no {MANIFEST}); run the preprocess entry point first")
+    if image_size is None:
+        return caches[max(caches)]
+    large_enough = [size for size in caches if size >= image_size]
+    if not large_enough:
+        raise DataError(
+            f"image_size={image_size} is larger than every processed cache in {data_dir} "
+            f"({', '.join(f'{s} px' for s in sorted(caches))}); run preprocess with image_size={image_size}"
+        )
+    return caches[min(large_enough)]
+
+
+class ProcessedDataset:
+    """A processed dataset folder: ``manifest.csv``, ``dataset.json`` and ``images/``.
+
+    ``data_dir`` may also be preprocess's output root; then the smallest cache that is at least
+    ``image_size`` is used (resizing down is cheap, up is pointless).
+    """
+
+    def __init__(self, data_dir: str | Path, image_size: int | None = None) -> None:
+        self.root = resolve_dataset_dir(data_dir, image_size)
         manifest, metadata = self.root / MANIFEST, self.root / METADATA
-        if not manifest.is_file() or not metadata.is_file():
-            raise DataError(
-                f"{self.root} is not a processed dataset (no {MANIFEST} / {METADATA}); "
-                "run the preprocess entry point on the raw data first"
-            )
         self.metadata: dict = json.loads(metadata.read_text())
         self.manifest = pd.read_csv(manifest, dtype={"id": str, "patient": str})
 
@@ -91,12 +116,20 @@ class FundusDataset(Dataset):
         return self.transform(load_rgb(self.root / self.files[index])), self.grades[index]
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int, seed: int) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int, seed: int,
+                sampler: Sampler | None = None, training: bool = False) -> DataLoader:
+    """Seeded loader; pinned memory on CUDA and workers kept alive between epochs.
+
+    A training loader drops a last batch of a single image: BatchNorm cannot train on one.
+    """
     generator = torch.Generator().manual_seed(seed)
+    per_epoch = len(sampler) if sampler is not None else len(dataset)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
+        drop_last=training and per_epoch % batch_size == 1 and per_epoch > 1,
         num_workers=num_workers,
         generator=generator,
         pin_memory=torch.cuda.is_available(),
@@ -114,3 +147,21 @@ def split_dataset(processed: ProcessedDataset, split: str, image_size: int, *, t
         )
     transform = TrainPreset(image_size, rotation_degrees) if train else EvalPreset(image_size, normalize)
     return FundusDataset(processed.root, processed.split(split), transform)
+
+
+class RawPhotoDataset(Dataset):
+    """Raw photos prepared exactly as preprocess + the eval preset do, for prediction."""
+
+    def __init__(self, paths: list[Path], image_size: int) -> None:
+        self.paths = paths
+        self.image_size = image_size
+        self.transform = EvalPreset(image_size, normalize=False)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from pipeline.data.preprocess import crop_and_resize
+
+        fundus, _ = crop_and_resize(self.paths[index], self.image_size)
+        return self.transform(fundus), index

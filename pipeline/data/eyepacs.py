@@ -104,6 +104,20 @@ def read_split(raw_dir: str | Path, split: str, image_dir: str = "") -> pd.DataF
     return pd.DataFrame({"id": ids, "grade": grades, "patient": [patient_of(i) for i in ids], "path": paths})
 
 
+def read_image_list(csv_path: str | Path, image_dir: str | Path) -> pd.DataFrame:
+    """An image-id CSV (one column, header optional) as ``id`` and checked ``path`` columns."""
+    csv_path, images = Path(csv_path), Path(image_dir)
+    ids = _read_column(csv_path)
+    has_header = bool(len(ids)) and ids.iloc[0].lower() in _HEADER_NAMES and not (images / f"{ids.iloc[0]}{IMAGE_SUFFIX}").is_file()
+    ids, first_line = _drop_header(ids, has_header)
+    root = images.resolve()
+    paths = [_safe_image_path(image_id, root, csv_path, first_line + row) for row, image_id in enumerate(ids)]
+    for row, (image_id, path) in enumerate(zip(ids, paths)):
+        if not path.is_file():
+            raise DataError(f"{csv_path} line {first_line + row}: image id {image_id!r} has no file {path}")
+    return pd.DataFrame({"id": ids, "path": paths})
+
+
 def _parse_grade(text: str, path: Path, line: int) -> int:
     if not _is_integer_text(text):
         raise DataError(f"{path} line {line}: grade {text!r} is not an integer 0-{NUM_GRADES - 1}")

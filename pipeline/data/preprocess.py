@@ -40,6 +40,12 @@ class ImageJob:
     source: Path
     target: Path
     image_size: int
+    reuse: Path | None = None  # a still-valid output of an earlier run
+
+
+def cache_dir(data_dir: str | Path, image_size: int) -> Path:
+    """One cache per size, so a new ``image_size`` never overwrites another's images."""
+    return Path(data_dir) / f"{image_size}px"
 
 
 def load_rgb(path: Path, min_side: int | None = None) -> Image.Image:
@@ -94,7 +100,14 @@ def crop_and_resize(path: Path, image_size: int) -> tuple[Image.Image, tuple[int
     return fundus.resize((image_size, image_size), Image.Resampling.BICUBIC, reducing_gap=3.0), source_size
 
 
-def _process(job: ImageJob) -> tuple[int, int]:
+def _process(job: ImageJob) -> tuple[int, int] | None:
+    """Writes one output; returns the source size, or None when an earlier output was reused."""
+    if job.reuse is not None:
+        try:
+            os.link(job.reuse, job.target)  # same file system: no copy, and the old folder can go
+        except OSError:
+            shutil.copy2(job.reuse, job.target)
+        return None
     fundus, source_size = crop_and_resize(job.source, job.image_size)
     fundus.save(job.target, format="JPEG", quality=CACHE_JPEG_QUALITY)
     return source_size
@@ -135,9 +148,36 @@ def read_raw_dataset(raw_dir: str | Path, image_dir: str, val_fraction: float, s
     return dataset
 
 
+def _source_stamp(frame: pd.DataFrame) -> pd.DataFrame:
+    stats = [Path(path).stat() for path in frame["path"]]
+    return frame.assign(source=[str(p) for p in frame["path"]], source_bytes=[st.st_size for st in stats],
+                        source_mtime_ns=[st.st_mtime_ns for st in stats])
+
+
+def _reusable(dataset: pd.DataFrame, previous_dir: Path) -> list[Path | None]:
+    """Earlier outputs whose source file is unchanged (same path, size and modification time)."""
+    manifest = previous_dir / MANIFEST
+    if not manifest.is_file():
+        return [None] * len(dataset)
+    previous = pd.read_csv(manifest, dtype={"id": str, "patient": str, "source": str}).set_index("id")
+    if not {"source", "source_bytes", "source_mtime_ns", "source_width", "source_height"} <= set(previous.columns):
+        return [None] * len(dataset)
+    reuse: list[Path | None] = []
+    for row in dataset.itertuples():
+        old = previous.loc[row.id] if row.id in previous.index else None
+        output = previous_dir / row.file
+        unchanged = (old is not None and old["source"] == row.source and int(old["source_bytes"]) == row.source_bytes
+                     and int(old["source_mtime_ns"]) == row.source_mtime_ns and output.is_file())
+        reuse.append(output if unchanged else None)
+    return reuse
+
+
 def preprocess(raw_dir: str | Path, data_dir: str | Path, *, image_size: int = 512, image_dir: str = "",
                val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0) -> dict[str, object]:
-    """Builds the processed dataset at ``data_dir`` and returns a summary for tracking.
+    """Builds the processed dataset at ``data_dir/<image_size>px`` and returns a summary for tracking.
+
+    Re-running reuses every output whose source photo is unchanged; the split and manifest are
+    always recomputed (cheap), so a new ``val_fraction`` or ``seed`` takes effect.
 
     Args:
         num_workers: processes that decode images; 0 uses one per CPU core.
@@ -146,14 +186,19 @@ def preprocess(raw_dir: str | Path, data_dir: str | Path, *, image_size: int = 5
         The dataset metadata also written to ``dataset.json`` (counts per split and grade, ...).
     """
     started = time.perf_counter()
-    data_dir = Path(data_dir)
-    dataset = read_raw_dataset(raw_dir, image_dir, val_fraction, seed)
-    staging = data_dir.parent / f".{data_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    target = cache_dir(data_dir, image_size)
+    dataset = _source_stamp(read_raw_dataset(raw_dir, image_dir, val_fraction, seed))
+    dataset["file"] = [f"images/{image_id}.jpeg" for image_id in dataset["id"]]
+    reuse = _reusable(dataset, target)
+    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
     (staging / "images").mkdir(parents=True)
     try:
-        dataset["file"] = [f"images/{image_id}.jpeg" for image_id in dataset["id"]]
-        jobs = [ImageJob(Path(src), staging / rel, image_size) for src, rel in zip(dataset["path"], dataset["file"])]
+        jobs = [ImageJob(Path(src), staging / rel, image_size, old) for src, rel, old in zip(dataset["path"], dataset["file"], reuse)]
         sizes = _run_jobs(jobs, num_workers or os.cpu_count() or 1)
+        if any(old is not None for old in reuse):
+            previous = pd.read_csv(target / MANIFEST, dtype={"id": str}).set_index("id")
+            sizes = [size if size is not None else (int(previous.at[i, "source_width"]), int(previous.at[i, "source_height"]))
+                     for i, size in zip(dataset["id"], sizes)]
         dataset["source_width"] = [w for w, _ in sizes]
         dataset["source_height"] = [h for _, h in sizes]
         metadata = {
@@ -164,16 +209,20 @@ def preprocess(raw_dir: str | Path, data_dir: str | Path, *, image_size: int = 5
             "raw_dir": str(Path(raw_dir).resolve()),
             "counts": {split: _grade_counts(dataset[dataset["split"] == split]) for split in ("train", "val", "test")},
             "patients": {split: int(dataset.loc[dataset["split"] == split, "patient"].nunique()) for split in ("train", "val", "test")},
+            "reused_images": sum(old is not None for old in reuse),
         }
-        columns = ["id", "grade", "patient", "split", "file", "source_width", "source_height"]
+        columns = ["id", "grade", "patient", "split", "file", "source_width", "source_height",
+                   "source", "source_bytes", "source_mtime_ns"]
         dataset[columns].to_csv(staging / MANIFEST, index=False)
         (staging / METADATA).write_text(json.dumps(metadata, indent=2))
-        _replace_dir(staging, data_dir)
+        _replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     metadata["seconds"] = round(time.perf_counter() - started, 2)
-    log.info("processed %d images into %s in %.1f s", len(dataset), data_dir, metadata["seconds"])
+    metadata["dataset_dir"] = str(target)
+    log.info("processed %d images (%d reused) into %s in %.1f s", len(dataset), metadata["reused_images"], target,
+             metadata["seconds"])
     return metadata
 
 
@@ -181,16 +230,19 @@ def _grade_counts(frame: pd.DataFrame) -> list[int]:
     return [int((frame["grade"] == grade).sum()) for grade in range(NUM_GRADES)]
 
 
-def _run_jobs(jobs: list[ImageJob], workers: int) -> list[tuple[int, int]]:
+def _run_jobs(jobs: list[ImageJob], workers: int) -> list[tuple[int, int] | None]:
     progress = dict(total=len(jobs), desc="preprocess", unit="img", disable=None)
-    if workers <= 1:
+    if workers <= 1 or all(job.reuse is not None for job in jobs):
         return [_process(job) for job in tqdm(jobs, **progress)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return list(tqdm(pool.map(_process, jobs, chunksize=8), **progress))
 
 
 def _replace_dir(staging: Path, target: Path) -> None:
-    """Swaps the finished dataset into place; readers see the old one or the new one, never a mix."""
+    """Swaps the finished dataset into place; readers see the old one or the new one, never a mix.
+
+    Reused images are hard links into the old folder, so deleting it afterwards loses nothing.
+    """
     if target.exists():
         stale = target.parent / f".{target.name}.stale-{uuid.uuid4().hex[:8]}"
         target.rename(stale)

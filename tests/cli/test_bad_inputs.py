@@ -77,13 +77,15 @@ def test_preprocess_rejects_bad_raw_data(case, raw_copy, tmp_path, sqlite_tracki
                                 "--num_workers", "1"])
     run = assert_failed_with(capsys, code, message.format(raw=raw_copy))
     assert run.data.tags[STEP_TAG] == "preprocess"
-    assert not (tmp_path / "out").exists()  # nothing half-written for a later step to accept
+    out = tmp_path / "out"
+    leftovers = list(out.iterdir()) if out.exists() else []
+    assert leftovers == []  # no dataset and no partial folder for a later step to accept
 
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "resnet34"], "model='resnet34' is not supported; choose one of resnet18, resnet50"),
     (["--model", "resnet50", "--image_size", "16"], "image_size=16 is too small for resnet50"),
-    (["--image_size", "128"], "image_size=128 is larger than the processed dataset's 64 px"),
+    (["--image_size", "128"], "image_size=128 is larger than every processed cache"),
     (["--epochs", "two"], "epochs='two' must be an integer"),
     (["--device", "cuda:0", "--image_size", "32"], "device='cuda:0' but CUDA is not available"),
 ])

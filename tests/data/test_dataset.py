@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 import torch
 
@@ -39,10 +41,31 @@ def test_loader_batches(processed_dir):
 
 
 def test_refuses_to_upsample_the_cache(processed_dir):
+    with pytest.raises(DataError, match=r"image_size=128 is larger than every processed cache in .* \(64 px\)"):
+        ProcessedDataset(processed_dir, 128)
     with pytest.raises(DataError, match="image_size=128 is larger than the processed dataset's 64 px"):
-        split_dataset(ProcessedDataset(processed_dir), "train", 128, train=True)
+        split_dataset(ProcessedDataset(processed_dir / "64px"), "train", 128, train=True)
+
+
+def test_picks_the_smallest_cache_that_is_large_enough(processed_dir, tmp_path):
+    root = tmp_path / "root"
+    for size in (64, 128):
+        shutil.copytree(processed_dir / "64px", root / f"{size}px")
+    assert ProcessedDataset(root, 32).root == root / "64px"
+    assert ProcessedDataset(root, 100).root == root / "128px"
+    assert ProcessedDataset(root).root == root / "128px"
+    assert ProcessedDataset(root / "64px", 32).root == root / "64px"
 
 
 def test_unprocessed_folder_is_rejected(raw_dir):
-    with pytest.raises(DataError, match="is not a processed dataset .* run the preprocess entry point"):
+    with pytest.raises(DataError, match="holds no processed dataset .* run the preprocess entry point"):
         ProcessedDataset(raw_dir)
+
+
+@pytest.mark.parametrize("size, batch, batches", [(9, 4, 2), (8, 4, 2), (10, 4, 3), (1, 4, 1)])
+def test_training_loader_never_ends_on_a_single_image(size, batch, batches):
+    dataset = torch.utils.data.TensorDataset(torch.zeros(size, 1))
+    loader = make_loader(dataset, batch, shuffle=True, num_workers=0, seed=0, training=True)
+    assert len(loader) == batches
+    assert make_loader(dataset, batch, shuffle=False, num_workers=0, seed=0).dataset is dataset
+    assert sum(len(b[0]) for b in make_loader(dataset, batch, shuffle=False, num_workers=0, seed=0)) == size

@@ -10,6 +10,7 @@ from pipeline.data import preprocess as preprocess_module
 from pipeline.data.preprocess import (
     MANIFEST,
     METADATA,
+    cache_dir,
     crop_and_resize,
     fundus_box,
     load_rgb,
@@ -108,8 +109,9 @@ def test_too_few_patients_for_the_split():
 
 
 def test_processed_dataset_layout(processed_dir, raw_dir):
-    manifest = pd.read_csv(processed_dir / MANIFEST, dtype={"id": str, "patient": str})
-    metadata = json.loads((processed_dir / METADATA).read_text())
+    dataset = processed_dir / "64px"
+    manifest = pd.read_csv(dataset / MANIFEST, dtype={"id": str, "patient": str})
+    metadata = json.loads((dataset / METADATA).read_text())
     raw_ids = pd.read_csv(raw_dir / "train_img.csv", header=None)[0].tolist() + pd.read_csv(raw_dir / "test_img.csv", header=None)[0].tolist()
     assert sorted(manifest["id"]) == sorted(raw_ids)
     assert set(manifest["split"]) == {"train", "val", "test"}
@@ -118,14 +120,14 @@ def test_processed_dataset_layout(processed_dir, raw_dir):
     assert metadata["image_size"] == 64
     assert sum(metadata["counts"]["test"]) == len(pd.read_csv(raw_dir / "test_img.csv", header=None))
     for file in manifest["file"]:
-        with Image.open(processed_dir / file) as image:
+        with Image.open(dataset / file) as image:
             assert image.size == (64, 64)
 
 
 def test_parallel_preprocess_gives_the_same_dataset(raw_dir, processed_dir, tmp_path):
     target = tmp_path / "parallel"
     preprocess(raw_dir, target, image_size=64, val_fraction=0.25, seed=0, num_workers=2)
-    assert (target / MANIFEST).read_text() == (processed_dir / MANIFEST).read_text()
+    assert (target / "64px" / MANIFEST).read_text() == (processed_dir / "64px" / MANIFEST).read_text()
 
 
 def test_interrupted_preprocess_leaves_no_dataset(raw_copy, tmp_path, monkeypatch):
@@ -142,25 +144,45 @@ def test_interrupted_preprocess_leaves_no_dataset(raw_copy, tmp_path, monkeypatc
     monkeypatch.setattr(preprocess_module, "_process", crash_on_the_fifth)
     with pytest.raises(KeyboardInterrupt):
         preprocess(raw_copy, target, image_size=32, num_workers=1)
-    assert not target.exists()
-    assert list(tmp_path.glob(".processed.*")) == []
+    assert list(target.iterdir()) == []  # no 32px dataset and no partial folder left behind
 
 
 def test_failed_rebuild_keeps_the_previous_dataset(raw_copy, tmp_path):
     target = tmp_path / "processed"
     preprocess(raw_copy, target, image_size=32, num_workers=1)
-    before = (target / MANIFEST).read_text()
+    before = (target / "32px" / MANIFEST).read_text()
     victim = sorted((raw_copy / "images").iterdir())[-1]
     victim.write_bytes(victim.read_bytes()[:200])
     with pytest.raises(DataError, match=victim.name):
         preprocess(raw_copy, target, image_size=32, num_workers=1)
-    assert (target / MANIFEST).read_text() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["processed", "raw"]
+    assert (target / "32px" / MANIFEST).read_text() == before
+    assert [p.name for p in target.iterdir()] == ["32px"]
 
 
-def test_rebuild_replaces_the_dataset(raw_copy, tmp_path):
+def test_each_size_is_its_own_cache(raw_copy, tmp_path):
     target = tmp_path / "processed"
     preprocess(raw_copy, target, image_size=32, num_workers=1)
     preprocess(raw_copy, target, image_size=48, num_workers=1)
-    assert json.loads((target / METADATA).read_text())["image_size"] == 48
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["processed", "raw"]
+    assert sorted(p.name for p in target.iterdir()) == ["32px", "48px"]
+    assert json.loads((cache_dir(target, 32) / METADATA).read_text())["image_size"] == 32
+    assert json.loads((cache_dir(target, 48) / METADATA).read_text())["image_size"] == 48
+
+
+def test_rerun_reuses_unchanged_outputs_and_redoes_changed_ones(raw_copy, tmp_path):
+    target = tmp_path / "processed"
+    first = preprocess(raw_copy, target, image_size=32, num_workers=1)
+    assert first["reused_images"] == 0
+    untouched = cache_dir(target, 32) / "images" / f"{first_image(raw_copy).stem}.jpeg"
+    inode = untouched.stat().st_ino
+    changed = sorted((raw_copy / "images").iterdir())[-1]
+    stale = np.asarray(Image.open(cache_dir(target, 32) / "images" / f"{changed.stem}.jpeg"), float)
+    Image.open(changed).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(changed, format="JPEG")
+    second = preprocess(raw_copy, target, image_size=32, val_fraction=0.25, seed=1, num_workers=1)
+    total = sum(map(sum, second["counts"].values()))
+    assert second["reused_images"] == total - 1
+    assert untouched.stat().st_ino == inode  # the very same file, not re-decoded
+    manifest = pd.read_csv(cache_dir(target, 32) / MANIFEST)
+    assert (manifest["source_width"] == 128).all() and (manifest["source_height"] == 96).all()
+    redone = np.asarray(Image.open(cache_dir(target, 32) / "images" / f"{changed.stem}.jpeg"), float)
+    fresh = np.asarray(crop_and_resize(changed, 32)[0], float)
+    assert np.abs(redone - fresh).mean() < 6 < np.abs(redone - stale).mean()  # re-decoded from the flipped photo

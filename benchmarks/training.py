@@ -1,0 +1,81 @@
+"""Benchmark 2: full train steps fed by our loader vs the same steps on tensors already in memory.
+
+The second is the model's own limit on this machine; ours / in-memory is the loader efficiency.
+Both run ``pipeline.engine.train_one_epoch`` (forward, loss, backward, SGD step) on the same
+model; the loader decodes the processed JPEG cache and augments with the train preset.
+Run: ``python -m benchmarks.training [--models resnet18,resnet50 --sizes 224 --precisions auto]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset
+
+from benchmarks.common import print_table, write_json
+from pipeline.config import TrainConfig
+from pipeline.data.dataset import ProcessedDataset, make_loader, split_dataset
+from pipeline.data.preprocess import preprocess
+from pipeline.data.synthetic import UNIFORM_GRADE_SHARES, generate_eyepacs_layout
+from pipeline.engine import train_one_epoch
+from pipeline.hardware import Accelerator, resolve_device, resolve_precision
+from pipeline.models import build_model
+
+
+def throughput(model_name: str, batches, accel: Accelerator) -> float:
+    """images/s of the second of two epochs over ``batches`` (the first warms up workers and kernels)."""
+    torch.manual_seed(0)
+    model = accel.prepare(build_model(model_name, pretrained=False))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    train_one_epoch(model, batches, nn.CrossEntropyLoss(), optimizer, accel)
+    return train_one_epoch(model, batches, nn.CrossEntropyLoss(), optimizer, accel)["images_per_sec"]
+
+
+def main() -> None:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", default="resnet18,resnet50")
+    parser.add_argument("--sizes", default="224")
+    parser.add_argument("--precisions", default="auto", help="comma list of auto, fp32, bf16, fp16")
+    parser.add_argument("--channels-last", default="true")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=defaults.num_workers, help="train's default worker count")
+    parser.add_argument("--cache", type=int, default=512, help="processed cache size the loader decodes")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    images = args.batches * args.batch_size
+    device = resolve_device("auto")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, processed = Path(tmp) / "raw", Path(tmp) / "processed"
+        photo = (max(args.cache, 512) * 5 // 4, max(args.cache, 512))
+        generate_eyepacs_layout(raw, train_patients=images // 2, test_patients=1, size=photo,
+                                grade_shares=UNIFORM_GRADE_SHARES, workers=os.cpu_count() or 1)
+        preprocess(raw, processed, image_size=args.cache, val_fraction=0.25)
+        cache = ProcessedDataset(processed, args.cache)
+        for size in sizes:
+            dataset = ConcatDataset([split_dataset(cache, s, size, train=True) for s in ("train", "val", "test")])
+            loader = make_loader(dataset, args.batch_size, shuffle=True, num_workers=args.workers, seed=0, training=True)
+            in_memory = [(torch.rand(args.batch_size, 3, size, size), torch.arange(args.batch_size) % 5)] * args.batches
+            for precision in args.precisions.split(","):
+                accel = Accelerator(device, resolve_precision(precision, device), args.channels_last == "true")
+                for model_name in args.models.split(","):
+                    ours = throughput(model_name, loader, accel)
+                    memory = throughput(model_name, in_memory, accel)
+                    rows.append({"model": model_name, "size": size, "precision": precision,
+                                 "dtype": str(accel.amp_dtype or torch.float32).removeprefix("torch."),
+                                 "ours img/s": ours, "in-memory img/s": memory, "loader efficiency": ours / memory})
+                    print(rows[-1], flush=True)
+    print_table(f"Train step images/s on {device}, batch {args.batch_size}, {args.workers} loader workers, "
+                f"channels_last={args.channels_last}", rows)
+    write_json("training", {"args": vars(args), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

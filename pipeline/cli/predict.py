@@ -1,0 +1,32 @@
+"""Entry point ``predict``: a folder of photos or an image-id CSV -> a CSV of grades and probabilities."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline import steps
+from pipeline.cli._runner import run_step
+from pipeline.cli.evaluate import DEFAULT_MODEL
+from pipeline.config import coerce_int
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="predict", description=__doc__)
+    parser.add_argument("--model_uri", default=DEFAULT_MODEL, help="train run id, runs:/ or models:/ URI (default %(default)s)")
+    parser.add_argument("--input", required=True, help="folder of photos, or a one-column CSV of image ids")
+    parser.add_argument("--output", default="predictions.csv")
+    parser.add_argument("--batch_size", default="32")
+    parser.add_argument("--num_workers", default="0")
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        frame = steps.run_predict(args.model_uri, args.input, args.output,
+                                  coerce_int(args.batch_size, "batch_size", 1), coerce_int(args.num_workers, "num_workers", 0))
+        print(f"{len(frame)} predictions in {args.output}; referable: {int(frame['referable'].sum())}")
+
+    return run_step("predict", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

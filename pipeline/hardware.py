@@ -1,0 +1,72 @@
+"""Where and how the arithmetic runs: device, mixed precision, memory format and ranks."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from pipeline.distributed import DistContext
+from pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    device: torch.device
+    amp_dtype: torch.dtype | None = None  # None: plain fp32
+    channels_last: bool = False
+    dist: DistContext = field(default_factory=DistContext)
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        # channels_last lets oneDNN / cuDNN pick NHWC kernels, which are faster for convolutions.
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not a torch device; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but CUDA is not available on this machine")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without them bf16 autocast was ~14x slower than fp32 (shared/FACTS.md)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; None means fp32 without autocast."""
+    if name not in PRECISIONS:
+        raise ConfigError(f"precision={name!r} is not supported; choose one of {', '.join(PRECISIONS)}")
+    if name == "fp32":
+        return None
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+    dtype = torch.bfloat16 if name == "bf16" else torch.float16
+    if device.type == "cpu" and not (dtype == torch.bfloat16 and cpu_has_native_bf16()):
+        log.warning("precision=%s on a CPU without native support runs slower than fp32", name)
+    return dtype

@@ -1,0 +1,63 @@
+"""Grades for new photos: a folder or an id CSV -> a CSV of grade, probabilities and referable flag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline.data.dataset import RawPhotoDataset
+from pipeline.data.eyepacs import NUM_GRADES, read_image_list, resolve_image_dir
+from pipeline.errors import DataError
+from pipeline.evaluation import referable_probability
+
+PHOTO_SUFFIXES = {".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp"}
+REFERABLE_THRESHOLD = 0.5
+
+
+def list_inputs(source: str | Path) -> pd.DataFrame:
+    """``id`` and ``path`` of every photo in a folder, or of every id in a CSV (images beside it)."""
+    source = Path(source)
+    if source.is_dir():
+        paths = sorted(p for p in source.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file())
+        if not paths:
+            raise DataError(f"{source} holds no photos ({', '.join(sorted(PHOTO_SUFFIXES))})")
+        return pd.DataFrame({"id": [p.stem for p in paths], "path": paths})
+    if source.is_file():
+        return read_image_list(source, resolve_image_dir(source.parent))
+    raise DataError(f"input {source} is neither a folder of photos nor an image-id CSV")
+
+
+def predict_photos(model: torch.nn.Module, inputs: pd.DataFrame, image_size: int, *, batch_size: int = 32,
+                   num_workers: int = 0) -> pd.DataFrame:
+    """Runs the served model (which outputs probabilities) over the photos, batched, with progress."""
+    loader = DataLoader(RawPhotoDataset(list(inputs["path"]), image_size), batch_size=batch_size,
+                        num_workers=num_workers)
+    chunks = []
+    with torch.no_grad():
+        for images, _ in tqdm(loader, desc="predict", unit="batch", disable=None):
+            chunks.append(model(images).float().numpy())
+    probabilities = np.concatenate(chunks)
+    referable = referable_probability(probabilities)
+    frame = pd.DataFrame({"id": inputs["id"].to_numpy(), "predicted_grade": probabilities.argmax(axis=1)})
+    for grade in range(NUM_GRADES):
+        frame[f"p_grade_{grade}"] = probabilities[:, grade]
+    frame["p_referable"] = referable
+    frame["referable"] = referable >= REFERABLE_THRESHOLD
+    return frame
+
+
+def write_predictions(frame: pd.DataFrame, output: str | Path) -> Path:
+    """Writes the CSV through a temporary file, so a crash never leaves half a result behind."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.name}.partial")
+    frame.to_csv(partial, index=False, float_format="%.6f")
+    partial.replace(output)
+    return output
+
+

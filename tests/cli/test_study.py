@@ -1,0 +1,94 @@
+"""Entry points in-process on the embedded store: repeats over seeds, evaluate, predict."""
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.cli import evaluate as evaluate_cli
+from pipeline.cli import main as main_cli
+from pipeline.cli import predict as predict_cli
+from pipeline.tracking import STEP_TAG
+from tests.conftest import PROJECT_ROOT
+
+
+@pytest.fixture(scope="module")
+def two_seed_study(raw_dir, tmp_path_factory):
+    """`main` with seeds=2 over one configuration, on a store of its own."""
+    root = tmp_path_factory.mktemp("study")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "study")
+    monkeypatch.chdir(root)
+    code = main_cli.main(["--config", str(PROJECT_ROOT / "experiments" / "tiny.yaml"), "--raw_dir", str(raw_dir),
+                          "--data_dir", str(root / "data"), "--models", "resnet18", "--pretrained", "false",
+                          "--seeds", "2"])
+    yield code, MlflowClient(uri), root
+    monkeypatch.undo()
+
+
+def runs_of(client, step):
+    experiment = client.get_experiment_by_name("study").experiment_id
+    return client.search_runs([experiment], filter_string=f"tags.`{STEP_TAG}` = '{step}'")
+
+
+def test_compare_reports_mean_and_std_over_seeds(two_seed_study, tmp_path):
+    code, client, _ = two_seed_study
+    assert code == 0
+    trains = runs_of(client, "train")
+    assert sorted(r.data.params["seed"] for r in trains) == ["0", "1"]
+    (compare_run,) = runs_of(client, "compare")
+    table = pd.read_csv(client.download_artifacts(compare_run.info.run_id, "comparison/comparison.csv", str(tmp_path)))
+    row = table.iloc[0]
+    assert row["runs"] == 2
+    values = [r.data.metrics["selected_test_kappa"] for r in trains]
+    assert row["test_kappa"] == pytest.approx(sum(values) / 2)
+    assert row["test_kappa_std"] == pytest.approx(pd.Series(values).std(ddof=1), abs=1e-9)
+    accuracies = [r.data.metrics["highest_test_accuracy"] for r in trains]
+    assert row["highest_test_accuracy_std"] == pytest.approx(pd.Series(accuracies).std(ddof=1), abs=1e-9)
+
+
+def test_evaluate_by_train_run_id(two_seed_study, monkeypatch, capsys):
+    _, client, root = two_seed_study
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "study")
+    monkeypatch.chdir(root)
+    train_run = runs_of(client, "train")[0]
+    assert evaluate_cli.main(["--model_uri", train_run.info.run_id, "--data_dir", str(root / "data"),
+                              "--bootstrap_resamples", "50"]) == 0
+    evaluated = [r for r in runs_of(client, "evaluate") if r.data.tags.get("retina_flow.model_run_id") == train_run.info.run_id]
+    # The same weights on the same test images: the exported, self-normalising model agrees.
+    assert evaluated and evaluated[0].data.metrics["test_accuracy"] == train_run.data.metrics["selected_test_accuracy"]
+    assert "test_kappa" in capsys.readouterr().out
+
+
+def test_predict_folder_and_csv(two_seed_study, raw_dir, tmp_path, monkeypatch):
+    _, client, root = two_seed_study
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "study")
+    monkeypatch.chdir(root)
+    folder_out, csv_out = tmp_path / "folder.csv", tmp_path / "csv.csv"
+    assert predict_cli.main(["--input", str(raw_dir / "images"), "--output", str(folder_out), "--batch_size", "7"]) == 0
+    assert predict_cli.main(["--input", str(raw_dir / "test_img.csv"), "--output", str(csv_out)]) == 0
+    by_folder, by_csv = pd.read_csv(folder_out, dtype={"id": str}), pd.read_csv(csv_out, dtype={"id": str})
+    test_ids = pd.read_csv(raw_dir / "test_img.csv", header=None, dtype=str)[0].tolist()
+    assert by_csv["id"].tolist() == test_ids
+    assert len(by_folder) == len(list((raw_dir / "images").iterdir()))
+    probabilities = by_csv[[f"p_grade_{g}" for g in range(5)]].to_numpy()
+    assert probabilities.sum(axis=1) == pytest.approx(1.0, abs=1e-4)
+    assert (by_csv["predicted_grade"] == probabilities.argmax(axis=1)).all()
+    assert (by_csv["referable"] == (by_csv["p_referable"] >= 0.5)).all()
+    assert by_csv["p_referable"].to_numpy() == pytest.approx(probabilities[:, 2:].sum(axis=1), abs=1e-5)
+    merged = by_csv.merge(by_folder, on="id", suffixes=("_csv", "_folder"))
+    assert (merged["predicted_grade_csv"] == merged["predicted_grade_folder"]).all()
+
+
+def test_predict_names_a_bad_photo(two_seed_study, tmp_path, monkeypatch, capsys):
+    _, _, root = two_seed_study
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    monkeypatch.chdir(root)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "bad.jpeg").write_bytes(b"not a photo")
+    assert predict_cli.main(["--input", str(tmp_path / "photos"), "--output", str(tmp_path / "out.csv")]) == 2
+    assert "bad.jpeg is corrupt" in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists()
