@@ -1,4 +1,4 @@
-"""Entry points in-process on the embedded store: repeats over seeds, evaluate, predict."""
+"""Entry points in-process against the real tracking server: repeats over seeds, evaluate, predict."""
 
 import pandas as pd
 import pytest
@@ -10,25 +10,28 @@ from pipeline.cli import predict as predict_cli
 from pipeline.tracking import STEP_TAG
 from tests.conftest import PROJECT_ROOT
 
+# The server is shared with the end-to-end study, which owns dr-resnet@champion.
+SEEDS_MODEL = "dr-resnet-seeds"
+
 
 @pytest.fixture(scope="module")
-def two_seed_study(raw_dir, tmp_path_factory):
-    """`main` with seeds=2 over one configuration, on a store of its own."""
+def two_seed_study(raw_dir, mlflow_server, tmp_path_factory):
+    """`main` with seeds=2 over one configuration, tracked on the real server."""
     root = tmp_path_factory.mktemp("study")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = mlflow_server
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "study")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "study-seeds")
     monkeypatch.chdir(root)
     code = main_cli.main(["--config", str(PROJECT_ROOT / "experiments" / "tiny.yaml"), "--raw_dir", str(raw_dir),
                           "--data_dir", str(root / "data"), "--models", "resnet18", "--pretrained", "false",
-                          "--seeds", "2"])
+                          "--seeds", "2", "--registered_model", SEEDS_MODEL])
     yield code, MlflowClient(uri), root
     monkeypatch.undo()
 
 
 def runs_of(client, step):
-    experiment = client.get_experiment_by_name("study").experiment_id
+    experiment = client.get_experiment_by_name("study-seeds").experiment_id
     return client.search_runs([experiment], filter_string=f"tags.`{STEP_TAG}` = '{step}'")
 
 
@@ -50,8 +53,8 @@ def test_compare_reports_mean_and_std_over_seeds(two_seed_study, tmp_path):
 
 def test_evaluate_by_train_run_id(two_seed_study, monkeypatch, capsys):
     _, client, root = two_seed_study
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "study")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "study-seeds")
     monkeypatch.chdir(root)
     train_run = runs_of(client, "train")[0]
     assert evaluate_cli.main(["--model_uri", train_run.info.run_id, "--data_dir", str(root / "data"),
@@ -64,12 +67,13 @@ def test_evaluate_by_train_run_id(two_seed_study, monkeypatch, capsys):
 
 def test_predict_folder_and_csv(two_seed_study, raw_dir, tmp_path, monkeypatch):
     _, client, root = two_seed_study
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "study")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "study-seeds")
     monkeypatch.chdir(root)
     folder_out, csv_out = tmp_path / "folder.csv", tmp_path / "csv.csv"
-    assert predict_cli.main(["--input", str(raw_dir / "images"), "--output", str(folder_out), "--batch_size", "7"]) == 0
-    assert predict_cli.main(["--input", str(raw_dir / "test_img.csv"), "--output", str(csv_out)]) == 0
+    model = ["--model_uri", f"models:/{SEEDS_MODEL}@champion"]
+    assert predict_cli.main([*model, "--input", str(raw_dir / "images"), "--output", str(folder_out), "--batch_size", "7"]) == 0
+    assert predict_cli.main([*model, "--input", str(raw_dir / "test_img.csv"), "--output", str(csv_out)]) == 0
     by_folder, by_csv = pd.read_csv(folder_out, dtype={"id": str}), pd.read_csv(csv_out, dtype={"id": str})
     test_ids = pd.read_csv(raw_dir / "test_img.csv", header=None, dtype=str)[0].tolist()
     assert by_csv["id"].tolist() == test_ids
@@ -84,11 +88,12 @@ def test_predict_folder_and_csv(two_seed_study, raw_dir, tmp_path, monkeypatch):
 
 
 def test_predict_names_a_bad_photo(two_seed_study, tmp_path, monkeypatch, capsys):
-    _, _, root = two_seed_study
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    _, client, root = two_seed_study
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
     monkeypatch.chdir(root)
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "bad.jpeg").write_bytes(b"not a photo")
-    assert predict_cli.main(["--input", str(tmp_path / "photos"), "--output", str(tmp_path / "out.csv")]) == 2
+    assert predict_cli.main(["--model_uri", f"models:/{SEEDS_MODEL}@champion", "--input", str(tmp_path / "photos"),
+                             "--output", str(tmp_path / "out.csv")]) == 2
     assert "bad.jpeg is corrupt" in capsys.readouterr().err
     assert not (tmp_path / "out.csv").exists()
