@@ -14,10 +14,23 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, object]:
+    from pipeline.hardware import cpu_has_native_bf16
+
     return {
         "cpu_cores": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": cpu_model(),
+        "native_bf16": cpu_has_native_bf16(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "threads": torch.get_num_threads(),

@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--precisions", default="auto", help="comma list of auto, fp32, bf16, fp16")
     parser.add_argument("--channels-last", default="true")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=16)
     parser.add_argument("--workers", type=int, default=defaults.num_workers, help="train's default worker count")
     parser.add_argument("--cache", type=int, default=512, help="processed cache size the loader decodes")
     args = parser.parse_args()
@@ -62,7 +62,9 @@ def main() -> None:
         for size in sizes:
             dataset = ConcatDataset([split_dataset(cache, s, size, train=True) for s in ("train", "val", "test")])
             loader = make_loader(dataset, args.batch_size, shuffle=True, num_workers=args.workers, seed=0, training=True)
-            in_memory = [(torch.rand(args.batch_size, 3, size, size), torch.arange(args.batch_size) % 5)] * args.batches
+            # The same uint8 batches the loader yields, so both paths normalise on the device alike.
+            batch = torch.randint(0, 256, (args.batch_size, 3, size, size), dtype=torch.uint8)
+            in_memory = [(batch, torch.arange(args.batch_size) % 5)] * args.batches
             for precision in args.precisions.split(","):
                 accel = Accelerator(device, resolve_precision(precision, device), args.channels_last == "true")
                 for model_name in args.models.split(","):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from pipeline.data.dataset import to_unit_float
 from pipeline.distributed import all_reduce_sum, gather_in_order, unwrap
 from pipeline.hardware import Accelerator
 from pipeline.models import set_backbone_trainable
@@ -174,6 +175,6 @@ def predict_probabilities(model: nn.Module, loader: DataLoader, device: torch.de
     """
     targets_all, probs_all = [], []
     for images, targets in loader:
-        probs_all.append(model(images.to(device)).float().cpu())
+        probs_all.append(model(to_unit_float(images.to(device))).float().cpu())
         targets_all.append(targets)
     return torch.cat(targets_all).numpy(), torch.cat(probs_all).numpy()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pipeline.data.dataset import normalize_batch
 from pipeline.distributed import DistContext
 from pipeline.errors import ConfigError
 
@@ -24,7 +25,10 @@ class Accelerator:
     dist: DistContext = field(default_factory=DistContext)
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """A loader batch on the device, ready for the network: uint8 batches are normalised here."""
         images = images.to(self.device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            images = normalize_batch(images)
         # channels_last lets oneDNN / cuDNN pick NHWC kernels, which are faster for convolutions.
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.data.dataset import RawPhotoDataset
+from pipeline.data.dataset import RawPhotoDataset, to_unit_float
 from pipeline.data.eyepacs import NUM_GRADES, read_image_list, resolve_image_dir
 from pipeline.errors import DataError
 from pipeline.evaluation import referable_probability
@@ -40,7 +40,7 @@ def predict_photos(model: torch.nn.Module, inputs: pd.DataFrame, image_size: int
     chunks = []
     with torch.no_grad():
         for images, _ in tqdm(loader, desc="predict", unit="batch", disable=None):
-            chunks.append(model(images).float().numpy())
+            chunks.append(model(to_unit_float(images)).float().numpy())
     probabilities = np.concatenate(chunks)
     referable = referable_probability(probabilities)
     frame = pd.DataFrame({"id": inputs["id"].to_numpy(), "predicted_grade": probabilities.argmax(axis=1)})

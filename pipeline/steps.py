@@ -30,7 +30,15 @@ from pipeline.config import (
     validate_study_config,
     validate_train_config,
 )
-from pipeline.data.dataset import EvalPreset, FundusDataset, ProcessedDataset, make_loader, split_dataset
+from pipeline.data.dataset import (
+    EvalPreset,
+    FundusDataset,
+    ProcessedDataset,
+    make_loader,
+    normalize_batch,
+    split_dataset,
+    to_unit_float,
+)
 from pipeline.data.preprocess import preprocess
 from pipeline.distributed import DistContext, context_from_env, destroy_process_group, init_process_group, shard_indices
 from pipeline.engine import fit, predict_probabilities
@@ -115,14 +123,14 @@ def log_gradcam(model: nn.Module, processed: ProcessedDataset, image_size: int, 
     """Grad-CAM over a fixed sample (the first ``per_grade`` test images of each grade)."""
     rows = processed.split("test")
     sample = rows.sort_values("grade", kind="stable").groupby("grade", sort=True).head(per_grade).reset_index(drop=True)
-    normalized = FundusDataset(processed.root, sample, EvalPreset(image_size))
-    shown = FundusDataset(processed.root, sample, EvalPreset(image_size, normalize=False))
-    images = torch.stack([normalized[i][0] for i in range(len(sample))])
+    dataset = FundusDataset(processed.root, sample, EvalPreset(image_size))
+    raw = torch.stack([dataset[i][0] for i in range(len(sample))])
+    images = normalize_batch(raw)
     model = model.float().to(memory_format=torch.contiguous_format)
     heatmaps = grad_cam(model, images.to(device), model.layer4).cpu()
     predicted = _predict(model, images.to(device))
     titles = [f"{image_id}: grade {grade}, predicted {p}" for image_id, grade, p in zip(sample["id"], sample["grade"], predicted)]
-    figure = gradcam_figure(torch.stack([shown[i][0] for i in range(len(sample))]), heatmaps, titles,
+    figure = gradcam_figure(to_unit_float(raw), heatmaps, titles,
                             columns=min(per_grade, len(sample)))
     tracking.log_figure(figure, "gradcam/test_gradcam.png")
     plt.close(figure)
@@ -207,8 +215,8 @@ def run_train(cfg: TrainConfig) -> TrainOutcome:
     cpu_state = {k: v.detach().cpu() for k, v in result.best_state.items()}
     tracking.log_state_dict(cpu_state, "checkpoints", "best_model.pt")
     example_rows = processed.split("test").head(SERVING_EXAMPLE_IMAGES)
-    example_set = FundusDataset(processed.root, example_rows, EvalPreset(cfg.image_size, normalize=False))
-    example = torch.stack([example_set[i][0] for i in range(len(example_set))])
+    example_set = FundusDataset(processed.root, example_rows, EvalPreset(cfg.image_size))
+    example = to_unit_float(torch.stack([example_set[i][0] for i in range(len(example_set))]))
     model_uri, _ = tracking.log_model(serving_model(model.float().to(memory_format=torch.contiguous_format)), example)
     return TrainOutcome(tracking.active_run_id(), model_uri, result.best_epoch, result.best_score,
                         selected["selected_test_accuracy"])
@@ -240,7 +248,7 @@ def run_evaluate(model_ref: str, data_dir: str, batch_size: int = 32, num_worker
     if loaded.source_run_id:
         tracking.set_tags({tracking.SOURCE_RUN_TAG: loaded.source_run_id})
     processed = ProcessedDataset(data_dir, loaded.image_size)
-    test = FundusDataset(processed.root, processed.split("test"), EvalPreset(loaded.image_size, normalize=False))
+    test = FundusDataset(processed.root, processed.split("test"), EvalPreset(loaded.image_size))
     loader = make_loader(test, batch_size, shuffle=False, num_workers=num_workers, seed=0)
     targets, probabilities = predict_probabilities(loaded.module, loader, torch.device("cpu"))
     test_metrics = log_model_evaluation(targets, probabilities, processed.split("test")["patient"].to_numpy(),

@@ -36,3 +36,11 @@ def test_channels_last_inputs_and_model():
     assert images.is_contiguous(memory_format=torch.channels_last)
     model = accel.prepare(torch.nn.Conv2d(3, 4, 3))
     assert model.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_inputs_normalise_uint8_batches_and_pass_floats_through():
+    accel = Accelerator(CPU)
+    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    assert accel.inputs(images).dtype == torch.float32 and accel.inputs(images).min() < 0
+    floats = torch.rand(2, 3, 4, 4)
+    assert torch.equal(accel.inputs(floats), floats)

@@ -60,7 +60,8 @@ def load_rgb(path: Path, min_side: int | None = None) -> Image.Image:
                 # DCT-domain downscaling: skips most of the decode cost of a 10 MP photo.
                 img.draft("RGB", (min_side, min_side))
             img.load()
-            return img.convert("RGB")
+            # convert() copies even an RGB image; the cache is read every epoch, so skip the copy.
+            return img if img.mode == "RGB" else img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"image {path} is corrupt, truncated or not an image: {exc}") from None
 

@@ -3,23 +3,44 @@ import shutil
 import pytest
 import torch
 
-from pipeline.data.dataset import EvalPreset, ProcessedDataset, TrainPreset, make_loader, split_dataset
+from torchvision.transforms import v2
+
+from pipeline.data.dataset import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EvalPreset,
+    ProcessedDataset,
+    TrainPreset,
+    make_loader,
+    normalize_batch,
+    split_dataset,
+    to_unit_float,
+)
 from pipeline.errors import DataError
 
 
-def test_splits_and_tensors(processed_dir):
+def test_splits_give_uint8_images_that_normalise_on_the_device(processed_dir):
     processed = ProcessedDataset(processed_dir)
     train = split_dataset(processed, "train", 32, train=True)
     image, grade = train[0]
-    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert image.shape == (3, 32, 32) and image.dtype == torch.uint8  # a quarter of float32's bytes per batch
     assert 0 <= int(grade) <= 4
-    assert image.min() < 0  # ImageNet-normalised
+    normalised = normalize_batch(image[None])
+    assert normalised.dtype == torch.float32 and normalised.min() < 0
 
 
-def test_eval_preset_without_normalisation_stays_in_unit_range(processed_dir):
-    processed = ProcessedDataset(processed_dir)
-    image, _ = split_dataset(processed, "test", 48, train=False, normalize=False)[0]
-    assert image.shape == (3, 48, 48) and 0 <= image.min() and image.max() <= 1
+def test_normalize_batch_equals_torchvisions_normalize():
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    expected = v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)(images.float() / 255)
+    assert torch.allclose(normalize_batch(images), expected, atol=1e-6)
+    assert torch.equal(to_unit_float(images), images.float() / 255)
+    unit = torch.rand(1, 3, 4, 4)
+    assert to_unit_float(unit) is unit  # [0, 1] floats pass through
+
+
+def test_eval_split_resizes(processed_dir):
+    image, _ = split_dataset(ProcessedDataset(processed_dir), "test", 48, train=False)[0]
+    assert image.shape == (3, 48, 48) and image.dtype == torch.uint8
 
 
 def test_train_preset_is_random_and_eval_is_not(processed_dir):
@@ -37,7 +58,7 @@ def test_loader_batches(processed_dir):
     processed = ProcessedDataset(processed_dir)
     loader = make_loader(split_dataset(processed, "val", 32, train=False), 4, shuffle=False, num_workers=0, seed=0)
     images, grades = next(iter(loader))
-    assert images.shape[1:] == (3, 32, 32) and grades.dtype == torch.long
+    assert images.shape[1:] == (3, 32, 32) and images.dtype == torch.uint8 and grades.dtype == torch.long
 
 
 def test_refuses_to_upsample_the_cache(processed_dir):
