@@ -62,6 +62,9 @@ class TrainConfig:
     class_weighting: str = "none"  # none | inverse | sqrt_inverse: cross-entropy weights per grade
     weighted_sampler: bool = False  # draw training images with inverse grade frequency
     bootstrap_resamples: int = 1000  # for the 95% confidence intervals of the selected model
+    checkpoint_dir: str = "checkpoints"  # <checkpoint_dir>/<run id>/last.pt, rewritten every epoch
+    checkpoint_artifact: bool = True  # also log last.pt to the run every epoch (resume on another machine)
+    resume: str = ""  # a train run id to continue, or "auto": the latest unfinished run of this configuration
 
 
 @dataclass
@@ -260,8 +263,6 @@ def validate_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"select_metric={cfg.select_metric!r} is not supported; choose one of {', '.join(SELECT_METRICS)}")
     if cfg.class_weighting not in CLASS_WEIGHTINGS:
         raise ConfigError(f"class_weighting={cfg.class_weighting!r} is not supported; choose one of {', '.join(CLASS_WEIGHTINGS)}")
-    if cfg.weighted_sampler and cfg.nproc > 1:
-        raise ConfigError("weighted_sampler=true cannot be combined with nproc > 1 (DistributedSampler)")
     if cfg.bootstrap_resamples < 0:
         raise ConfigError(f"bootstrap_resamples={cfg.bootstrap_resamples} must be 0 (no intervals) or more")
 

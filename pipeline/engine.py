@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from pipeline.data.dataset import to_unit_float
 from pipeline.distributed import all_reduce_sum, gather_in_order, unwrap
@@ -36,6 +36,17 @@ class EvalOutput:
 
 
 @dataclass
+class FitState:
+    """Where training stands after an epoch: what a checkpoint keeps and a resumed ``fit`` takes."""
+
+    epoch: int
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_state: dict[str, torch.Tensor]
+    best_test: EvalOutput
+
+
+@dataclass
 class FitResult:
     best_epoch: int
     best_score: float  # the select metric at the best epoch
@@ -46,7 +57,8 @@ class FitResult:
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     accel: Accelerator, *, frozen_backbone: bool = False,
-                    scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+                    scaler: torch.amp.GradScaler | None = None,
+                    on_batch_end: Callable[[], None] | None = None) -> dict[str, float]:
     """One pass over ``loader``; returns ``loss``, ``accuracy`` and ``images_per_sec`` (all ranks)."""
     model.train()
     if frozen_backbone:
@@ -72,6 +84,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
         total_loss += loss.item() * targets.size(0)
         correct += (logits.argmax(dim=1) == targets).sum().item()
         seen += targets.size(0)
+        if on_batch_end is not None:
+            on_batch_end()
     elapsed = time.perf_counter() - started
     total_loss, correct, seen = all_reduce_sum([total_loss, correct, seen], accel.dist)
     return {"loss": total_loss / seen, "accuracy": correct / seen, "images_per_sec": seen / elapsed}
@@ -112,7 +126,9 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
         criterion: nn.Module, optimizer: torch.optim.Optimizer, accel: Accelerator, epochs: int,
         freeze_epochs: int = 0, eval_lengths: tuple[int, int] | None = None,
         scaler: torch.amp.GradScaler | None = None, on_epoch_end: EpochCallback | None = None,
-        epoch_metrics: MetricsFn | None = None, select_metric: str = "val_accuracy") -> FitResult:
+        epoch_metrics: MetricsFn | None = None, select_metric: str = "val_accuracy",
+        start: FitState | None = None, on_checkpoint: Callable[[FitState], None] | None = None,
+        on_batch_end: Callable[[], None] | None = None) -> FitResult:
     """Trains for ``epochs`` and keeps the epoch with the best ``select_metric`` (a ``val_`` metric).
 
     Test metrics are measured every epoch (the course labs' curves) but never used to choose.
@@ -123,18 +139,26 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
         epoch_metrics: more metrics from (targets, probabilities), logged as ``val_*`` and ``test_*``.
         select_metric: higher is better; ties (and NaN, e.g. an AUC with one class) fall back on
             the lower validation loss.
+        start: the state of an interrupted run (model and optimizer already restored): training
+            continues with the next epoch.
+        on_checkpoint: called with the state after every epoch, before ``on_epoch_end`` logs it,
+            so a crash between the two loses no metric (a resume re-logs from the checkpoint).
     """
     if not select_metric.startswith("val_"):
         raise ValueError(f"select_metric={select_metric!r} must be a validation metric (val_...)")
     val_length, test_length = eval_lengths or (None, None)
     best: FitResult | None = None
     history: list[dict[str, float]] = []
-    for epoch in range(1, epochs + 1):
-        if isinstance(train_loader.sampler, DistributedSampler):
+    if start is not None:
+        history = list(start.history)
+        best = FitResult(start.best_epoch, history[start.best_epoch - 1][select_metric], start.best_state, start.best_test)
+    for epoch in range((start.epoch if start else 0) + 1, epochs + 1):
+        if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)  # a different shuffle each epoch, the same on every rank
         frozen = epoch <= freeze_epochs
         set_backbone_trainable(unwrap(model), not frozen)
-        train = train_one_epoch(model, train_loader, criterion, optimizer, accel, frozen_backbone=frozen, scaler=scaler)
+        train = train_one_epoch(model, train_loader, criterion, optimizer, accel, frozen_backbone=frozen, scaler=scaler,
+                                on_batch_end=on_batch_end)
         val = evaluate(model, val_loader, criterion, accel, val_length)
         test = evaluate(model, test_loader, criterion, accel, test_length)
         metrics = {
@@ -152,6 +176,8 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
                                                  -history[best.best_epoch - 1]["val_loss"]):
             best = FitResult(epoch, metrics[select_metric], copy.deepcopy(unwrap(model).state_dict()), test)
         log.info("epoch %d/%d %s", epoch, epochs, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if on_checkpoint is not None:
+            on_checkpoint(FitState(epoch, history, best.best_epoch, best.best_state, best.best_test))
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
     assert best is not None  # epochs >= 1 is validated with the config

@@ -6,17 +6,22 @@ Entry points wrap one step in a run; ``run_study`` runs them all as nested runs 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
+import os
 import random
+import signal
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from pipeline import tracking
 from pipeline.compare import config_of, comparison_table, config_label, curves_figure, display_table, format_table
@@ -41,10 +46,12 @@ from pipeline.data.dataset import (
 )
 from pipeline.data.preprocess import preprocess
 from pipeline.distributed import DistContext, context_from_env, destroy_process_group, init_process_group, shard_indices
-from pipeline.engine import fit, predict_probabilities
+from pipeline.engine import EvalOutput, FitState, fit, predict_probabilities
 from pipeline.errors import ConfigError, WeightsUnavailableError
 from pipeline.hardware import Accelerator, resolve_device, resolve_precision
-from pipeline.data.balance import balanced_sampler, class_weights
+from pipeline import checkpoint
+from pipeline.data.balance import balanced_weights, class_weights
+from pipeline.data.sampling import EpochSampler
 from pipeline.evaluation import (
     all_metrics,
     bootstrap_intervals,
@@ -144,13 +151,18 @@ def _predict(model: nn.Module, images: torch.Tensor) -> list[int]:
     return model(images).argmax(dim=1).tolist()
 
 
-def run_train(cfg: TrainConfig) -> TrainOutcome:
+def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome:
     """Trains one configuration inside the active run and logs everything a comparison needs.
 
     Under torchrun every rank runs this; only rank 0 writes to MLflow (see tracking).
+
+    Args:
+        resume_from: a checkpoint of this run (``checkpoint.load``): training continues after
+            its epoch, and metric values the crash kept from MLflow are logged from it.
     """
     validate_train_config(cfg)
-    tracking.log_config(to_dict(cfg), to_dict(cfg))
+    if resume_from is None:
+        tracking.log_config(to_dict(cfg), {k: v for k, v in to_dict(cfg).items() if k != "resume"})
     ctx = context_from_env()
     device = resolve_device(cfg.device, ctx.local_rank)
     accel = Accelerator(device, resolve_precision(cfg.precision, device), cfg.channels_last, ctx)
@@ -161,13 +173,16 @@ def run_train(cfg: TrainConfig) -> TrainOutcome:
         "val": split_dataset(processed, "val", cfg.image_size, train=False),
         "test": split_dataset(processed, "test", cfg.image_size, train=False),
     }
-    tracking.log_dataset(processed.manifest, str(processed.root.resolve()), processed.root.name, "training")
+    if resume_from is None:
+        tracking.log_dataset(processed.manifest, str(processed.root.resolve()), processed.root.name, "training")
     tracking.set_tags({"retina_flow.device": str(device), "retina_flow.world_size": str(ctx.world_size),
                        "retina_flow.precision": str(accel.amp_dtype or torch.float32).removeprefix("torch."),
                        "retina_flow.configuration": config_label(cfg.model, cfg.pretrained)})
     init_process_group(ctx, device)
     try:
-        model = accel.prepare(build_model(cfg.model, pretrained=cfg.pretrained, weights_path=cfg.weights_path))
+        # A resumed run takes every weight from its checkpoint, so it needs no ImageNet file.
+        model = accel.prepare(build_model(cfg.model, pretrained=cfg.pretrained and resume_from is None,
+                                          weights_path=cfg.weights_path if resume_from is None else ""))
         trained = model
         if ctx.enabled:
             # Frozen-head epochs leave backbone parameters without gradients, which DDP must be told.
@@ -183,6 +198,12 @@ def run_train(cfg: TrainConfig) -> TrainOutcome:
         if weights is not None:
             tracking.log_params({f"loss_weight_grade_{g}": round(float(w), 4) for g, w in enumerate(weights)})
         loaders = make_train_loaders(datasets, cfg, ctx, train_grades)
+        start = None
+        if resume_from is not None:
+            start = restore_training(resume_from, model, optimizer, scaler)
+            tracking.log_missing_epoch_metrics(start.history)
+            log.info("resuming %s after epoch %d of %d", tracking.active_run_id(), start.epoch, cfg.epochs)
+        save_checkpoint = checkpoint_writer(cfg, model, optimizer, scaler) if ctx.is_main else None
         result = fit(
             trained,
             train_loader=loaders["train"], val_loader=loaders["val"], test_loader=loaders["test"],
@@ -191,6 +212,7 @@ def run_train(cfg: TrainConfig) -> TrainOutcome:
             epochs=cfg.epochs, freeze_epochs=cfg.freeze_epochs, scaler=scaler,
             eval_lengths=(len(datasets["val"]), len(datasets["test"])),
             epoch_metrics=epoch_metrics, select_metric=cfg.select_metric,
+            start=start, on_checkpoint=save_checkpoint, on_batch_end=fault_injector(),
             on_epoch_end=lambda epoch, metrics: tracking.log_metrics(metrics, step=epoch),
         )
     finally:
@@ -224,19 +246,88 @@ def run_train(cfg: TrainConfig) -> TrainOutcome:
 
 def make_train_loaders(datasets: dict[str, Dataset], cfg: TrainConfig, ctx: DistContext,
                        train_grades: np.ndarray) -> dict[str, DataLoader]:
-    """Loaders for one rank: a DistributedSampler share of train, a ``rank::world`` slice of val/test."""
+    """Loaders for one rank: an EpochSampler share of train, a ``rank::world`` slice of val/test."""
     loaders = {}
     for name, dataset in datasets.items():
         sampler = None
-        if cfg.weighted_sampler and name == "train":
-            sampler = balanced_sampler(train_grades, cfg.seed)
-        elif ctx.enabled and name == "train":
-            sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed)
+        if name == "train":
+            weights = balanced_weights(train_grades)[train_grades] if cfg.weighted_sampler else None
+            sampler = EpochSampler(len(dataset), cfg.seed, weights=weights, rank=ctx.rank, world_size=ctx.world_size)
         elif ctx.enabled:
             dataset = Subset(dataset, shard_indices(len(dataset), ctx))
-        loaders[name] = make_loader(dataset, cfg.batch_size, shuffle=name == "train" and sampler is None,
-                                    num_workers=cfg.num_workers, seed=cfg.seed, sampler=sampler, training=name == "train")
+        loaders[name] = make_loader(dataset, cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
+                                    seed=cfg.seed, sampler=sampler, training=name == "train")
     return loaders
+
+
+def checkpoint_writer(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler | None) -> Callable[[FitState], None]:
+    """Saves ``<checkpoint_dir>/<run id>/last.pt`` after every epoch (and logs it, if asked)."""
+    path = Path(cfg.checkpoint_dir) / tracking.active_run_id() / checkpoint.LAST
+
+    def save(state: FitState) -> None:
+        checkpoint.save_atomic({
+            "format": checkpoint.FORMAT_VERSION,
+            "config": to_dict(cfg),
+            "epoch": state.epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "history": state.history,
+            "best_epoch": state.best_epoch,
+            "best_state": state.best_state,
+            "best_test": {"loss": state.best_test.loss, "accuracy": state.best_test.accuracy,
+                          "targets": torch.from_numpy(state.best_test.targets),
+                          "probabilities": torch.from_numpy(state.best_test.probabilities)},
+            "rng": checkpoint.rng_state(),
+        }, path)
+        if cfg.checkpoint_artifact:
+            tracking.log_artifact(path, "checkpoints")
+
+    return save
+
+
+def restore_training(saved: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler | None) -> FitState:
+    """Puts model, optimizer, scaler and RNGs back as they were after the saved epoch."""
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if scaler is not None and saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
+    checkpoint.restore_rng(saved["rng"])
+    best = saved["best_test"]
+    return FitState(saved["epoch"], saved["history"], saved["best_epoch"], saved["best_state"],
+                    EvalOutput(best["loss"], best["accuracy"], best["targets"].numpy(), best["probabilities"].numpy()))
+
+
+def load_run_checkpoint(run_id: str, checkpoint_dir: str) -> dict:
+    """The last checkpoint of ``run_id``: the local file, else the one logged to the run."""
+    local = Path(checkpoint_dir) / run_id / checkpoint.LAST
+    if not local.is_file():
+        data = tracking.read_artifact(run_id, f"checkpoints/{checkpoint.LAST}")
+        if data is None:
+            raise ConfigError(f"run {run_id} has no checkpoint to resume from: neither {local} nor a "
+                              f"checkpoints/{checkpoint.LAST} artifact (it may have died before its first epoch ended)")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(data)
+    return checkpoint.load(local)
+
+
+FAULT_ENV = "RETINA_FLOW_KILL_AT_BATCH"
+
+
+def fault_injector() -> Callable[[], None] | None:
+    """For the crash tests: SIGKILL this process after the given number of training batches."""
+    kill_at = os.environ.get(FAULT_ENV)
+    if not kill_at:
+        return None
+    counter = itertools.count(1)
+
+    def maybe_die() -> None:
+        if next(counter) == int(kill_at):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return maybe_die
 
 
 def run_evaluate(model_ref: str, data_dir: str, batch_size: int = 32, num_workers: int = 0,
@@ -338,7 +429,7 @@ def check_pretrained_weights(cfg: StudyConfig) -> dict[str, str]:
                                               "skip_unavailable_weights=true") from None
             log.warning("skipping %s: %s", config_label(model, True), exc)
             missing = weights_cache_file(model)
-            skipped[config_label(model, True)] = f"ImageNet weights unavailable (no {missing.name} in {missing.parent})"
+            skipped[config_label(model, True)] = f"no ImageNet weights ({missing.name})"
     return skipped
 
 

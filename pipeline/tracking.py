@@ -77,7 +77,8 @@ def configure() -> str:
 
 
 @contextlib.contextmanager
-def step_run(step: str, run_name: str | None = None, *, nested: bool = False, tags: dict[str, str] | None = None) -> Iterator[Run | None]:
+def step_run(step: str, run_name: str | None = None, *, nested: bool = False, tags: dict[str, str] | None = None,
+             run_id: str | None = None) -> Iterator[Run | None]:
     """An MLflow run for one pipeline step; attaches to ``mlflow run``'s run when there is one.
 
     A failure marks the run FAILED; a user-facing error's message is also kept as a tag, so the
@@ -86,7 +87,8 @@ def step_run(step: str, run_name: str | None = None, *, nested: bool = False, ta
     if not context_from_env().is_main:
         yield None
         return
-    with mlflow.start_run(run_name=run_name, nested=nested, tags={STEP_TAG: step, **(tags or {})}) as run:
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested,
+                          tags={STEP_TAG: step, **(tags or {})}) as run:
         try:
             yield run
         except RetinaFlowError as exc:
@@ -136,6 +138,37 @@ def log_config(config: dict[str, Any], params: dict[str, Any]) -> None:
 @main_process_only(None)
 def log_metrics(metrics: dict[str, float], step: int | None = None, model_id: str | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, model_id=model_id)
+
+
+@main_process_only(None)
+def log_missing_epoch_metrics(history: list[dict[str, float]]) -> None:
+    """Logs the per-epoch values a crash kept from the run (checkpointed, not yet logged), once each."""
+    client = MlflowClient()
+    run_id = mlflow.active_run().info.run_id
+    logged: dict[str, set[int]] = {}
+    for epoch, metrics in enumerate(history, start=1):
+        missing = {}
+        for name, value in metrics.items():
+            if name not in logged:
+                logged[name] = {m.step for m in client.get_metric_history(run_id, name)}
+            if epoch not in logged[name]:
+                missing[name] = value
+        if missing:
+            log.warning("logging %d metric values of epoch %d that the interrupted run had not logged", len(missing), epoch)
+            log_metrics(missing, step=epoch)
+
+
+def find_resumable_run(config: dict[str, Any]) -> str | None:
+    """The latest unfinished (RUNNING, FAILED or KILLED) train run of the same configuration."""
+    same = {k: _param_text(v) for k, v in config.items()
+            if k not in {"resume", "num_workers", "device", "checkpoint_dir", "checkpoint_artifact"}}
+    runs = MlflowClient().search_runs(
+        experiment_ids(), filter_string=f"tags.`{STEP_TAG}` = 'train' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=200)
+    for run in runs:
+        if all(run.data.params.get(k) == v for k, v in same.items()):
+            return run.info.run_id
+    return None
 
 
 @main_process_only(None)
@@ -288,6 +321,14 @@ def search_train_runs(experiment_ids: list[str], parent_run_id: str | None = Non
         records.append(TrainRunRecord(run.info.run_id, run.info.run_name, run.info.status, run.data.params,
                                       run.data.metrics, history))
     return records
+
+
+def run_exists(run_id: str) -> bool:
+    try:
+        MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
 
 
 def run_tags(run_id: str) -> dict[str, str]:

@@ -107,9 +107,9 @@ def test_compare_artifacts_read_back_the_four_configurations(study, tmp_path):
 def test_champion_is_best_on_validation_and_serves_probabilities(study, mlflow_server):
     client, runs, _ = study
     version = client.get_model_version_by_alias("dr-resnet", "champion")
-    best = max(runs["train"], key=lambda r: r.data.metrics["best_val_accuracy"])
-    assert version.run_id == best.info.run_id or (
-        client.get_run(version.run_id).data.metrics["best_val_accuracy"] == best.data.metrics["best_val_accuracy"])
+    scores = [r.data.metrics["selection_score"] for r in runs["train"]]
+    best = max(score for score in scores if not np.isnan(score))
+    assert client.get_run(version.run_id).data.metrics["selection_score"] == best  # best val_kappa (ties: any)
     (evaluate_run,) = runs["evaluate"]
     assert evaluate_run.data.tags[SOURCE_RUN_TAG] == version.run_id
     assert evaluate_run.data.params["model_uri"] == "models:/dr-resnet@champion"

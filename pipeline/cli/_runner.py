@@ -19,16 +19,18 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def run_step(step: str, body: Callable[[], None], run_name: str | None = None) -> int:
+def run_step(step: str, body: Callable[[], None], run_name: str | None = None,
+             existing_run: Callable[[], str | None] | None = None) -> int:
     """Runs ``body`` inside the step's MLflow run; a user error exits 2 with its message, run FAILED.
 
     The run is opened before the config is read, so even a bad option leaves a FAILED run behind.
+    ``existing_run`` names a run to continue (a resume) instead of a new one.
     """
     setup_logging()
     try:
         uri = tracking.configure()
         log.info("tracking to %s", uri)
-        with tracking.step_run(step, run_name):
+        with tracking.step_run(step, run_name, run_id=existing_run() if existing_run else None):
             body()
     except RetinaFlowError as exc:
         log.error("%s failed: %s", step, exc)

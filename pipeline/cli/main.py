@@ -8,6 +8,7 @@ import sys
 from pipeline import steps, tracking
 from pipeline.cli._runner import run_step
 from pipeline.config import add_override_arguments, given_overrides, load_study_config, study_option_names
+from pipeline.models import weights_cache_file
 
 OPTIONS = study_option_names()
 
@@ -22,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_study_config(args.config, given_overrides(args, OPTIONS))
         outcome = steps.run_study(cfg)
         for label, reason in outcome.skipped.items():
-            print(f"NOTE: {label} was not run: {reason}")
+            missing = weights_cache_file(label.split()[0])
+            print(f"NOTE: {label} was not run: {reason}; put {missing.name} in {missing.parent} to run it")
         print("\n" + outcome.comparison + "\n")
         champion = outcome.champion
         print(f"champion: {cfg.registered_model} v{outcome.champion_version} (alias @{cfg.champion_alias}), "

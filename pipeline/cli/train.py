@@ -1,18 +1,24 @@
 """Entry point ``train``: one ResNet configuration, tracked per epoch, best checkpoint and model logged.
 
 Runs unchanged under ``torchrun --nproc_per_node=N``; with ``--nproc N`` it starts torchrun itself.
+``--resume RUN_ID`` (or ``auto``) continues an interrupted run, in the same MLflow run.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import logging
 import os
 import sys
 
-from pipeline import steps
+from pipeline import steps, tracking
 from pipeline.cli._runner import load_section, run_step, section_parser, setup_logging
 from pipeline.compare import config_label
-from pipeline.config import coerce_int
+from pipeline.config import TrainConfig, coerce_int
 from pipeline.errors import ConfigError
+
+log = logging.getLogger("pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,13 +34,34 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         cfg = load_section(args, "train")
-        outcome = steps.run_train(cfg)
+        if cfg.resume:
+            saved = steps.load_run_checkpoint(tracking.active_run_id(), cfg.checkpoint_dir)
+            # The run continues as it began: its own config, not today's command line.
+            cfg = dataclasses.replace(TrainConfig(**saved["config"]), resume=cfg.resume, checkpoint_dir=cfg.checkpoint_dir)
+            outcome = steps.run_train(cfg, resume_from=saved)
+        else:
+            outcome = steps.run_train(cfg)
         if outcome.run_id:  # rank 0 of a torchrun job, or the only process
             print(f"{config_label(cfg.model, cfg.pretrained)}: best epoch {outcome.best_epoch}, "
                   f"{cfg.select_metric} {outcome.selection_score:.3f}, test accuracy {outcome.test_accuracy:.3f}")
             print(f"run {outcome.run_id}, model {outcome.model_uri}")
 
-    return run_step("train", body)
+    return run_step("train", body, existing_run=lambda: resume_target(args))
+
+
+def resume_target(args: argparse.Namespace) -> str | None:
+    """The run to continue: ``--resume RUN_ID``, or with ``auto`` the latest unfinished one alike."""
+    resume = args.resume or ""
+    if resume != "auto":
+        if resume and not tracking.run_exists(resume):
+            raise ConfigError(f"resume={resume}: no such run on {tracking.configure()}")
+        return resume or None
+    cfg = load_section(args, "train")
+    run_id = tracking.find_resumable_run(dataclasses.asdict(cfg))
+    if run_id is None:
+        raise ConfigError("resume=auto found no unfinished train run of this configuration in the experiment")
+    log.info("resume=auto: continuing run %s", run_id)
+    return run_id
 
 
 def launch_torchrun(nproc: int, argv: list[str]) -> int:

@@ -1,11 +1,10 @@
-"""Counter-weighting the grade imbalance (EyePACS is ~73 % grade 0): loss weights and a sampler."""
+"""Counter-weighting the grade imbalance (EyePACS is ~73 % grade 0): loss and sampling weights."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
-from torch.utils.data import WeightedRandomSampler
 
 from pipeline.data.eyepacs import NUM_GRADES
 
@@ -28,10 +27,3 @@ def class_weights(grades: np.ndarray, scheme: str) -> torch.Tensor | None:
     elif scheme != "inverse":
         raise ValueError(f"class weighting scheme {scheme!r}")
     return torch.tensor(weights, dtype=torch.float32)
-
-
-def balanced_sampler(grades: np.ndarray, seed: int) -> WeightedRandomSampler:
-    """Draws an epoch of len(grades) images with replacement, every grade equally likely."""
-    per_image = balanced_weights(grades)[grades]
-    return WeightedRandomSampler(torch.as_tensor(per_image, dtype=torch.double), num_samples=len(grades),
-                                 replacement=True, generator=torch.Generator().manual_seed(seed))

@@ -126,8 +126,15 @@ class FundusDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(load_rgb(self.root / self.files[index])), self.grades[index]
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``key`` is an index, or ``(index, sample_seed)`` from ``EpochSampler``: then the random
+        augmentation of this image is a function of that seed alone."""
+        if isinstance(key, tuple):
+            index, sample_seed = key
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed)
+                return self.transform(load_rgb(self.root / self.files[index])), self.grades[index]
+        return self.transform(load_rgb(self.root / self.files[key])), self.grades[key]
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int, seed: int,

@@ -1,0 +1,59 @@
+"""Per-epoch training checkpoints: written atomically, read with ``weights_only=True``.
+
+A checkpoint holds everything a run needs to continue as if it had never stopped: model,
+optimizer (and loss scaler), the epoch, the metric history and best epoch so far, and the
+torch / numpy / python RNG states. Data order and augmentation need no saved position: they
+are a function of (seed, epoch, index) (see ``data.sampling``), so a run killed mid-epoch
+redoes that epoch from its start.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.errors import DataError
+
+FORMAT_VERSION = 1
+LAST = "last.pt"
+
+
+def save_atomic(payload: dict[str, Any], path: Path) -> None:
+    """Writes to a temporary file and renames it: a kill mid-write leaves the previous checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    torch.save(payload, partial)
+    os.replace(partial, path)
+
+
+def load(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a damaged or foreign file
+        raise DataError(f"checkpoint {path} cannot be loaded: {exc}") from None
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states as tensors and plain types only, so ``weights_only`` loading accepts them."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    version, python_state, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": version, "state": list(python_state), "gauss": gauss},
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["cached"]))
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss"]))

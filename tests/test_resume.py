@@ -1,0 +1,116 @@
+"""Crash-safe training: SIGKILL at a random batch of a random epoch, resume, and nothing differs."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline import checkpoint
+from pipeline.steps import FAULT_ENV
+from pipeline.tracking import PER_EPOCH_METRICS
+from tests.conftest import PROJECT_ROOT, subprocess_env
+
+EPOCHS = 3
+BATCH_SIZE = 4
+
+
+def train(store, experiment, processed_dir, checkpoint_dir, *extra, kill_at=None) -> subprocess.CompletedProcess:
+    env = subprocess_env(MLFLOW_TRACKING_URI=store, MLFLOW_EXPERIMENT_NAME=experiment)
+    if kill_at is not None:
+        env[FAULT_ENV] = str(kill_at)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.train", "--data_dir", str(processed_dir), "--image_size", "32",
+         "--epochs", str(EPOCHS), "--batch_size", str(BATCH_SIZE), "--num_workers", "0", "--lr", "0.01",
+         "--bootstrap_resamples", "0", "--checkpoint_dir", str(checkpoint_dir), *extra],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def only_run(client, experiment):
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return run
+
+
+def histories(client, run_id):
+    return {name: sorted((m.step, m.value) for m in client.get_metric_history(run_id, name)) for name in PER_EPOCH_METRICS}
+
+
+@pytest.fixture(scope="module")
+def reference(processed_dir, tmp_path_factory):
+    """The uninterrupted run every interrupted one must match."""
+    root = tmp_path_factory.mktemp("reference")
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    result = train(store, "reference", processed_dir, root / "checkpoints", "--checkpoint_artifact", "false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(store)
+    run = only_run(client, "reference")
+    final = checkpoint.load(root / "checkpoints" / run.info.run_id / checkpoint.LAST)
+    return {"model": final["model"], "histories": histories(client, run.info.run_id), "run": run}
+
+
+def batches_per_epoch(processed_dir) -> int:
+    from pipeline.data.dataset import ProcessedDataset
+
+    images = len(ProcessedDataset(processed_dir, 32).split("train"))
+    return images // BATCH_SIZE + (1 if images % BATCH_SIZE > 1 else 0)  # a lone last image is dropped
+
+
+@pytest.mark.parametrize("case, mode", [(0, "run id"), (1, "auto, checkpoint from the artifact"), (2, "run id")])
+def test_sigkill_then_resume_matches_the_uninterrupted_run(case, mode, reference, processed_dir, tmp_path):
+    per_epoch = batches_per_epoch(processed_dir)
+    # A seeded random batch of a random epoch after the first (the first leaves nothing to resume).
+    kill_at = random.Random(20261122 + case).randrange(per_epoch + 1, per_epoch * EPOCHS)
+    store, experiment = f"sqlite:///{tmp_path / 'mlflow.db'}", "crash"
+    checkpoints = tmp_path / "checkpoints"
+    from_artifact = mode.startswith("auto")
+
+    killed = train(store, experiment, processed_dir, checkpoints, "--checkpoint_artifact", str(from_artifact).lower(),
+                   kill_at=kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    client = MlflowClient(store)
+    run = only_run(client, experiment)
+    assert run.info.status == "RUNNING"  # what a killed job leaves behind
+    if from_artifact:
+        shutil.rmtree(checkpoints)  # another machine: only the tracking server has the checkpoint
+
+    resume = ["--resume", "auto"] if from_artifact else ["--resume", run.info.run_id]
+    resumed = train(store, experiment, processed_dir, checkpoints, "--checkpoint_artifact", str(from_artifact).lower(),
+                    *resume)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = only_run(client, experiment)  # the same run, not a new one
+    assert run.info.status == "FINISHED"
+
+    resumed_histories = histories(client, run.info.run_id)
+    for name in PER_EPOCH_METRICS:
+        assert [step for step, _ in resumed_histories[name]] == list(range(1, EPOCHS + 1)), name
+    assert resumed_histories == reference["histories"]  # every value, not just the count
+
+    final = checkpoint.load(checkpoints / run.info.run_id / checkpoint.LAST)
+    assert final["epoch"] == EPOCHS
+    for key, expected in reference["model"].items():
+        assert torch.equal(final["model"][key], expected), key  # bit-exact on CPU
+
+
+def test_killed_in_the_first_epoch_leaves_nothing_to_resume_and_says_so(processed_dir, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    killed = train(store, "early", processed_dir, tmp_path / "checkpoints", kill_at=2)
+    assert killed.returncode == -signal.SIGKILL
+    run = only_run(MlflowClient(store), "early")
+    resumed = train(store, "early", processed_dir, tmp_path / "checkpoints", "--resume", run.info.run_id)
+    assert resumed.returncode == 2
+    assert f"run {run.info.run_id} has no checkpoint to resume from" in resumed.stderr
+    assert only_run(MlflowClient(store), "early").info.status == "FAILED"
+
+
+def test_resume_of_an_unknown_run_is_a_clear_error(processed_dir, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = train(store, "none", processed_dir, tmp_path / "checkpoints", "--resume", "0123456789abcdef")
+    assert result.returncode == 2
+    assert "error: resume=0123456789abcdef: no such run" in result.stderr
