@@ -20,6 +20,7 @@ from pipeline.errors import ConfigError
 
 SUPPORTED_MODELS = ("resnet18", "resnet50")
 CLASS_WEIGHTINGS = ("none", "inverse", "sqrt_inverse")
+BAD_IMAGE_POLICIES = ("error", "skip")
 # Per-epoch validation metrics that can choose the best epoch and the champion; all: higher is better.
 SELECT_METRICS = ("val_kappa", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_referable_auc")
 # Five stride-2 stages take a ResNet input down by 32x; below that the last stage sees < 1 pixel.
@@ -35,6 +36,8 @@ class PreprocessConfig:
     val_fraction: float = 0.2
     seed: int = 0
     num_workers: int = 0  # 0: one process per CPU core
+    on_bad_image: str = "error"  # error | skip: skip leaves corrupt photos out and records them
+    max_bad_fraction: float = 0.01  # with skip: fail anyway when more than this share is bad
 
 
 @dataclass
@@ -268,6 +271,10 @@ def validate_train_config(cfg: TrainConfig) -> None:
 
 
 def validate_preprocess_config(cfg: PreprocessConfig) -> None:
+    if cfg.on_bad_image not in BAD_IMAGE_POLICIES:
+        raise ConfigError(f"on_bad_image={cfg.on_bad_image!r} is not supported; choose one of {', '.join(BAD_IMAGE_POLICIES)}")
+    if not 0 <= cfg.max_bad_fraction < 1:
+        raise ConfigError(f"max_bad_fraction={cfg.max_bad_fraction} must be in [0, 1)")
     if cfg.image_size < MIN_IMAGE_SIZE:
         raise ConfigError(f"image_size={cfg.image_size} is too small: ResNets need at least {MIN_IMAGE_SIZE} px")
     if not 0 < cfg.val_fraction < 1:
@@ -304,7 +311,8 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def add_override_arguments(parser: argparse.ArgumentParser, names: list[str]) -> None:
     """One ``--name VALUE`` flag per config key; values stay strings until the config coerces them."""
     for name in names:
-        parser.add_argument(f"--{name}", dest=name, default=None, metavar="VALUE")
+        spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        parser.add_argument(*spellings, dest=name, default=None, metavar="VALUE")
 
 
 def given_overrides(args: argparse.Namespace, names: list[str]) -> dict[str, str]:

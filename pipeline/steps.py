@@ -47,7 +47,7 @@ from pipeline.data.dataset import (
 from pipeline.data.preprocess import preprocess
 from pipeline.distributed import DistContext, context_from_env, destroy_process_group, init_process_group, shard_indices
 from pipeline.engine import EvalOutput, FitState, fit, predict_probabilities
-from pipeline.errors import ConfigError, WeightsUnavailableError
+from pipeline.errors import ConfigError, RetinaFlowError, WeightsUnavailableError
 from pipeline.hardware import Accelerator, resolve_device, resolve_precision
 from pipeline import checkpoint
 from pipeline.data.balance import balanced_weights, class_weights
@@ -68,7 +68,8 @@ from pipeline.models import build_model, ensure_pretrained_available, serving_mo
 
 log = logging.getLogger(__name__)
 
-SERVING_EXAMPLE_IMAGES = 2  # a batch of 1 would make torch.export fix the batch size at 1
+SERVING_EXAMPLE_IMAGES = 2
+OUTAGE_GRACE_SECONDS = 300  # after the last epoch, how long to wait for a tracking server to return  # a batch of 1 would make torch.export fix the batch size at 1
 
 
 def seed_everything(seed: int) -> None:
@@ -81,10 +82,13 @@ def run_preprocess(cfg: PreprocessConfig) -> dict[str, object]:
     validate_preprocess_config(cfg)
     tracking.log_config(to_dict(cfg), to_dict(cfg))
     summary = preprocess(cfg.raw_dir, cfg.data_dir, image_size=cfg.image_size, image_dir=cfg.image_dir,
-                         val_fraction=cfg.val_fraction, seed=cfg.seed, num_workers=cfg.num_workers)
+                         val_fraction=cfg.val_fraction, seed=cfg.seed, num_workers=cfg.num_workers,
+                         on_bad_image=cfg.on_bad_image, max_bad_fraction=cfg.max_bad_fraction)
     counts = summary["counts"]
     tracking.log_metrics({f"{split}_images": sum(grades) for split, grades in counts.items()}
-                         | {"preprocess_seconds": summary["seconds"]})
+                         | {"preprocess_seconds": summary["seconds"], "skipped_images": len(summary["skipped_images"])})
+    if summary["skipped_images"]:
+        tracking.log_text(pd.DataFrame(summary["skipped_images"]).to_csv(index=False), "skipped_images.csv")
     tracking.log_dict(summary, "dataset.json")
     return summary
 
@@ -217,6 +221,11 @@ def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome
         )
     finally:
         destroy_process_group()
+    if not tracking.flush_metrics(wait_seconds=OUTAGE_GRACE_SECONDS):
+        raise RetinaFlowError(
+            f"training finished but the tracking server stayed unreachable for {OUTAGE_GRACE_SECONDS} s; every "
+            f"epoch's metrics are in {Path(cfg.checkpoint_dir) / tracking.active_run_id()}: run "
+            f"`python -m pipeline.cli.train --resume {tracking.active_run_id()}` once it is back to deliver them")
     model.load_state_dict(result.best_state)
     test = result.best_test
     best = result.history[result.best_epoch - 1]
@@ -282,7 +291,11 @@ def checkpoint_writer(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim
             "rng": checkpoint.rng_state(),
         }, path)
         if cfg.checkpoint_artifact:
-            tracking.log_artifact(path, "checkpoints")
+            try:
+                tracking.log_artifact(path, "checkpoints")
+            except Exception as exc:  # noqa: BLE001 - an outage must not stop training; the local copy stands
+                log.warning("checkpoint of epoch %d kept locally only (%s): the tracking server did not take it",
+                            state.epoch, str(exc).splitlines()[0][:200])
 
     return save
 

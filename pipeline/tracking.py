@@ -9,6 +9,9 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +22,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+import requests
 import torch
 import torchvision
 import yaml
@@ -66,14 +70,34 @@ def configure() -> str:
     """Uses MLFLOW_TRACKING_URI when set (``mlflow run`` sets it), else the embedded sqlite store.
 
     Outside ``mlflow run``, runs go to the experiment named by MLFLOW_EXPERIMENT_NAME/_ID, or
-    ``retina-flow``.
+    ``retina-flow``. A tracking server that does not answer fails the step within seconds.
     """
     # Artifact read-backs (compare) would otherwise draw a progress bar per file.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}")
+    # MLflow's default (7 retries, doubling) blocks a training loop for minutes per call while a
+    # server restarts; metrics are buffered here instead, so a short retry is enough.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+    if uri.startswith(("http://", "https://")):
+        require_reachable(uri)
+    mlflow.set_tracking_uri(uri)
     if not (os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_RUN_ID")):
         mlflow.set_experiment(DEFAULT_EXPERIMENT)
     return mlflow.get_tracking_uri()
+
+
+def require_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Raises ConfigError naming ``uri`` when nothing answers there (an auth refusal is an answer)."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(f"the tracking server {uri} is unreachable ({reason}); start it, or unset "
+                          "MLFLOW_TRACKING_URI to use the embedded sqlite store") from None
 
 
 @contextlib.contextmanager
@@ -135,9 +159,37 @@ def log_config(config: dict[str, Any], params: dict[str, Any]) -> None:
     log_params(params)
 
 
+# Metric batches not yet accepted by the tracking server, oldest first.
+_unsent: list[tuple[dict[str, float], int | None, str | None]] = []
+_SERVER_ERRORS = (mlflow.exceptions.MlflowException, OSError, requests.exceptions.RequestException)
+
+
 @main_process_only(None)
 def log_metrics(metrics: dict[str, float], step: int | None = None, model_id: str | None = None) -> None:
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, model_id=model_id)
+    """Logs now, or, while the tracking server is away, keeps the values and sends them (in order)
+    with the next call that gets through; training never waits for the server."""
+    _unsent.append(({k: float(v) for k, v in metrics.items()}, step, model_id))
+    flush_metrics()
+
+
+@main_process_only(True)
+def flush_metrics(wait_seconds: float = 0.0) -> bool:
+    """Sends the kept metric batches; retries for up to ``wait_seconds``. True when none are left."""
+    deadline = time.monotonic() + wait_seconds
+    while _unsent:
+        values, step, model_id = _unsent[0]
+        try:
+            mlflow.log_metrics(values, step=step, model_id=model_id)
+        except _SERVER_ERRORS as exc:
+            if time.monotonic() < deadline:
+                time.sleep(2)
+                continue
+            log.warning("the tracking server %s is unreachable (%s): training goes on, and %d metric "
+                        "batch(es) are kept to send when it is back", mlflow.get_tracking_uri(),
+                        str(exc).splitlines()[0][:200], len(_unsent))
+            return False
+        _unsent.pop(0)
+    return True
 
 
 @main_process_only(None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -116,18 +118,18 @@ def wait_for_server(url: str, process: subprocess.Popen, timeout: float = 90.0) 
     raise TimeoutError(f"mlflow server at {url} did not answer within {timeout} s")
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real ``mlflow server`` process on a free loopback port, sqlite backend, served artifacts."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
+@contextlib.contextmanager
+def running_mlflow_server(root: Path, *extra: str, env: dict[str, str] | None = None,
+                          port: int | None = None) -> Iterator[str]:
+    """A real ``mlflow server`` process on a (free) loopback port, sqlite backend, served artifacts."""
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     log_file = open(root / "server.log", "w")
     process = subprocess.Popen(
         [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        stdout=log_file, stderr=subprocess.STDOUT, cwd=root,
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1", *extra],
+        stdout=log_file, stderr=subprocess.STDOUT, cwd=root, env=env,
     )
     try:
         wait_for_server(url, process)
@@ -139,6 +141,12 @@ def mlflow_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
         log_file.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as url:
+        yield url
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

@@ -54,6 +54,11 @@ def _is_integer_text(text: str) -> bool:
         return False
 
 
+def _has_id_header(ids: pd.Series, images: Path) -> bool:
+    """A first id that names a column (``image``, ``id``, ...) and is no file is a header row."""
+    return bool(len(ids)) and ids.iloc[0].lower() in _HEADER_NAMES and not (images / f"{ids.iloc[0]}{IMAGE_SUFFIX}").is_file()
+
+
 def _drop_header(column: pd.Series, looks_like_header: bool) -> tuple[pd.Series, int]:
     """Returns the data rows and the file line number of the first one."""
     if len(column) and looks_like_header:
@@ -77,7 +82,7 @@ def read_split(raw_dir: str | Path, split: str, image_dir: str = "") -> pd.DataF
 
     # A header is a first id that names a column rather than a file; a first grade that is no
     # number is one too when it names a column or sits beside an id header, else it is bad data.
-    id_header = bool(len(ids)) and ids.iloc[0].lower() in _HEADER_NAMES and not (images / f"{ids.iloc[0]}{IMAGE_SUFFIX}").is_file()
+    id_header = _has_id_header(ids, images)
     label_header = bool(len(labels)) and not _is_integer_text(labels.iloc[0]) and (
         labels.iloc[0].lower() in _HEADER_NAMES or id_header
     )
@@ -108,8 +113,7 @@ def read_image_list(csv_path: str | Path, image_dir: str | Path) -> pd.DataFrame
     """An image-id CSV (one column, header optional) as ``id`` and checked ``path`` columns."""
     csv_path, images = Path(csv_path), Path(image_dir)
     ids = _read_column(csv_path)
-    has_header = bool(len(ids)) and ids.iloc[0].lower() in _HEADER_NAMES and not (images / f"{ids.iloc[0]}{IMAGE_SUFFIX}").is_file()
-    ids, first_line = _drop_header(ids, has_header)
+    ids, first_line = _drop_header(ids, _has_id_header(ids, images))
     root = images.resolve()
     paths = [_safe_image_path(image_id, root, csv_path, first_line + row) for row, image_id in enumerate(ids)]
     for row, (image_id, path) in enumerate(zip(ids, paths)):

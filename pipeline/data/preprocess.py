@@ -6,6 +6,7 @@ place at the end, so an interrupted preprocess never leaves a dataset later step
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from pipeline.errors import DataError
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.csv"
+SKIPPED = "skipped_images.csv"
 METADATA = "dataset.json"
 FORMAT_VERSION = 1
 CACHE_JPEG_QUALITY = 95  # q95 decodes ~60x faster than the raw photos and keeps lesion detail
@@ -41,6 +43,7 @@ class ImageJob:
     target: Path
     image_size: int
     reuse: Path | None = None  # a still-valid output of an earlier run
+    skip_bad: bool = False  # report a bad photo instead of failing
 
 
 def cache_dir(data_dir: str | Path, image_size: int) -> Path:
@@ -101,8 +104,14 @@ def crop_and_resize(path: Path, image_size: int) -> tuple[Image.Image, tuple[int
     return fundus.resize((image_size, image_size), Image.Resampling.BICUBIC, reducing_gap=3.0), source_size
 
 
-def _process(job: ImageJob) -> tuple[int, int] | None:
-    """Writes one output; returns the source size, or None when an earlier output was reused."""
+def _process(job: ImageJob) -> tuple[int, int] | str | None:
+    """Writes one output; returns the source size, None when an earlier output was reused, or
+    (with ``skip_bad``) the reason a bad photo was left out."""
+    if job.skip_bad:
+        try:
+            return _process(dataclasses.replace(job, skip_bad=False))
+        except DataError as exc:
+            return str(exc)
     if job.reuse is not None:
         try:
             os.link(job.reuse, job.target)  # same file system: no copy, and the old folder can go
@@ -174,7 +183,8 @@ def _reusable(dataset: pd.DataFrame, previous_dir: Path) -> list[Path | None]:
 
 
 def preprocess(raw_dir: str | Path, data_dir: str | Path, *, image_size: int = 512, image_dir: str = "",
-               val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0) -> dict[str, object]:
+               val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0, on_bad_image: str = "error",
+               max_bad_fraction: float = 0.01) -> dict[str, object]:
     """Builds the processed dataset at ``data_dir/<image_size>px`` and returns a summary for tracking.
 
     Re-running reuses every output whose source photo is unchanged; the split and manifest are
@@ -182,6 +192,9 @@ def preprocess(raw_dir: str | Path, data_dir: str | Path, *, image_size: int = 5
 
     Args:
         num_workers: processes that decode images; 0 uses one per CPU core.
+        on_bad_image: ``error`` stops at the first corrupt photo; ``skip`` leaves such photos out,
+            lists them in ``skipped_images.csv`` and the summary, and still fails when more than
+            ``max_bad_fraction`` of the photos are bad.
 
     Returns:
         The dataset metadata also written to ``dataset.json`` (counts per split and grade, ...).
@@ -194,8 +207,20 @@ def preprocess(raw_dir: str | Path, data_dir: str | Path, *, image_size: int = 5
     staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
     (staging / "images").mkdir(parents=True)
     try:
-        jobs = [ImageJob(Path(src), staging / rel, image_size, old) for src, rel, old in zip(dataset["path"], dataset["file"], reuse)]
+        jobs = [ImageJob(Path(src), staging / rel, image_size, old, on_bad_image == "skip")
+                for src, rel, old in zip(dataset["path"], dataset["file"], reuse)]
         sizes = _run_jobs(jobs, num_workers or os.cpu_count() or 1)
+        bad = [(image_id, reason) for image_id, reason in zip(dataset["id"], sizes) if isinstance(reason, str)]
+        if len(bad) > max_bad_fraction * len(dataset):
+            raise DataError(
+                f"{len(bad)} of {len(dataset)} photos are bad, more than max_bad_fraction={max_bad_fraction}; "
+                f"first: {bad[0][1]}")
+        if bad:
+            log.warning("left out %d bad photo(s), e.g. %s", len(bad), bad[0][1])
+            keep = [not isinstance(size, str) for size in sizes]
+            dataset, reuse = dataset[keep].reset_index(drop=True), [r for r, k in zip(reuse, keep) if k]
+            sizes = [size for size in sizes if not isinstance(size, str)]
+            pd.DataFrame(bad, columns=["id", "reason"]).to_csv(staging / SKIPPED, index=False)
         if any(old is not None for old in reuse):
             previous = pd.read_csv(target / MANIFEST, dtype={"id": str}).set_index("id")
             sizes = [size if size is not None else (int(previous.at[i, "source_width"]), int(previous.at[i, "source_height"]))
@@ -211,6 +236,7 @@ def preprocess(raw_dir: str | Path, data_dir: str | Path, *, image_size: int = 5
             "counts": {split: _grade_counts(dataset[dataset["split"] == split]) for split in ("train", "val", "test")},
             "patients": {split: int(dataset.loc[dataset["split"] == split, "patient"].nunique()) for split in ("train", "val", "test")},
             "reused_images": sum(old is not None for old in reuse),
+            "skipped_images": [{"id": image_id, "reason": reason} for image_id, reason in bad],
         }
         columns = ["id", "grade", "patient", "split", "file", "source_width", "source_height",
                    "source", "source_bytes", "source_mtime_ns"]

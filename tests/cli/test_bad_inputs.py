@@ -125,3 +125,16 @@ def test_real_process_exits_non_zero_and_marks_the_run_failed(processed_dir, tmp
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     assert run.info.status == "FAILED"
+
+
+def test_on_bad_image_skip_records_what_it_left_out(raw_copy, tmp_path, sqlite_tracking, capsys):
+    victim = sorted((raw_copy / "images").iterdir())[0]
+    victim.write_bytes(b"not a jpeg")
+    code = preprocess_cli.main(["--raw_dir", str(raw_copy), "--data_dir", str(tmp_path / "out"), "--image_size", "32",
+                                "--num_workers", "1", "--on-bad-image", "skip", "--max_bad_fraction", "0.1"])
+    assert code == 0
+    run = only_run()
+    assert run.info.status == "FINISHED" and run.data.metrics["skipped_images"] == 1
+    assert run.data.params["on_bad_image"] == "skip"
+    skipped = MlflowClient().download_artifacts(run.info.run_id, "skipped_images.csv", str(tmp_path))
+    assert pd.read_csv(skipped, dtype=str)["id"].tolist() == [victim.stem]

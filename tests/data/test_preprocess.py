@@ -186,3 +186,24 @@ def test_rerun_reuses_unchanged_outputs_and_redoes_changed_ones(raw_copy, tmp_pa
     redone = np.asarray(Image.open(cache_dir(target, 32) / "images" / f"{changed.stem}.jpeg"), float)
     fresh = np.asarray(crop_and_resize(changed, 32)[0], float)
     assert np.abs(redone - fresh).mean() < 6 < np.abs(redone - stale).mean()  # re-decoded from the flipped photo
+
+
+def test_skip_policy_leaves_bad_photos_out_and_lists_them(raw_copy, tmp_path):
+    victim = sorted((raw_copy / "images").iterdir())[3]
+    victim.write_bytes(victim.read_bytes()[:300])
+    summary = preprocess(raw_copy, tmp_path / "out", image_size=32, num_workers=2, on_bad_image="skip",
+                         max_bad_fraction=0.1)
+    assert [entry["id"] for entry in summary["skipped_images"]] == [victim.stem]
+    assert "corrupt, truncated or not an image" in summary["skipped_images"][0]["reason"]
+    dataset = cache_dir(tmp_path / "out", 32)
+    manifest = pd.read_csv(dataset / MANIFEST, dtype={"id": str})
+    assert victim.stem not in set(manifest["id"]) and len(manifest) == len(list((raw_copy / "images").iterdir())) - 1
+    assert pd.read_csv(dataset / "skipped_images.csv")["id"].astype(str).tolist() == [victim.stem]
+
+
+def test_skip_policy_still_fails_when_too_many_are_bad(raw_copy, tmp_path):
+    for victim in sorted((raw_copy / "images").iterdir())[:3]:
+        victim.write_bytes(b"broken")
+    with pytest.raises(DataError, match=r"3 of \d+ photos are bad, more than max_bad_fraction=0.05"):
+        preprocess(raw_copy, tmp_path / "out", image_size=32, num_workers=1, on_bad_image="skip", max_bad_fraction=0.05)
+    assert not cache_dir(tmp_path / "out", 32).exists()
