@@ -60,8 +60,12 @@ def test_evaluate_by_train_run_id(two_seed_study, monkeypatch, capsys):
     assert evaluate_cli.main(["--model_uri", train_run.info.run_id, "--data_dir", str(root / "data"),
                               "--bootstrap_resamples", "50"]) == 0
     evaluated = [r for r in runs_of(client, "evaluate") if r.data.tags.get("retina_flow.model_run_id") == train_run.info.run_id]
-    # The same weights on the same test images: the exported, self-normalising model agrees.
-    assert evaluated and evaluated[0].data.metrics["test_accuracy"] == train_run.data.metrics["selected_test_accuracy"]
+    # The same weights on the same test images: the exported, self-normalising fp32 model agrees
+    # exactly with an fp32 training run; after bf16-autocast training one borderline image may flip.
+    images = len(pd.read_csv(root / "data" / "64px" / "manifest.csv").query("split == 'test'"))
+    tolerance = 0 if train_run.data.tags["retina_flow.precision"] == "float32" else 1 / images
+    assert evaluated and evaluated[0].data.metrics["test_accuracy"] == pytest.approx(
+        train_run.data.metrics["selected_test_accuracy"], abs=tolerance + 1e-12)
     assert "test_kappa" in capsys.readouterr().out
 
 
