@@ -186,11 +186,15 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
     return best
 
 
+def ranking_score(value: float) -> float:
+    """A selection score to rank by, higher is better: NaN (e.g. an AUC on a one-class set) never wins."""
+    return float("-inf") if np.isnan(value) else value
+
+
 def _score(metrics: dict[str, float], name: str) -> float:
     if name not in metrics:
         raise ValueError(f"select_metric={name!r} is not among this epoch's metrics: {', '.join(sorted(metrics))}")
-    value = metrics[name]
-    return float("-inf") if np.isnan(value) else value
+    return ranking_score(metrics[name])
 
 
 @torch.no_grad()

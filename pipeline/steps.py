@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from pipeline import tracking
+from pipeline import checkpoint, tracking
 from pipeline.compare import config_of, comparison_table, config_label, curves_figure, display_table, format_table
 from pipeline.config import (
     PreprocessConfig,
@@ -35,6 +35,7 @@ from pipeline.config import (
     validate_study_config,
     validate_train_config,
 )
+from pipeline.data.balance import balanced_weights, class_weights
 from pipeline.data.dataset import (
     EvalPreset,
     FundusDataset,
@@ -45,13 +46,10 @@ from pipeline.data.dataset import (
     to_unit_float,
 )
 from pipeline.data.preprocess import preprocess
-from pipeline.distributed import DistContext, context_from_env, destroy_process_group, init_process_group, shard_indices
-from pipeline.engine import EvalOutput, FitState, fit, predict_probabilities
-from pipeline.errors import ConfigError, RetinaFlowError, WeightsUnavailableError
-from pipeline.hardware import Accelerator, resolve_device, resolve_precision
-from pipeline import checkpoint
-from pipeline.data.balance import balanced_weights, class_weights
 from pipeline.data.sampling import EpochSampler
+from pipeline.distributed import DistContext, context_from_env, destroy_process_group, init_process_group, shard_indices
+from pipeline.engine import EvalOutput, FitState, fit, predict_probabilities, ranking_score
+from pipeline.errors import ConfigError, RetinaFlowError, WeightsUnavailableError
 from pipeline.evaluation import (
     all_metrics,
     bootstrap_intervals,
@@ -62,14 +60,15 @@ from pipeline.evaluation import (
     roc_figure,
 )
 from pipeline.gradcam import grad_cam, gradcam_figure
+from pipeline.hardware import Accelerator, resolve_device, resolve_precision
+from pipeline.models import build_model, ensure_pretrained_available, serving_model, weights_cache_file
 from pipeline.predict import list_inputs, predict_photos, write_predictions
 from pipeline.report import build_html_report, figure_png
-from pipeline.models import build_model, ensure_pretrained_available, serving_model, weights_cache_file
 
 log = logging.getLogger(__name__)
 
-SERVING_EXAMPLE_IMAGES = 2
-OUTAGE_GRACE_SECONDS = 300  # after the last epoch, how long to wait for a tracking server to return  # a batch of 1 would make torch.export fix the batch size at 1
+SERVING_EXAMPLE_IMAGES = 2  # a batch of 1 would make torch.export fix the batch size at 1
+OUTAGE_GRACE_SECONDS = 300  # after the last epoch, how long to wait for a tracking server to return
 
 
 def seed_everything(seed: int) -> None:
@@ -129,15 +128,13 @@ def log_model_evaluation(targets: np.ndarray, probabilities: np.ndarray, patient
     return scalars
 
 
-def log_gradcam(model: nn.Module, processed: ProcessedDataset, image_size: int, device: torch.device,
-                per_grade: int = 2) -> None:
+def log_gradcam(model: nn.Module, processed: ProcessedDataset, test_rows: pd.DataFrame, image_size: int,
+                device: torch.device, per_grade: int = 2) -> None:
     """Grad-CAM over a fixed sample (the first ``per_grade`` test images of each grade)."""
-    rows = processed.split("test")
-    sample = rows.sort_values("grade", kind="stable").groupby("grade", sort=True).head(per_grade).reset_index(drop=True)
+    sample = test_rows.sort_values("grade", kind="stable").groupby("grade", sort=True).head(per_grade).reset_index(drop=True)
     dataset = FundusDataset(processed.root, sample, EvalPreset(image_size))
     raw = torch.stack([dataset[i][0] for i in range(len(sample))])
     images = normalize_batch(raw)
-    model = model.float().to(memory_format=torch.contiguous_format)
     heatmaps = grad_cam(model, images.to(device), model.layer4).cpu()
     predicted = _predict(model, images.to(device))
     titles = [f"{image_id}: grade {grade}, predicted {p}" for image_id, grade, p in zip(sample["id"], sample["grade"], predicted)]
@@ -227,10 +224,12 @@ def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome
             f"epoch's metrics are in {Path(cfg.checkpoint_dir) / tracking.active_run_id()}: run "
             f"`python -m pipeline.cli.train --resume {tracking.active_run_id()}` once it is back to deliver them")
     model.load_state_dict(result.best_state)
-    test = result.best_test
+    # fp32 weights in the default memory format: what Grad-CAM and torch.export both take.
+    model = model.float().to(memory_format=torch.contiguous_format)
+    test, test_rows = result.best_test, processed.split("test")
     best = result.history[result.best_epoch - 1]
     selected = log_model_evaluation(
-        test.targets, test.probabilities, processed.split("test")["patient"].to_numpy(), prefix="selected_test_",
+        test.targets, test.probabilities, test_rows["patient"].to_numpy(), prefix="selected_test_",
         title=f"{config_label(cfg.model, cfg.pretrained)}: test set, epoch {result.best_epoch} (best {cfg.select_metric})",
         resamples=cfg.bootstrap_resamples, seed=cfg.seed)
     tracking.log_metrics({
@@ -242,13 +241,12 @@ def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome
         **selected,
     })
     if ctx.is_main:
-        log_gradcam(model, processed, cfg.image_size, device)
+        log_gradcam(model, processed, test_rows, cfg.image_size, device)
     cpu_state = {k: v.detach().cpu() for k, v in result.best_state.items()}
     tracking.log_state_dict(cpu_state, "checkpoints", "best_model.pt")
-    example_rows = processed.split("test").head(SERVING_EXAMPLE_IMAGES)
-    example_set = FundusDataset(processed.root, example_rows, EvalPreset(cfg.image_size))
+    example_set = FundusDataset(processed.root, test_rows.head(SERVING_EXAMPLE_IMAGES), EvalPreset(cfg.image_size))
     example = to_unit_float(torch.stack([example_set[i][0] for i in range(len(example_set))]))
-    model_uri, _ = tracking.log_model(serving_model(model.float().to(memory_format=torch.contiguous_format)), example)
+    model_uri, _ = tracking.log_model(serving_model(model), example)
     return TrainOutcome(tracking.active_run_id(), model_uri, result.best_epoch, result.best_score,
                         selected["selected_test_accuracy"])
 
@@ -352,10 +350,11 @@ def run_evaluate(model_ref: str, data_dir: str, batch_size: int = 32, num_worker
     if loaded.source_run_id:
         tracking.set_tags({tracking.SOURCE_RUN_TAG: loaded.source_run_id})
     processed = ProcessedDataset(data_dir, loaded.image_size)
-    test = FundusDataset(processed.root, processed.split("test"), EvalPreset(loaded.image_size))
+    test_rows = processed.split("test")
+    test = FundusDataset(processed.root, test_rows, EvalPreset(loaded.image_size))
     loader = make_loader(test, batch_size, shuffle=False, num_workers=num_workers, seed=0)
     targets, probabilities = predict_probabilities(loaded.module, loader, torch.device("cpu"))
-    test_metrics = log_model_evaluation(targets, probabilities, processed.split("test")["patient"].to_numpy(),
+    test_metrics = log_model_evaluation(targets, probabilities, test_rows["patient"].to_numpy(),
                                         title=f"{uri}: test set", prefix="test_", resamples=resamples, seed=0)
     tracking.log_metrics(test_metrics, model_id=loaded.model_id)
     return test_metrics
@@ -408,7 +407,7 @@ def run_compare(models: list[str], pretrained_values: list[bool], parent_run_id:
         figures["Test confusion matrices of the selected epoch (first run of each configuration)"] = figure_png(figure)
     notes = [f"{label}: not run: {reason}" for label, reason in not_run.items()]
     if records:
-        champion = max(records, key=lambda r: r.metrics.get("selection_score", float("-inf")))
+        champion = max(records, key=lambda r: ranking_score(r.metrics.get("selection_score", float("nan"))))
         notes.append(f"Champion (best {champion.params.get('select_metric', 'validation')} on validation): "
                      f"{champion.run_name} ({champion.run_id})")
         for artifact, heading in (("roc/test_referable_roc.png", "Champion: referable DR (grade >= 2) ROC on test"),
@@ -479,8 +478,7 @@ def run_study(cfg: StudyConfig) -> StudyOutcome:
                     trained.append(run_train(dataclasses.replace(cfg.train, model=model, pretrained=pretrained, seed=seed)))
     if not trained:
         raise ConfigError("every configuration was skipped; nothing was trained")
-    # NaN scores (e.g. an AUC on a one-class validation set) never win.
-    champion = max(trained, key=lambda outcome: -np.inf if np.isnan(outcome.selection_score) else outcome.selection_score)
+    champion = max(trained, key=lambda outcome: ranking_score(outcome.selection_score))
     version = tracking.register_model(champion.model_uri, cfg.registered_model, cfg.champion_alias,
                                       tags={"train_run_id": champion.run_id})
     tracking.set_tags({"retina_flow.champion_run_id": champion.run_id,

@@ -159,8 +159,9 @@ def log_config(config: dict[str, Any], params: dict[str, Any]) -> None:
     log_params(params)
 
 
-# Metric batches not yet accepted by the tracking server, oldest first.
-_unsent: list[tuple[dict[str, float], int | None, str | None]] = []
+# Metric batches not yet accepted by the tracking server, oldest first, each with the run it
+# belongs to: by the time the server is back, another (nested) run may be the active one.
+_unsent: list[tuple[str, dict[str, float], int | None, str | None]] = []
 _SERVER_ERRORS = (mlflow.exceptions.MlflowException, OSError, requests.exceptions.RequestException)
 
 
@@ -168,7 +169,7 @@ _SERVER_ERRORS = (mlflow.exceptions.MlflowException, OSError, requests.exception
 def log_metrics(metrics: dict[str, float], step: int | None = None, model_id: str | None = None) -> None:
     """Logs now, or, while the tracking server is away, keeps the values and sends them (in order)
     with the next call that gets through; training never waits for the server."""
-    _unsent.append(({k: float(v) for k, v in metrics.items()}, step, model_id))
+    _unsent.append((mlflow.active_run().info.run_id, {k: float(v) for k, v in metrics.items()}, step, model_id))
     flush_metrics()
 
 
@@ -177,9 +178,9 @@ def flush_metrics(wait_seconds: float = 0.0) -> bool:
     """Sends the kept metric batches; retries for up to ``wait_seconds``. True when none are left."""
     deadline = time.monotonic() + wait_seconds
     while _unsent:
-        values, step, model_id = _unsent[0]
+        run_id, values, step, model_id = _unsent[0]
         try:
-            mlflow.log_metrics(values, step=step, model_id=model_id)
+            mlflow.log_metrics(values, step=step, model_id=model_id, run_id=run_id)
         except _SERVER_ERRORS as exc:
             if time.monotonic() < deadline:
                 time.sleep(2)

@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
-from pipeline.data.preprocess import MANIFEST, METADATA, load_rgb
+from pipeline.data.preprocess import MANIFEST, METADATA, crop_and_resize, load_rgb
 from pipeline.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -129,12 +129,15 @@ class FundusDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``key`` is an index, or ``(index, sample_seed)`` from ``EpochSampler``: then the random
         augmentation of this image is a function of that seed alone."""
-        if isinstance(key, tuple):
-            index, sample_seed = key
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sample_seed)
-                return self.transform(load_rgb(self.root / self.files[index])), self.grades[index]
-        return self.transform(load_rgb(self.root / self.files[key])), self.grades[key]
+        index, sample_seed = key if isinstance(key, tuple) else (key, None)
+        if sample_seed is None:
+            return self._load(index)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            return self._load(index)
+
+    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(load_rgb(self.root / self.files[index])), self.grades[index]
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int, seed: int,
@@ -182,7 +185,5 @@ class RawPhotoDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        from pipeline.data.preprocess import crop_and_resize
-
         fundus, _ = crop_and_resize(self.paths[index], self.image_size)
         return self.transform(fundus), index

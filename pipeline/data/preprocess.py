@@ -164,21 +164,22 @@ def _source_stamp(frame: pd.DataFrame) -> pd.DataFrame:
                         source_mtime_ns=[st.st_mtime_ns for st in stats])
 
 
-def _reusable(dataset: pd.DataFrame, previous_dir: Path) -> list[Path | None]:
-    """Earlier outputs whose source file is unchanged (same path, size and modification time)."""
+def _reusable(dataset: pd.DataFrame, previous_dir: Path) -> list[tuple[Path, tuple[int, int]] | None]:
+    """Earlier outputs whose source file is unchanged (same path, size and modification time),
+    with the source photo's size the earlier run recorded."""
     manifest = previous_dir / MANIFEST
     if not manifest.is_file():
         return [None] * len(dataset)
     previous = pd.read_csv(manifest, dtype={"id": str, "patient": str, "source": str}).set_index("id")
     if not {"source", "source_bytes", "source_mtime_ns", "source_width", "source_height"} <= set(previous.columns):
         return [None] * len(dataset)
-    reuse: list[Path | None] = []
+    reuse: list[tuple[Path, tuple[int, int]] | None] = []
     for row in dataset.itertuples():
         old = previous.loc[row.id] if row.id in previous.index else None
         output = previous_dir / row.file
         unchanged = (old is not None and old["source"] == row.source and int(old["source_bytes"]) == row.source_bytes
                      and int(old["source_mtime_ns"]) == row.source_mtime_ns and output.is_file())
-        reuse.append(output if unchanged else None)
+        reuse.append((output, (int(old["source_width"]), int(old["source_height"]))) if unchanged else None)
     return reuse
 
 
@@ -207,7 +208,7 @@ def preprocess(raw_dir: str | Path, data_dir: str | Path, *, image_size: int = 5
     staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
     (staging / "images").mkdir(parents=True)
     try:
-        jobs = [ImageJob(Path(src), staging / rel, image_size, old, on_bad_image == "skip")
+        jobs = [ImageJob(Path(src), staging / rel, image_size, old[0] if old else None, on_bad_image == "skip")
                 for src, rel, old in zip(dataset["path"], dataset["file"], reuse)]
         sizes = _run_jobs(jobs, num_workers or os.cpu_count() or 1)
         bad = [(image_id, reason) for image_id, reason in zip(dataset["id"], sizes) if isinstance(reason, str)]
@@ -221,10 +222,7 @@ def preprocess(raw_dir: str | Path, data_dir: str | Path, *, image_size: int = 5
             dataset, reuse = dataset[keep].reset_index(drop=True), [r for r, k in zip(reuse, keep) if k]
             sizes = [size for size in sizes if not isinstance(size, str)]
             pd.DataFrame(bad, columns=["id", "reason"]).to_csv(staging / SKIPPED, index=False)
-        if any(old is not None for old in reuse):
-            previous = pd.read_csv(target / MANIFEST, dtype={"id": str}).set_index("id")
-            sizes = [size if size is not None else (int(previous.at[i, "source_width"]), int(previous.at[i, "source_height"]))
-                     for i, size in zip(dataset["id"], sizes)]
+        sizes = [size if size is not None else old[1] for size, old in zip(sizes, reuse)]
         dataset["source_width"] = [w for w, _ in sizes]
         dataset["source_height"] = [h for _, h in sizes]
         metadata = {
