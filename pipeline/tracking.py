@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import tempfile
 import time
 import urllib.error
@@ -48,6 +49,7 @@ PER_EPOCH_METRICS = (
 )
 # The per-epoch metrics compare draws as curves (read back with their full history).
 CURVE_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_accuracy", "val_kappa", "test_kappa")
+DUPLICATE_INSERT_ATTEMPTS = 5
 # Explicit requirements: inferring them costs ~18 s per logged model on these machines.
 MODEL_REQUIREMENTS = [
     f"torch=={torch.__version__.split('+')[0]}",
@@ -82,8 +84,10 @@ def configure() -> str:
     if uri.startswith(("http://", "https://")):
         require_reachable(uri)
     mlflow.set_tracking_uri(uri)
-    if not (os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_RUN_ID")):
-        mlflow.set_experiment(DEFAULT_EXPERIMENT)
+    if not (os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_RUN_ID")):
+        # set_experiment tolerates a concurrent creation of the same experiment; MLflow's own
+        # lookup of MLFLOW_EXPERIMENT_NAME fails the run that loses that race.
+        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
     return mlflow.get_tracking_uri()
 
 
@@ -269,7 +273,23 @@ def log_dataset(manifest: pd.DataFrame, source: str, name: str, context: str) ->
         # MLflow's hints about integer columns and local-path sources do not apply to a manifest.
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_pandas(manifest, source=source, name=name, targets="grade")
-        mlflow.log_input(dataset, context=context)
+    # MLflow looks the dataset up, then inserts it: runs that log one dataset at the same moment
+    # (parallel trainings) collide on the insert; a second try finds the row the winner wrote.
+    for attempt in range(1, DUPLICATE_INSERT_ATTEMPTS + 1):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except mlflow.MlflowException as exc:
+            if attempt == DUPLICATE_INSERT_ATTEMPTS or not _is_duplicate_insert(exc):
+                raise
+            log.debug("dataset %s was inserted by a concurrent run; linking it (attempt %d)", name, attempt)
+            time.sleep(random.uniform(0.05, 0.3) * attempt)
+
+
+def _is_duplicate_insert(exc: Exception) -> bool:
+    """A unique-key collision, in the wording of sqlite, PostgreSQL or MySQL."""
+    text = str(exc).lower()
+    return any(marker in text for marker in ("unique constraint failed", "duplicate key value", "duplicate entry"))
 
 
 @main_process_only(("", ""))

@@ -27,8 +27,7 @@ def train_command(processed_dir, model, pretrained, *extra):
 def test_four_trainings_in_parallel_against_one_server(mlflow_server, processed_dir, imagenet_weights, tmp_path):
     env = subprocess_env(MLFLOW_TRACKING_URI=mlflow_server, MLFLOW_EXPERIMENT_NAME="parallel",
                          TORCH_HOME=str(imagenet_weights["home"]), OMP_NUM_THREADS="1")
-    # Create the experiment first: four processes racing to create it is a different test.
-    MlflowClient(mlflow_server).create_experiment("parallel")
+    # The experiment does not exist yet: the four processes race to create it, as users' would.
     processes = [subprocess.Popen(train_command(processed_dir, model, pretrained, "--checkpoint_dir", str(tmp_path)),
                                   cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for model, pretrained in CONFIGURATIONS]
