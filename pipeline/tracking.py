@@ -85,10 +85,24 @@ def configure() -> str:
         require_reachable(uri)
     mlflow.set_tracking_uri(uri)
     if not (os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_RUN_ID")):
-        # set_experiment tolerates a concurrent creation of the same experiment; MLflow's own
-        # lookup of MLFLOW_EXPERIMENT_NAME fails the run that loses that race.
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+        if name := os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+            # MLflow's own lookup of this name fails the run that loses a race to create it.
+            _create_experiment_if_missing(name)
+        else:
+            mlflow.set_experiment(DEFAULT_EXPERIMENT)
     return mlflow.get_tracking_uri()
+
+
+def _create_experiment_if_missing(name: str) -> None:
+    """Creates experiment ``name`` unless it exists; a concurrent process creating it first is fine."""
+    client = MlflowClient()
+    if client.get_experiment_by_name(name) is not None:
+        return
+    try:
+        client.create_experiment(name)
+    except mlflow.MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
 
 
 def require_reachable(uri: str, timeout: float = 5.0) -> None:

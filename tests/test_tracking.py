@@ -47,3 +47,30 @@ def test_runs_logging_one_dataset_at_once_all_record_it(mlflow_server, monkeypat
         assert not errors, [str(e)[:300] for e in errors]
         digests = {client.get_run(run_id).inputs.dataset_inputs[0].dataset.digest for run_id in run_ids}
         assert len(run_ids) == RACERS and len(digests) == 1
+
+
+def test_processes_configuring_a_new_experiment_at_once_share_it(mlflow_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "created-by-racers")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    start_together = threading.Barrier(RACERS)
+    errors: list[BaseException] = []
+
+    def racer() -> None:
+        try:
+            start_together.wait(timeout=60)
+            tracking.configure()
+        except BaseException as exc:  # noqa: BLE001 - the test reports every racer's failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=racer) for _ in range(RACERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, [str(e)[:300] for e in errors]
+    client = MlflowClient(mlflow_server)
+    assert [e.name for e in client.search_experiments(filter_string="name = 'created-by-racers'")] == ["created-by-racers"]
+    with mlflow.start_run() as run:
+        assert run.info.experiment_id == client.get_experiment_by_name("created-by-racers").experiment_id
