@@ -41,6 +41,7 @@ STEP_TAG = "retina_flow.step"
 ERROR_TAG = "retina_flow.error"
 MODEL_URI_TAG = "retina_flow.model_uri"
 SOURCE_RUN_TAG = "retina_flow.model_run_id"
+RESUMED_RUN_TAG = "retina_flow.resumed_run_id"
 SKIPPED_TAG_PREFIX = "retina_flow.skipped."
 PER_EPOCH_METRICS = (
     "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
@@ -237,9 +238,19 @@ def find_resumable_run(config: dict[str, Any]) -> str | None:
         experiment_ids(), filter_string=f"tags.`{STEP_TAG}` = 'train' and attributes.status != 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=200)
     for run in runs:
-        if all(run.data.params.get(k) == v for k, v in same.items()):
+        if all(_same_param_value(run.data.params.get(k), v) for k, v in same.items()):
             return run.info.run_id
     return None
+
+
+def _same_param_value(logged: str | None, wanted: str) -> bool:
+    """Equal as text, or as numbers: ``mlflow run -P lr=1e-3`` logs the spelling the user typed."""
+    if logged is None or logged == wanted:
+        return logged == wanted
+    try:
+        return float(logged) == float(wanted)
+    except ValueError:
+        return logged.lower() == wanted.lower()  # True / true
 
 
 @main_process_only(None)
@@ -408,6 +419,19 @@ def search_train_runs(experiment_ids: list[str], parent_run_id: str | None = Non
         records.append(TrainRunRecord(run.info.run_id, run.info.run_name, run.info.status, run.data.params,
                                       run.data.metrics, history))
     return records
+
+
+def mark_resume_launcher(launcher_run_id: str, resumed_run_id: str) -> None:
+    """Points ``mlflow run``'s own run at the run a resume continues, and says so in the UI.
+
+    ``mlflow run`` always opens a run before the entry point starts; the training goes on in the
+    interrupted run, so this one only records the launch (its params are the command line's).
+    """
+    client = MlflowClient()
+    client.set_tag(launcher_run_id, RESUMED_RUN_TAG, resumed_run_id)
+    client.set_tag(launcher_run_id, "mlflow.note.content",
+                   f"This run launched a resume: training continued in run {resumed_run_id}, where its "
+                   "params, metrics and artifacts are.")
 
 
 def run_exists(run_id: str) -> bool:

@@ -14,8 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import checkpoint
 from pipeline.steps import FAULT_ENV
-from pipeline.tracking import PER_EPOCH_METRICS
-from tests.conftest import PROJECT_ROOT, subprocess_env
+from pipeline.tracking import PER_EPOCH_METRICS, RESUMED_RUN_TAG, STEP_TAG
+from tests.conftest import PROJECT_ROOT, VENV_BIN, subprocess_env
 
 EPOCHS = 3
 BATCH_SIZE = 4
@@ -33,8 +33,19 @@ def train(store, experiment, processed_dir, checkpoint_dir, *extra, kill_at=None
     )
 
 
+def resume_with_mlflow_run(store, experiment, run_id, checkpoint_dir) -> subprocess.CompletedProcess:
+    """``mlflow run . -e train -P resume=RUN_ID``: the other params stay at their defaults."""
+    return subprocess.run(
+        [str(VENV_BIN / "mlflow"), "run", ".", "-e", "train", "--env-manager", "local", "--experiment-name", experiment,
+         "-P", f"resume={run_id}", "-P", f"checkpoint_dir={checkpoint_dir}", "-P", "checkpoint_artifact=false"],
+        cwd=PROJECT_ROOT, env=subprocess_env(MLFLOW_TRACKING_URI=store), capture_output=True, text=True, timeout=600,
+    )
+
+
 def only_run(client, experiment):
-    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    """The experiment's one train run (a resume's ``mlflow run`` launcher run is not one)."""
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    (run,) = [r for r in runs if r.data.tags.get(STEP_TAG) == "train"]
     return run
 
 
@@ -62,7 +73,7 @@ def batches_per_epoch(processed_dir) -> int:
     return images // BATCH_SIZE + (1 if images % BATCH_SIZE > 1 else 0)  # a lone last image is dropped
 
 
-@pytest.mark.parametrize("case, mode", [(0, "run id"), (1, "auto, checkpoint from the artifact"), (2, "run id")])
+@pytest.mark.parametrize("case, mode", [(0, "run id"), (1, "auto, checkpoint from the artifact"), (2, "mlflow run -P resume")])
 def test_sigkill_then_resume_matches_the_uninterrupted_run(case, mode, reference, processed_dir, tmp_path):
     per_epoch = batches_per_epoch(processed_dir)
     # A seeded random batch of a random epoch after the first (the first leaves nothing to resume).
@@ -80,12 +91,20 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(case, mode, reference
     if from_artifact:
         shutil.rmtree(checkpoints)  # another machine: only the tracking server has the checkpoint
 
-    resume = ["--resume", "auto"] if from_artifact else ["--resume", run.info.run_id]
-    resumed = train(store, experiment, processed_dir, checkpoints, "--checkpoint_artifact", str(from_artifact).lower(),
-                    *resume)
+    if mode.startswith("mlflow run"):
+        resumed = resume_with_mlflow_run(store, experiment, run.info.run_id, checkpoints)
+    else:
+        resume = ["--resume", "auto"] if from_artifact else ["--resume", run.info.run_id]
+        resumed = train(store, experiment, processed_dir, checkpoints, "--checkpoint_artifact",
+                        str(from_artifact).lower(), *resume)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    killed_run_id = run.info.run_id
     run = only_run(client, experiment)  # the same run, not a new one
-    assert run.info.status == "FINISHED"
+    assert run.info.run_id == killed_run_id and run.info.status == "FINISHED"
+    if mode.startswith("mlflow run"):
+        (launcher,) = [r for r in client.search_runs([run.info.experiment_id]) if r.info.run_id != killed_run_id]
+        assert launcher.data.tags[RESUMED_RUN_TAG] == killed_run_id and launcher.info.status == "FINISHED"
+        assert not launcher.data.metrics  # it only records the launch
 
     resumed_histories = histories(client, run.info.run_id)
     for name in PER_EPOCH_METRICS:
@@ -114,3 +133,10 @@ def test_resume_of_an_unknown_run_is_a_clear_error(processed_dir, tmp_path):
     result = train(store, "none", processed_dir, tmp_path / "checkpoints", "--resume", "0123456789abcdef")
     assert result.returncode == 2
     assert "error: resume=0123456789abcdef: no such run" in result.stderr
+
+
+def test_resume_refuses_several_processes(processed_dir, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = train(store, "multi", processed_dir, tmp_path / "checkpoints", "--resume", "auto", "--nproc", "2")
+    assert result.returncode == 2
+    assert "error: resume=auto continues a run in one process; leave nproc at 1 (it was 2)" in result.stderr

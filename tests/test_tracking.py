@@ -76,3 +76,21 @@ def test_steps_configuring_a_new_experiment_at_once_share_it(server_tracking, mo
     assert [e.name for e in client.search_experiments(filter_string="name = 'created-by-racers'")] == ["created-by-racers"]
     with mlflow.start_run() as run:
         assert run.info.experiment_id == client.get_experiment_by_name("created-by-racers").experiment_id
+
+
+def test_auto_resume_finds_a_run_whatever_the_spelling_of_its_numbers(sqlite_tracking):
+    import dataclasses
+
+    from pipeline.config import TrainConfig
+
+    config = dataclasses.asdict(TrainConfig(model="resnet50", epochs=3, lr=0.001))
+    tracking.configure()
+    # As `mlflow run -P lr=1e-3 -P epochs=3.0` logs them, killed before it finished.
+    with mlflow.start_run(tags={tracking.STEP_TAG: "train"}) as killed:
+        tracking.log_params({k: v for k, v in config.items() if k != "resume"}
+                            | {"lr": "1e-3", "epochs": "3.0", "pretrained": "False"})
+    MlflowClient().set_terminated(killed.info.run_id, "KILLED")
+
+    assert tracking.find_resumable_run(config) == killed.info.run_id
+    assert tracking.find_resumable_run(config | {"lr": 0.01}) is None
+    assert tracking.find_resumable_run(config | {"model": "resnet18"}) is None

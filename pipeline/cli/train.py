@@ -1,7 +1,8 @@
 """Entry point ``train``: one ResNet configuration, tracked per epoch, best checkpoint and model logged.
 
 Runs unchanged under ``torchrun --nproc_per_node=N``; with ``--nproc N`` it starts torchrun itself.
-``--resume RUN_ID`` (or ``auto``) continues an interrupted run, in the same MLflow run.
+``--resume RUN_ID`` (or ``auto``) continues an interrupted run, in the same MLflow run; under
+``mlflow run -P resume=...`` too (the run ``mlflow run`` opens then only records the launch).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
             nproc = coerce_int(args.nproc, "nproc", 1)
         except ConfigError:
             nproc = 1  # the run itself reports the bad value, and is marked FAILED
-        if nproc > 1:
+        if nproc > 1 and not args.resume:  # a resume with nproc > 1 is refused inside its run
             return launch_torchrun(nproc, argv)
 
     def body() -> None:
@@ -50,17 +51,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def resume_target(args: argparse.Namespace) -> str | None:
-    """The run to continue: ``--resume RUN_ID``, or with ``auto`` the latest unfinished one alike."""
+    """The run to continue: ``--resume RUN_ID``, or with ``auto`` the latest unfinished one alike.
+
+    Under ``mlflow run`` (which has opened a run of its own) that launcher run is tagged with it.
+    """
     resume = args.resume or ""
-    if resume != "auto":
-        if resume and not tracking.run_exists(resume):
-            raise ConfigError(f"resume={resume}: no such run on {tracking.configure()}")
-        return resume or None
+    if not resume:
+        return None
     cfg = load_section(args, "train")
-    run_id = tracking.find_resumable_run(dataclasses.asdict(cfg))
-    if run_id is None:
-        raise ConfigError("resume=auto found no unfinished train run of this configuration in the experiment")
-    log.info("resume=auto: continuing run %s", run_id)
+    if cfg.nproc > 1:
+        raise ConfigError(f"resume={resume} continues a run in one process; leave nproc at 1 (it was {cfg.nproc})")
+    if resume == "auto":
+        run_id = tracking.find_resumable_run(dataclasses.asdict(cfg))
+        if run_id is None:
+            raise ConfigError("resume=auto found no unfinished train run of this configuration in the experiment")
+        log.info("resume=auto: continuing run %s", run_id)
+    elif tracking.run_exists(resume):
+        run_id = resume
+    else:
+        raise ConfigError(f"resume={resume}: no such run on {tracking.configure()}")
+    launcher = os.environ.get("MLFLOW_RUN_ID")
+    if launcher and launcher != run_id:
+        tracking.mark_resume_launcher(launcher, run_id)
     return run_id
 
 
