@@ -40,9 +40,8 @@ def run_summary(record: TrainRunRecord) -> dict[str, float]:
         "highest_test_accuracy": highest,
         "highest_test_epoch": highest_epoch,
     }
-    for name in ("val_kappa",):
-        if record.history.get(name):
-            summary[name] = dict(record.history[name])[best_epoch]
+    if record.history.get("val_kappa"):
+        summary["val_kappa"] = dict(record.history["val_kappa"])[best_epoch]
     for name in (*CI_METRICS, "referable_sensitivity", "referable_specificity"):
         value = record.metrics.get(f"selected_test_{name}")
         if value is not None:

@@ -213,11 +213,11 @@ def roc_figure(targets: np.ndarray, probabilities: np.ndarray, threshold: float 
     scores = referable_probability(probabilities)
     point = referable_metrics(targets, probabilities, threshold)
     figure, axis = plt.subplots(figsize=(6, 5.5), layout="constrained")
+    axis.set_title(f"Referable DR (grade ≥ {REFERABLE_GRADE}) ROC, {len(referable)} images")
     if np.isnan(point["referable_auc"]):
         # A tiny test split may hold one class only; a report should say so rather than fail.
         axis.text(0.5, 0.5, "ROC undefined:\nall images are " + ("referable" if referable.all() else "non-referable"),
                   ha="center", va="center", transform=axis.transAxes)
-        axis.set_title(f"Referable DR (grade ≥ {REFERABLE_GRADE}) ROC, {len(referable)} images")
         return figure
     RocCurveDisplay.from_predictions(referable, scores, name="referable DR", ax=axis,
                                      plot_chance_level=True, chance_level_kw={"color": "0.6"})
@@ -227,7 +227,6 @@ def roc_figure(targets: np.ndarray, probabilities: np.ndarray, threshold: float 
                      f"spec {point['referable_specificity']:.2f}"))
     axis.set_xlabel("1 - specificity (false positive rate)")
     axis.set_ylabel("sensitivity (true positive rate)")
-    axis.set_title(f"Referable DR (grade ≥ {REFERABLE_GRADE}) ROC, {len(referable)} images")
     axis.legend(loc="lower right")
     return figure
 

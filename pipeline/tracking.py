@@ -434,6 +434,11 @@ def mark_resume_launcher(launcher_run_id: str, resumed_run_id: str) -> None:
                    "params, metrics and artifacts are.")
 
 
+def current_uri() -> str:
+    """The tracking URI ``configure`` chose."""
+    return mlflow.get_tracking_uri()
+
+
 def run_exists(run_id: str) -> bool:
     try:
         MlflowClient().get_run(run_id)

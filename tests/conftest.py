@@ -149,6 +149,17 @@ def mlflow_server(tmp_path_factory):
         yield url
 
 
+def mlflow_run(tracking_uri: str, args: list[str], **env: str) -> subprocess.CompletedProcess:
+    """``mlflow run . --env-manager local ARGS`` as the README runs it; asserts it succeeded."""
+    result = subprocess.run(
+        [str(VENV_BIN / "mlflow"), "run", ".", "--env-manager", "local", *args],
+        cwd=PROJECT_ROOT, env=subprocess_env(MLFLOW_TRACKING_URI=tracking_uri, **env),
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment for child processes: this venv first on PATH, no stray MLflow settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import mlflow
@@ -14,19 +13,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.tracking import PER_EPOCH_METRICS, SOURCE_RUN_TAG, STEP_TAG
-from tests.conftest import PROJECT_ROOT, VENV_BIN, subprocess_env
+from tests.conftest import mlflow_run
 
 GRID = {("resnet18", "true"), ("resnet18", "false"), ("resnet50", "true"), ("resnet50", "false")}
-
-
-def mlflow_run(server: str, args: list[str], **env: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [str(VENV_BIN / "mlflow"), "run", ".", "--env-manager", "local", *args],
-        cwd=PROJECT_ROOT, env=subprocess_env(MLFLOW_TRACKING_URI=server, **env),
-        capture_output=True, text=True, timeout=1200,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    return result
 
 
 def runs_by_step(client: MlflowClient, experiment: str) -> dict[str, list]:

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import checkpoint
 from pipeline.steps import FAULT_ENV
 from pipeline.tracking import PER_EPOCH_METRICS, RESUMED_RUN_TAG, STEP_TAG
-from tests.conftest import PROJECT_ROOT, VENV_BIN, subprocess_env
+from tests.conftest import PROJECT_ROOT, mlflow_run, subprocess_env
 
 EPOCHS = 3
 BATCH_SIZE = 4
@@ -30,15 +30,6 @@ def train(store, experiment, processed_dir, checkpoint_dir, *extra, kill_at=None
          "--epochs", str(EPOCHS), "--batch_size", str(BATCH_SIZE), "--num_workers", "0", "--lr", "0.01",
          "--bootstrap_resamples", "0", "--checkpoint_dir", str(checkpoint_dir), *extra],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
-
-
-def resume_with_mlflow_run(store, experiment, run_id, checkpoint_dir) -> subprocess.CompletedProcess:
-    """``mlflow run . -e train -P resume=RUN_ID``: the other params stay at their defaults."""
-    return subprocess.run(
-        [str(VENV_BIN / "mlflow"), "run", ".", "-e", "train", "--env-manager", "local", "--experiment-name", experiment,
-         "-P", f"resume={run_id}", "-P", f"checkpoint_dir={checkpoint_dir}", "-P", "checkpoint_artifact=false"],
-        cwd=PROJECT_ROOT, env=subprocess_env(MLFLOW_TRACKING_URI=store), capture_output=True, text=True, timeout=600,
     )
 
 
@@ -92,7 +83,9 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(case, mode, reference
         shutil.rmtree(checkpoints)  # another machine: only the tracking server has the checkpoint
 
     if mode.startswith("mlflow run"):
-        resumed = resume_with_mlflow_run(store, experiment, run.info.run_id, checkpoints)
+        # The other params stay at their defaults: the run continues with its own config.
+        resumed = mlflow_run(store, ["-e", "train", "--experiment-name", experiment, "-P", f"resume={run.info.run_id}",
+                                     "-P", f"checkpoint_dir={checkpoints}", "-P", "checkpoint_artifact=false"])
     else:
         resume = ["--resume", "auto"] if from_artifact else ["--resume", run.info.run_id]
         resumed = train(store, experiment, processed_dir, checkpoints, "--checkpoint_artifact",

@@ -69,7 +69,7 @@ def resume_target(args: argparse.Namespace) -> str | None:
     elif tracking.run_exists(resume):
         run_id = resume
     else:
-        raise ConfigError(f"resume={resume}: no such run on {tracking.configure()}")
+        raise ConfigError(f"resume={resume}: no such run on {tracking.current_uri()}")
     launcher = os.environ.get("MLFLOW_RUN_ID")
     if launcher and launcher != run_id:
         tracking.mark_resume_launcher(launcher, run_id)

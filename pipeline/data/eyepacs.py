@@ -98,11 +98,7 @@ def read_split(raw_dir: str | Path, split: str, image_dir: str = "") -> pd.DataF
         raise DataError(f"{img_csv} lists no images")
 
     grades = [_parse_grade(text, label_csv, first_label_line + row) for row, text in enumerate(labels)]
-    root = images.resolve()
-    paths = [_safe_image_path(image_id, root, img_csv, first_id_line + row) for row, image_id in enumerate(ids)]
-    for row, (image_id, path) in enumerate(zip(ids, paths)):
-        if not path.is_file():
-            raise DataError(f"{img_csv} line {first_id_line + row}: image id {image_id!r} has no file {path}")
+    paths = _existing_image_paths(ids, images, img_csv, first_id_line)
     duplicated = ids[ids.duplicated()]
     if len(duplicated):
         raise DataError(f"{img_csv} lists image id {duplicated.iloc[0]!r} more than once")
@@ -114,12 +110,17 @@ def read_image_list(csv_path: str | Path, image_dir: str | Path) -> pd.DataFrame
     csv_path, images = Path(csv_path), Path(image_dir)
     ids = _read_column(csv_path)
     ids, first_line = _drop_header(ids, _has_id_header(ids, images))
+    return pd.DataFrame({"id": ids, "path": _existing_image_paths(ids, images, csv_path, first_line)})
+
+
+def _existing_image_paths(ids: pd.Series, images: Path, csv_path: Path, first_line: int) -> list[Path]:
+    """The photo of every id, each checked to stay inside ``images`` and to exist (errors name the line)."""
     root = images.resolve()
     paths = [_safe_image_path(image_id, root, csv_path, first_line + row) for row, image_id in enumerate(ids)]
     for row, (image_id, path) in enumerate(zip(ids, paths)):
         if not path.is_file():
             raise DataError(f"{csv_path} line {first_line + row}: image id {image_id!r} has no file {path}")
-    return pd.DataFrame({"id": ids, "path": paths})
+    return paths
 
 
 def _parse_grade(text: str, path: Path, line: int) -> int:
