@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,20 @@ from pipeline.errors import DataError
 
 FORMAT_VERSION = 1
 LAST = "last.pt"
+
+
+def run_checkpoint_path(checkpoint_dir: str | Path, run_id: str) -> Path:
+    """``<checkpoint_dir>/<run id>/last.pt``: where a run's crash-resume checkpoint lives."""
+    return Path(checkpoint_dir) / run_id / LAST
+
+
+def discard(path: Path) -> None:
+    """Removes a finished run's checkpoint folder: it only served a resume that is no longer needed.
+
+    A resnet50 checkpoint is about 270 MB (model, momentum buffers, best weights); leaving one per
+    finished run in the working folder would fill a disk over a study.
+    """
+    shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:

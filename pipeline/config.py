@@ -67,6 +67,7 @@ class TrainConfig:
     bootstrap_resamples: int = 1000  # for the 95% confidence intervals of the selected model
     checkpoint_dir: str = "checkpoints"  # <checkpoint_dir>/<run id>/last.pt, rewritten every epoch
     checkpoint_artifact: bool = True  # also log last.pt to the run every epoch (resume on another machine)
+    keep_checkpoint: bool = False  # keep the local last.pt once the run has finished (removed by default)
     resume: str = ""  # a train run id to continue, or "auto": the latest unfinished run of this configuration
 
 

@@ -14,7 +14,6 @@ import random
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -221,7 +220,7 @@ def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome
     if not tracking.flush_metrics(wait_seconds=OUTAGE_GRACE_SECONDS):
         raise RetinaFlowError(
             f"training finished but the tracking server stayed unreachable for {OUTAGE_GRACE_SECONDS} s; every "
-            f"epoch's metrics are in {Path(cfg.checkpoint_dir) / tracking.active_run_id()}: run "
+            f"epoch's metrics are in {checkpoint.run_checkpoint_path(cfg.checkpoint_dir, tracking.active_run_id())}: run "
             f"`python -m pipeline.cli.train --resume {tracking.active_run_id()}` once it is back to deliver them")
     model.load_state_dict(result.best_state)
     # fp32 weights in the default memory format: what Grad-CAM and torch.export both take.
@@ -247,6 +246,8 @@ def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome
     example_set = FundusDataset(processed.root, test_rows.head(SERVING_EXAMPLE_IMAGES), EvalPreset(cfg.image_size))
     example = to_unit_float(torch.stack([example_set[i][0] for i in range(len(example_set))]))
     model_uri, _ = tracking.log_model(serving_model(model), example)
+    if ctx.is_main and not cfg.keep_checkpoint:
+        checkpoint.discard(checkpoint.run_checkpoint_path(cfg.checkpoint_dir, tracking.active_run_id()))
     return TrainOutcome(tracking.active_run_id(), model_uri, result.best_epoch, result.best_score,
                         selected["selected_test_accuracy"])
 
@@ -270,7 +271,7 @@ def make_train_loaders(datasets: dict[str, Dataset], cfg: TrainConfig, ctx: Dist
 def checkpoint_writer(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
                       scaler: torch.amp.GradScaler | None) -> Callable[[FitState], None]:
     """Saves ``<checkpoint_dir>/<run id>/last.pt`` after every epoch (and logs it, if asked)."""
-    path = Path(cfg.checkpoint_dir) / tracking.active_run_id() / checkpoint.LAST
+    path = checkpoint.run_checkpoint_path(cfg.checkpoint_dir, tracking.active_run_id())
 
     def save(state: FitState) -> None:
         checkpoint.save_atomic({
@@ -313,7 +314,7 @@ def restore_training(saved: dict, model: nn.Module, optimizer: torch.optim.Optim
 
 def load_run_checkpoint(run_id: str, checkpoint_dir: str) -> dict:
     """The last checkpoint of ``run_id``: the local file, else the one logged to the run."""
-    local = Path(checkpoint_dir) / run_id / checkpoint.LAST
+    local = checkpoint.run_checkpoint_path(checkpoint_dir, run_id)
     if not local.is_file():
         data = tracking.read_artifact(run_id, f"checkpoints/{checkpoint.LAST}")
         if data is None:

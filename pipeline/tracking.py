@@ -233,7 +233,8 @@ def log_missing_epoch_metrics(history: list[dict[str, float]]) -> None:
 def find_resumable_run(config: dict[str, Any]) -> str | None:
     """The latest unfinished (RUNNING, FAILED or KILLED) train run of the same configuration."""
     same = {k: _param_text(v) for k, v in config.items()
-            if k not in {"resume", "num_workers", "device", "checkpoint_dir", "checkpoint_artifact"}}
+            if k not in {"resume", "num_workers", "device", "checkpoint_dir", "checkpoint_artifact",
+                         "keep_checkpoint"}}
     runs = MlflowClient().search_runs(
         experiment_ids(), filter_string=f"tags.`{STEP_TAG}` = 'train' and attributes.status != 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=200)
@@ -367,11 +368,15 @@ class LoadedModel:
 
 def load_model(uri: str) -> LoadedModel:
     """Loads a logged or registered model (``models:/dr-resnet@champion``) for inference."""
-    try:
-        info = mlflow.models.get_model_info(uri)
-        module = mlflow.pytorch.load_model(uri, map_location="cpu")
-    except mlflow.exceptions.MlflowException as exc:
-        raise ConfigError(f"cannot load model {uri!r}: {exc.message}") from None
+    # MLflow would download into a fresh temporary folder per call and never remove it: a copy of
+    # the model (95 MB for resnet50) left in /tmp by every evaluate and predict.
+    with tempfile.TemporaryDirectory(prefix="retina-flow-model-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+            info = mlflow.models.Model.load(local).get_model_info()
+            module = mlflow.pytorch.load_model(local, map_location="cpu")
+        except mlflow.exceptions.MlflowException as exc:
+            raise ConfigError(f"cannot load model {uri!r}: {exc.message}") from None
     shape = info.signature.inputs.inputs[0].shape
     return LoadedModel(module, uri, int(shape[-1]), info.run_id, getattr(info, "model_id", None))
 

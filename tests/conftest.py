@@ -143,9 +143,21 @@ def running_mlflow_server(root: Path, *extra: str, env: dict[str, str] | None = 
         log_file.close()
 
 
-@pytest.fixture(scope="session")
+@contextlib.contextmanager
+def scratch_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """A folder for a module-scoped fixture, removed with the module: models and checkpoints are
+    tens of MB each, and a whole session's would not fit a CI machine's disk."""
+    path = tmp_path_factory.mktemp(name)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    with running_mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as url:
+    """A real server for one test module; its store and artifacts go when the module is done."""
+    with scratch_dir(tmp_path_factory, "mlflow_server") as root, running_mlflow_server(root) as url:
         yield url
 
 
@@ -161,9 +173,11 @@ def mlflow_run(tracking_uri: str, args: list[str], **env: str) -> subprocess.Com
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """The environment for child processes: this venv first on PATH, no stray MLflow settings."""
+    """The environment for child processes: this venv first on PATH, the project importable from
+    any working folder (a sqlite store puts its ./mlruns there), no stray MLflow settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env

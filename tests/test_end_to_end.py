@@ -13,7 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.tracking import PER_EPOCH_METRICS, SOURCE_RUN_TAG, STEP_TAG
-from tests.conftest import mlflow_run
+from tests.conftest import mlflow_run, scratch_dir
 
 GRID = {("resnet18", "true"), ("resnet18", "false"), ("resnet50", "true"), ("resnet50", "false")}
 
@@ -29,16 +29,17 @@ def runs_by_step(client: MlflowClient, experiment: str) -> dict[str, list]:
 @pytest.fixture(scope="module")
 def study(mlflow_server, raw_dir, imagenet_weights, tmp_path_factory):
     """One whole study through `mlflow run . -e main`, all four configurations."""
-    data_dir = tmp_path_factory.mktemp("e2e") / "processed"
-    result = mlflow_run(mlflow_server, ["-e", "main", "--experiment-name", "e2e", "-P", "config=experiments/tiny.yaml",
-                                        "-P", f"raw_dir={raw_dir}", "-P", f"data_dir={data_dir}"],
-                        TORCH_HOME=str(imagenet_weights["home"]))
-    client = MlflowClient(mlflow_server)
-    return client, runs_by_step(client, "e2e"), result
+    with scratch_dir(tmp_path_factory, "e2e") as root:
+        result = mlflow_run(mlflow_server, ["-e", "main", "--experiment-name", "e2e", "-P", "config=experiments/tiny.yaml",
+                                            "-P", f"raw_dir={raw_dir}", "-P", f"data_dir={root / 'processed'}",
+                                            "-P", f"checkpoint_dir={root / 'checkpoints'}"],
+                            TORCH_HOME=str(imagenet_weights["home"]))
+        client = MlflowClient(mlflow_server)
+        yield client, runs_by_step(client, "e2e"), result, root / "checkpoints"
 
 
 def test_study_tree_and_train_params(study):
-    _, runs, result = study
+    _, runs, result, _ = study
     (main_run,) = runs["main"]
     assert main_run.info.status == "FINISHED"
     train_runs = runs["train"]
@@ -55,7 +56,7 @@ def test_study_tree_and_train_params(study):
 
 
 def test_one_value_per_epoch_for_every_per_epoch_metric(study):
-    client, runs, _ = study
+    client, runs, _, _ = study
     for run in runs["train"]:
         for metric in PER_EPOCH_METRICS:
             history = client.get_metric_history(run.info.run_id, metric)
@@ -63,7 +64,9 @@ def test_one_value_per_epoch_for_every_per_epoch_metric(study):
 
 
 def test_confusion_matrix_and_checkpoint_artifacts(study, tmp_path):
-    client, runs, _ = study
+    client, runs, _, checkpoints = study
+    # Each run wrote its crash-resume checkpoint there every epoch and removed it once finished.
+    assert checkpoints.is_dir() and not any(checkpoints.iterdir())
     for run in runs["train"]:
         run_id = run.info.run_id
         names = {a.path for a in client.list_artifacts(run_id, "confusion_matrix")}
@@ -79,7 +82,7 @@ def test_confusion_matrix_and_checkpoint_artifacts(study, tmp_path):
 
 
 def test_compare_artifacts_read_back_the_four_configurations(study, tmp_path):
-    client, runs, _ = study
+    client, runs, _, _ = study
     (compare_run,) = runs["compare"]
     names = {a.path for a in client.list_artifacts(compare_run.info.run_id, "comparison")}
     assert {"comparison/comparison.txt", "comparison/comparison.csv", "comparison/accuracy_curves.png",
@@ -93,8 +96,8 @@ def test_compare_artifacts_read_back_the_four_configurations(study, tmp_path):
         assert row.highest_test_accuracy == pytest.approx(run.data.metrics["highest_test_accuracy"])
 
 
-def test_champion_is_best_on_validation_and_serves_probabilities(study, mlflow_server):
-    client, runs, _ = study
+def test_champion_is_best_on_validation_and_serves_probabilities(study, mlflow_server, tmp_path):
+    client, runs, _, _ = study
     version = client.get_model_version_by_alias("dr-resnet", "champion")
     scores = [r.data.metrics["selection_score"] for r in runs["train"]]
     best = max(score for score in scores if not np.isnan(score))
@@ -104,7 +107,7 @@ def test_champion_is_best_on_validation_and_serves_probabilities(study, mlflow_s
     assert evaluate_run.data.params["model_uri"] == "models:/dr-resnet@champion"
     mlflow.set_tracking_uri(mlflow_server)
     try:
-        model = mlflow.pyfunc.load_model("models:/dr-resnet@champion")
+        model = mlflow.pyfunc.load_model("models:/dr-resnet@champion", dst_path=str(tmp_path))
         batch = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
         probabilities = np.asarray(model.predict(batch))
     finally:
@@ -114,12 +117,12 @@ def test_champion_is_best_on_validation_and_serves_probabilities(study, mlflow_s
 
 
 @pytest.mark.parametrize("model", ["resnet18", "resnet50"])
-def test_train_entry_point_as_written(model, study, mlflow_server, processed_dir):
+def test_train_entry_point_as_written(model, study, mlflow_server, processed_dir, tmp_path):
     """`mlflow run . -e train -P model=...` with the user's own spelling of values (lr=1e-3)."""
     experiment = f"e2e-train-{model}"
     mlflow_run(mlflow_server, ["-e", "train", "--experiment-name", experiment, "-P", f"model={model}",
                                "-P", f"data_dir={processed_dir}", "-P", "image_size=32", "-P", "epochs=1",
-                               "-P", "lr=1e-3", "-P", "num_workers=0"])
+                               "-P", "lr=1e-3", "-P", "num_workers=0", "-P", f"checkpoint_dir={tmp_path}"])
     client = MlflowClient(mlflow_server)
     (run,) = runs_by_step(client, experiment)["train"]
     assert run.info.status == "FINISHED"
@@ -127,6 +130,7 @@ def test_train_entry_point_as_written(model, study, mlflow_server, processed_dir
     assert run.data.params["pretrained"] == "false" and run.data.params["rotation_degrees"] == "20.0"
     assert run.data.tags["retina_flow.device"] == "cpu"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"checkpoints", "confusion_matrix", "config.yaml"}
+    assert not (tmp_path / run.info.run_id).exists()  # the finished run's crash-resume checkpoint is gone
 
 
 def test_torchrun_two_processes_make_one_complete_run(mlflow_server, processed_dir, tmp_path):
@@ -139,7 +143,7 @@ def test_torchrun_two_processes_make_one_complete_run(mlflow_server, processed_d
     experiment = "e2e-torchrun"
     mlflow_run(mlflow_server, ["-e", "train", "--experiment-name", experiment, "-P", "nproc=2",
                                "-P", f"data_dir={processed_dir}", "-P", "image_size=32", "-P", "epochs=2",
-                               "-P", "num_workers=0", "-P", "batch_size=4"])
+                               "-P", "num_workers=0", "-P", "batch_size=4", "-P", f"checkpoint_dir={tmp_path}"])
     client = MlflowClient(mlflow_server)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
     (run,) = client.search_runs([experiment_id])
@@ -166,7 +170,7 @@ def test_study_report_renders_in_chromium(study, tmp_path):
     """The compare run's HTML report, as logged, loads every image with no console errors."""
     from tests.browser import console_messages, probed_title, run_chromium, with_image_probe
 
-    client, runs, _ = study
+    client, runs, _, _ = study
     (compare_run,) = runs["compare"]
     page = Path(client.download_artifacts(compare_run.info.run_id, "comparison/report.html", str(tmp_path))).read_text()
     images = page.count("data:image/png;base64,")
@@ -182,7 +186,7 @@ def test_study_report_renders_in_chromium(study, tmp_path):
 
 
 def test_gradcam_artifact_differs_between_grades(study, tmp_path):
-    client, runs, _ = study
+    client, runs, _, _ = study
     version = client.get_model_version_by_alias("dr-resnet", "champion")
     names = {a.path for a in client.list_artifacts(version.run_id, "gradcam")}
     assert names == {"gradcam/test_gradcam.png", "gradcam/test_gradcam.npz"}
@@ -195,7 +199,7 @@ def test_gradcam_artifact_differs_between_grades(study, tmp_path):
 
 
 def test_intervals_bracket_the_champions_test_metrics(study):
-    client, runs, _ = study
+    client, runs, _, _ = study
     (evaluate_run,) = runs["evaluate"]
     metrics = evaluate_run.data.metrics
     for name in ("test_accuracy", "test_kappa"):

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,13 +16,14 @@ from mlflow.tracking import MlflowClient
 from pipeline import checkpoint
 from pipeline.steps import FAULT_ENV
 from pipeline.tracking import PER_EPOCH_METRICS, RESUMED_RUN_TAG, STEP_TAG
-from tests.conftest import PROJECT_ROOT, mlflow_run, subprocess_env
+from tests.conftest import mlflow_run, scratch_dir, subprocess_env
 
 EPOCHS = 3
 BATCH_SIZE = 4
 
 
 def train(store, experiment, processed_dir, checkpoint_dir, *extra, kill_at=None) -> subprocess.CompletedProcess:
+    """Trains in the test's folder (``checkpoint_dir``'s parent), where a sqlite store's ./mlruns belongs."""
     env = subprocess_env(MLFLOW_TRACKING_URI=store, MLFLOW_EXPERIMENT_NAME=experiment)
     if kill_at is not None:
         env[FAULT_ENV] = str(kill_at)
@@ -29,7 +31,7 @@ def train(store, experiment, processed_dir, checkpoint_dir, *extra, kill_at=None
         [sys.executable, "-m", "pipeline.cli.train", "--data_dir", str(processed_dir), "--image_size", "32",
          "--epochs", str(EPOCHS), "--batch_size", str(BATCH_SIZE), "--num_workers", "0", "--lr", "0.01",
          "--bootstrap_resamples", "0", "--checkpoint_dir", str(checkpoint_dir), *extra],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=Path(checkpoint_dir).parent, env=env, capture_output=True, text=True, timeout=600,
     )
 
 
@@ -47,14 +49,15 @@ def histories(client, run_id):
 @pytest.fixture(scope="module")
 def reference(processed_dir, tmp_path_factory):
     """The uninterrupted run every interrupted one must match."""
-    root = tmp_path_factory.mktemp("reference")
-    store = f"sqlite:///{root / 'mlflow.db'}"
-    result = train(store, "reference", processed_dir, root / "checkpoints", "--checkpoint_artifact", "false")
-    assert result.returncode == 0, result.stderr[-3000:]
-    client = MlflowClient(store)
-    run = only_run(client, "reference")
-    final = checkpoint.load(root / "checkpoints" / run.info.run_id / checkpoint.LAST)
-    return {"model": final["model"], "histories": histories(client, run.info.run_id), "run": run}
+    with scratch_dir(tmp_path_factory, "reference") as root:
+        store = f"sqlite:///{root / 'mlflow.db'}"
+        result = train(store, "reference", processed_dir, root / "checkpoints", "--checkpoint_artifact", "false",
+                       "--keep_checkpoint", "true")
+        assert result.returncode == 0, result.stderr[-3000:]
+        client = MlflowClient(store)
+        run = only_run(client, "reference")
+        final = checkpoint.load(root / "checkpoints" / run.info.run_id / checkpoint.LAST)
+        yield {"model": final["model"], "histories": histories(client, run.info.run_id), "run": run}
 
 
 def batches_per_epoch(processed_dir) -> int:
@@ -72,6 +75,9 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(case, mode, reference
     store, experiment = f"sqlite:///{tmp_path / 'mlflow.db'}", "crash"
     checkpoints = tmp_path / "checkpoints"
     from_artifact = mode.startswith("auto")
+    # The artifact case keeps the default (the local checkpoint goes once the run has finished);
+    # the others keep it, to read the final weights from it.
+    keep = [] if from_artifact else ["--keep_checkpoint", "true"]
 
     killed = train(store, experiment, processed_dir, checkpoints, "--checkpoint_artifact", str(from_artifact).lower(),
                    kill_at=kill_at)
@@ -85,11 +91,12 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(case, mode, reference
     if mode.startswith("mlflow run"):
         # The other params stay at their defaults: the run continues with its own config.
         resumed = mlflow_run(store, ["-e", "train", "--experiment-name", experiment, "-P", f"resume={run.info.run_id}",
-                                     "-P", f"checkpoint_dir={checkpoints}", "-P", "checkpoint_artifact=false"])
+                                     "-P", f"checkpoint_dir={checkpoints}", "-P", "checkpoint_artifact=false",
+                                     "-P", "keep_checkpoint=true"])
     else:
         resume = ["--resume", "auto"] if from_artifact else ["--resume", run.info.run_id]
         resumed = train(store, experiment, processed_dir, checkpoints, "--checkpoint_artifact",
-                        str(from_artifact).lower(), *resume)
+                        str(from_artifact).lower(), *resume, *keep)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     killed_run_id = run.info.run_id
     run = only_run(client, experiment)  # the same run, not a new one
@@ -104,7 +111,11 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(case, mode, reference
         assert [step for step, _ in resumed_histories[name]] == list(range(1, EPOCHS + 1)), name
     assert resumed_histories == reference["histories"]  # every value, not just the count
 
-    final = checkpoint.load(checkpoints / run.info.run_id / checkpoint.LAST)
+    local = checkpoints / run.info.run_id / checkpoint.LAST
+    if from_artifact:
+        assert not local.parent.exists()  # a finished run needs no crash-resume checkpoint on disk
+        local = Path(client.download_artifacts(run.info.run_id, f"checkpoints/{checkpoint.LAST}", str(tmp_path)))
+    final = checkpoint.load(local)
     assert final["epoch"] == EPOCHS
     for key, expected in reference["model"].items():
         assert torch.equal(final["model"][key], expected), key  # bit-exact on CPU

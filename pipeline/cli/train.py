@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.resume:
             saved = steps.load_run_checkpoint(tracking.active_run_id(), cfg.checkpoint_dir)
             # The run continues as it began: its own config, not today's command line.
-            cfg = dataclasses.replace(TrainConfig(**saved["config"]), resume=cfg.resume, checkpoint_dir=cfg.checkpoint_dir)
+            cfg = dataclasses.replace(TrainConfig(**saved["config"]), resume=cfg.resume,
+                                      checkpoint_dir=cfg.checkpoint_dir, keep_checkpoint=cfg.keep_checkpoint)
             outcome = steps.run_train(cfg, resume_from=saved)
         else:
             outcome = steps.run_train(cfg)

@@ -116,7 +116,7 @@ def test_real_process_exits_non_zero_and_marks_the_run_failed(processed_dir, tmp
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.cli.train", "--data_dir", str(processed_dir), "--model", "resnet101"],
-        cwd=PROJECT_ROOT, env=subprocess_env(MLFLOW_TRACKING_URI=uri, MLFLOW_EXPERIMENT_NAME="tests"),
+        cwd=tmp_path, env=subprocess_env(MLFLOW_TRACKING_URI=uri, MLFLOW_EXPERIMENT_NAME="tests"),
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 2

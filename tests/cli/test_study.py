@@ -1,5 +1,7 @@
 """Entry points in-process against the real tracking server: repeats over seeds, evaluate, predict."""
 
+import tempfile
+
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -8,26 +10,23 @@ from pipeline.cli import evaluate as evaluate_cli
 from pipeline.cli import main as main_cli
 from pipeline.cli import predict as predict_cli
 from pipeline.tracking import STEP_TAG
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, scratch_dir
 
-# The server is shared with the end-to-end study, which owns dr-resnet@champion.
 SEEDS_MODEL = "dr-resnet-seeds"
 
 
 @pytest.fixture(scope="module")
 def two_seed_study(raw_dir, mlflow_server, tmp_path_factory):
     """`main` with seeds=2 over one configuration, tracked on the real server."""
-    root = tmp_path_factory.mktemp("study")
     uri = mlflow_server
-    monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "study-seeds")
-    monkeypatch.chdir(root)
-    code = main_cli.main(["--config", str(PROJECT_ROOT / "experiments" / "tiny.yaml"), "--raw_dir", str(raw_dir),
-                          "--data_dir", str(root / "data"), "--models", "resnet18", "--pretrained", "false",
-                          "--seeds", "2", "--registered_model", SEEDS_MODEL])
-    yield code, MlflowClient(uri), root
-    monkeypatch.undo()
+    with scratch_dir(tmp_path_factory, "study") as root, pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "study-seeds")
+        monkeypatch.chdir(root)
+        code = main_cli.main(["--config", str(PROJECT_ROOT / "experiments" / "tiny.yaml"), "--raw_dir", str(raw_dir),
+                              "--data_dir", str(root / "data"), "--models", "resnet18", "--pretrained", "false",
+                              "--seeds", "2", "--registered_model", SEEDS_MODEL])
+        yield code, MlflowClient(uri), root
 
 
 def runs_of(client, step):
@@ -51,14 +50,18 @@ def test_compare_reports_mean_and_std_over_seeds(two_seed_study, tmp_path):
     assert row["highest_test_accuracy_std"] == pytest.approx(pd.Series(accuracies).std(ddof=1), abs=1e-9)
 
 
-def test_evaluate_by_train_run_id(two_seed_study, monkeypatch, capsys):
+def test_evaluate_by_train_run_id(two_seed_study, monkeypatch, capsys, tmp_path):
     _, client, root = two_seed_study
     monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "study-seeds")
     monkeypatch.chdir(root)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     train_run = runs_of(client, "train")[0]
     assert evaluate_cli.main(["--model_uri", train_run.info.run_id, "--data_dir", str(root / "data"),
                               "--bootstrap_resamples", "50"]) == 0
+    assert list(temp.iterdir()) == []  # no downloaded copy of the model is left behind
     evaluated = [r for r in runs_of(client, "evaluate") if r.data.tags.get("retina_flow.model_run_id") == train_run.info.run_id]
     # The same weights on the same test images: the exported, self-normalising fp32 model agrees
     # exactly with an fp32 training run; after bf16-autocast training one borderline image may flip.
