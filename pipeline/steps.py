@@ -14,6 +14,7 @@ import random
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -162,7 +163,8 @@ def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome
     """
     validate_train_config(cfg)
     if resume_from is None:
-        tracking.log_config(to_dict(cfg), {k: v for k, v in to_dict(cfg).items() if k != "resume"})
+        config = to_dict(cfg)
+        tracking.log_config(config, {k: v for k, v in config.items() if k != "resume"})
     ctx = context_from_env()
     device = resolve_device(cfg.device, ctx.local_rank)
     accel = Accelerator(device, resolve_precision(cfg.precision, device), cfg.channels_last, ctx)
@@ -178,6 +180,7 @@ def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome
     tracking.set_tags({"retina_flow.device": str(device), "retina_flow.world_size": str(ctx.world_size),
                        "retina_flow.precision": str(accel.amp_dtype or torch.float32).removeprefix("torch."),
                        "retina_flow.configuration": config_label(cfg.model, cfg.pretrained)})
+    checkpoint_path = checkpoint.run_checkpoint_path(cfg.checkpoint_dir, tracking.active_run_id())
     init_process_group(ctx, device)
     try:
         # A resumed run takes every weight from its checkpoint, so it needs no ImageNet file.
@@ -203,7 +206,7 @@ def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome
             start = restore_training(resume_from, model, optimizer, scaler)
             tracking.log_missing_epoch_metrics(start.history)
             log.info("resuming %s after epoch %d of %d", tracking.active_run_id(), start.epoch, cfg.epochs)
-        save_checkpoint = checkpoint_writer(cfg, model, optimizer, scaler) if ctx.is_main else None
+        save_checkpoint = checkpoint_writer(cfg, checkpoint_path, model, optimizer, scaler) if ctx.is_main else None
         result = fit(
             trained,
             train_loader=loaders["train"], val_loader=loaders["val"], test_loader=loaders["test"],
@@ -220,7 +223,7 @@ def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome
     if not tracking.flush_metrics(wait_seconds=OUTAGE_GRACE_SECONDS):
         raise RetinaFlowError(
             f"training finished but the tracking server stayed unreachable for {OUTAGE_GRACE_SECONDS} s; every "
-            f"epoch's metrics are in {checkpoint.run_checkpoint_path(cfg.checkpoint_dir, tracking.active_run_id())}: run "
+            f"epoch's metrics are in {checkpoint_path}: run "
             f"`python -m pipeline.cli.train --resume {tracking.active_run_id()}` once it is back to deliver them")
     model.load_state_dict(result.best_state)
     # fp32 weights in the default memory format: what Grad-CAM and torch.export both take.
@@ -247,7 +250,7 @@ def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome
     example = to_unit_float(torch.stack([example_set[i][0] for i in range(len(example_set))]))
     model_uri, _ = tracking.log_model(serving_model(model), example)
     if ctx.is_main and not cfg.keep_checkpoint:
-        checkpoint.discard(checkpoint.run_checkpoint_path(cfg.checkpoint_dir, tracking.active_run_id()))
+        checkpoint.discard(checkpoint_path)
     return TrainOutcome(tracking.active_run_id(), model_uri, result.best_epoch, result.best_score,
                         selected["selected_test_accuracy"])
 
@@ -268,10 +271,9 @@ def make_train_loaders(datasets: dict[str, Dataset], cfg: TrainConfig, ctx: Dist
     return loaders
 
 
-def checkpoint_writer(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+def checkpoint_writer(cfg: TrainConfig, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                       scaler: torch.amp.GradScaler | None) -> Callable[[FitState], None]:
-    """Saves ``<checkpoint_dir>/<run id>/last.pt`` after every epoch (and logs it, if asked)."""
-    path = checkpoint.run_checkpoint_path(cfg.checkpoint_dir, tracking.active_run_id())
+    """Saves the run's checkpoint at ``path`` after every epoch (and logs it, if asked)."""
 
     def save(state: FitState) -> None:
         checkpoint.save_atomic({

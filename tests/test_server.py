@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.tracking import PER_EPOCH_METRICS
-from tests.conftest import PROJECT_ROOT, running_mlflow_server, subprocess_env
+from tests.conftest import PROJECT_ROOT, free_port, running_mlflow_server, subprocess_env
 
 CONFIGURATIONS = [("resnet18", "false"), ("resnet18", "true"), ("resnet50", "false"), ("resnet50", "true")]
 
@@ -92,8 +92,6 @@ def test_basic_auth_refuses_anonymous_and_admits_a_user(auth_server, processed_d
 
 def test_training_survives_a_tracking_server_restart(processed_dir, tmp_path):
     """The server goes away after epoch 1 and comes back: training goes on, no metric is lost."""
-    from tests.conftest import free_port
-
     root, port, epochs = tmp_path / "server", free_port(), 6
     root.mkdir()
     with running_mlflow_server(root, port=port) as url:
@@ -125,8 +123,6 @@ def test_training_survives_a_tracking_server_restart(processed_dir, tmp_path):
 
 
 def test_an_unreachable_server_fails_the_step_at_once_naming_it(processed_dir, tmp_path):
-    from tests.conftest import free_port
-
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
     result = subprocess.run(train_command(processed_dir, "resnet18", "false", "--checkpoint_dir", str(tmp_path)),
