@@ -9,10 +9,11 @@ DEMO_DATA ?= data/processed
 
 .PHONY: install browser demo test ui server clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# pyproject.toml is the one list of dependencies; the project installs editable, with pytest.
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,10 +1,13 @@
-"""Per-epoch training checkpoints: written atomically, read with ``weights_only=True``.
+"""Per-epoch training checkpoints: the schema, written atomically, read with ``weights_only=True``.
 
 A checkpoint holds everything a run needs to continue as if it had never stopped: model,
 optimizer (and loss scaler), the epoch, the metric history and best epoch so far, and the
 torch / numpy / python RNG states. Data order and augmentation need no saved position: they
 are a function of (seed, epoch, index) (see ``data.sampling``), so a run killed mid-epoch
 redoes that epoch from its start.
+
+The schema has a version (``FORMAT_VERSION``); ``load`` refuses any other, with a message saying
+so, rather than failing later on a missing key.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.engine import EvalOutput, FitState
 from pipeline.errors import DataError
 
 FORMAT_VERSION = 1
@@ -46,11 +50,54 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
     os.replace(partial, path)
 
 
+def training_state(config: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler | None, state: FitState) -> dict[str, Any]:
+    """The checkpoint of a run after ``state.epoch``: what ``restore`` puts back."""
+    return {
+        "format": FORMAT_VERSION,
+        "config": config,
+        "epoch": state.epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "history": state.history,
+        "best_epoch": state.best_epoch,
+        "best_state": state.best_state,
+        "best_test": {"loss": state.best_test.loss, "accuracy": state.best_test.accuracy,
+                      "targets": torch.from_numpy(state.best_test.targets),
+                      "probabilities": torch.from_numpy(state.best_test.probabilities)},
+        "rng": rng_state(),
+    }
+
+
+def restore(saved: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            scaler: torch.amp.GradScaler | None) -> FitState:
+    """Puts model, optimizer, scaler and RNGs back as they were after the saved epoch."""
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if scaler is not None and saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
+    restore_rng(saved["rng"])
+    best = saved["best_test"]
+    return FitState(saved["epoch"], saved["history"], saved["best_epoch"], saved["best_state"],
+                    EvalOutput(best["loss"], best["accuracy"], best["targets"].numpy(), best["probabilities"].numpy()))
+
+
 def load(path: Path) -> dict[str, Any]:
+    """A checkpoint written by this version's schema.
+
+    Raises:
+        DataError: naming the file, when it cannot be read or holds another schema version.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a damaged or foreign file
         raise DataError(f"checkpoint {path} cannot be loaded: {exc}") from None
+    found = saved.get("format") if isinstance(saved, dict) else None
+    if found != FORMAT_VERSION:
+        raise DataError(f"checkpoint {path} has format {found!r}, but this version of retina-flow reads format "
+                        f"{FORMAT_VERSION} only; resume it with the version that wrote it, or start a new run")
+    return saved
 
 
 def rng_state() -> dict[str, Any]:

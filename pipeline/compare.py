@@ -1,31 +1,11 @@
-"""The pretrain x depth comparison: a table and the course labs' figures, from train-run records."""
+"""The pretrain x depth comparison table, from train-run records (``figures`` draws the curves)."""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
-from pipeline.config import parse_bool
-from pipeline.tracking import TrainRunRecord
-
-
-def config_label(model: str, pretrained: bool) -> str:
-    return f"{model} {'pretrained' if pretrained else 'scratch'}"
-
-
-def config_of(record: TrainRunRecord) -> tuple[str, bool]:
-    return record.params["model"], parse_bool(record.params["pretrained"], "pretrained")
-
-
-# Test metrics of the selected model that have 95% bootstrap intervals (logged by train).
-CI_METRICS = ("kappa", "referable_auc")
+from pipeline.catalog import TABLE_INTERVAL_METRICS, config_label
+from pipeline.records import TrainRunRecord
 
 
 def run_summary(record: TrainRunRecord) -> dict[str, float]:
@@ -42,7 +22,7 @@ def run_summary(record: TrainRunRecord) -> dict[str, float]:
     }
     if record.history.get("val_kappa"):
         summary["val_kappa"] = dict(record.history["val_kappa"])[best_epoch]
-    for name in (*CI_METRICS, "referable_sensitivity", "referable_specificity"):
+    for name in (*TABLE_INTERVAL_METRICS, "referable_sensitivity", "referable_specificity"):
         value = record.metrics.get(f"selected_test_{name}")
         if value is not None:
             summary[f"test_{name}"] = value
@@ -66,7 +46,7 @@ def comparison_table(records: list[TrainRunRecord], models: list[str], pretraine
     for model in models:
         for pretrained in pretrained_values:
             label = config_label(model, pretrained)
-            runs = [r for r in records if config_of(r) == (model, pretrained)]
+            runs = [r for r in records if r.configuration == (model, pretrained)]
             summaries = [run_summary(r) for r in runs]
             row: dict[str, object] = {"configuration": label, "model": model, "pretrained": pretrained, "runs": len(summaries)}
             if not summaries:
@@ -80,7 +60,7 @@ def comparison_table(records: list[TrainRunRecord], models: list[str], pretraine
                 if len(frame) > 1:
                     row[f"{column}_std"] = float(frame[column].std(ddof=1))
             # One run: its bootstrap CI; several: the std above is the run-to-run spread.
-            intervals = {name: _interval(runs[0], name) for name in CI_METRICS} if len(runs) == 1 else {}
+            intervals = {name: _interval(runs[0], name) for name in TABLE_INTERVAL_METRICS} if len(runs) == 1 else {}
             for name, interval in intervals.items():
                 if interval is not None:
                     row[f"test_{name}_ci_low"], row[f"test_{name}_ci_high"] = interval
@@ -113,42 +93,3 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
 def format_table(table: pd.DataFrame) -> str:
     """The table as text for the console and the ``comparison.txt`` artifact."""
     return display_table(table).to_string(index=False)
-
-
-def _series(records: list[TrainRunRecord], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Epochs, mean and std over runs of one per-epoch metric (epochs all runs share)."""
-    histories = [dict(r.history[metric]) for r in records if r.history.get(metric)]
-    if not histories:
-        return None
-    epochs = sorted(set.intersection(*(set(h) for h in histories)))
-    values = np.array([[h[e] for e in epochs] for h in histories])
-    std = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(len(epochs))
-    return np.array(epochs), values.mean(axis=0), std
-
-
-def curves_figure(records: list[TrainRunRecord], models: list[str], pretrained_values: list[bool],
-                  metrics: tuple[str, ...], ylabel: str) -> Figure:
-    """Per depth, the given per-epoch metrics with and without pretraining (bands: run-to-run std)."""
-    figure, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), squeeze=False, layout="constrained")
-    for axis, model in zip(axes[0], models):
-        for pretrained in pretrained_values:
-            runs = [r for r in records if config_of(r) == (model, pretrained)]
-            for metric in metrics:
-                series = _series(runs, metric)
-                if series is None:
-                    continue
-                epochs, mean, std = series
-                label = f"{metric.replace('_', ' ')} ({'pretrained' if pretrained else 'scratch'})"
-                line, = axis.plot(epochs, mean, marker="o", linestyle="-" if pretrained else "--", label=label)
-                if len(runs) > 1:
-                    axis.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-        axis.set_title(model)
-        axis.set_xlabel("epoch")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.set_ylabel(ylabel)
-        axis.grid(alpha=0.3)
-        if axis.has_data():
-            axis.legend(fontsize="small")
-        else:
-            axis.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=axis.transAxes)
-    return figure

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +17,11 @@ from typing import Any, TypeVar
 
 import yaml
 
+from pipeline.catalog import SELECT_METRICS, SUPPORTED_MODELS
 from pipeline.errors import ConfigError
 
-SUPPORTED_MODELS = ("resnet18", "resnet50")
 CLASS_WEIGHTINGS = ("none", "inverse", "sqrt_inverse")
 BAD_IMAGE_POLICIES = ("error", "skip")
-# Per-epoch validation metrics that can choose the best epoch and the champion; all: higher is better.
-SELECT_METRICS = ("val_kappa", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_referable_auc")
 # Five stride-2 stages take a ResNet input down by 32x; below that the last stage sees < 1 pixel.
 MIN_IMAGE_SIZE = 32
 
@@ -257,8 +256,8 @@ def validate_train_config(cfg: TrainConfig) -> None:
             raise ConfigError(f"{name}={getattr(cfg, name)} must be at least 1")
     if not 0 <= cfg.freeze_epochs <= cfg.epochs:
         raise ConfigError(f"freeze_epochs={cfg.freeze_epochs} must be between 0 and epochs={cfg.epochs}")
-    if cfg.lr <= 0:
-        raise ConfigError(f"lr={cfg.lr} must be positive")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ConfigError(f"lr={cfg.lr} must be a positive number")
     if cfg.num_workers < 0:
         raise ConfigError(f"num_workers={cfg.num_workers} must be 0 or more")
     if cfg.nproc < 1:

@@ -78,7 +78,10 @@ def gather_in_order(part: np.ndarray, length: int, ctx: DistContext) -> np.ndarr
         return part
     parts: list[np.ndarray | None] = [None] * ctx.world_size
     dist.all_gather_object(parts, part)
-    whole = np.empty((length, *part.shape[1:]), dtype=part.dtype)
+    # A rank whose slice is empty (a split shorter than the world) cannot know the row width.
+    template = next((p for p in parts if len(p)), part)
+    whole = np.empty((length, *template.shape[1:]), dtype=template.dtype)
     for rank, rank_part in enumerate(parts):
-        whole[rank::ctx.world_size] = rank_part
+        if len(rank_part):
+            whole[rank::ctx.world_size] = rank_part
     return whole

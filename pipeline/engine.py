@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from pipeline.data.dataset import to_unit_float
 from pipeline.distributed import all_reduce_sum, gather_in_order, unwrap
 from pipeline.hardware import Accelerator
-from pipeline.models import set_backbone_trainable
+from pipeline.models import head_of, set_backbone_trainable
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
     if frozen_backbone:
         # A frozen backbone must also keep its BatchNorm statistics, or the "frozen" features drift.
         model.eval()
-        unwrap(model).fc.train()
+        head_of(unwrap(model)).train()
     total_loss, correct, seen = 0.0, 0, 0
     started = time.perf_counter()
     for images, targets in loader:

@@ -1,4 +1,4 @@
-"""Grad-CAM heatmaps for the torchvision ResNets (target layer: the last conv block, ``model.layer4``).
+"""Grad-CAM heatmaps for the torchvision ResNets (target layer: the last conv stage, ``models.last_conv_stage``).
 
 Hand-written rather than taken from the ``grad-cam`` package (jacobgil/pytorch-grad-cam): its
 release pulls in opencv-python-headless, scipy, ttach and tqdm for what is about forty lines
@@ -6,24 +6,15 @@ of torch here, and we only need plain Grad-CAM on one layer.
 
 Grad-CAM (Selvaraju et al., 2017): the gradient of the class score with respect to the target
 layer's activation maps, averaged over space, weights the maps; the ReLU of the weighted sum shows
-where evidence *for* that class lies.
+where evidence *for* that class lies. ``figures.gradcam_figure`` draws the heatmaps.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: entry points run on servers and in CI
-
-import matplotlib.pyplot as plt
 import torch
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -84,37 +75,3 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target_layer: nn.Module,
     span = peak - low
     cam = torch.where(span > 0, (cam - low) / span.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(cam))
     return cam.clamp(0, 1).cpu()
-
-
-def gradcam_figure(images_01: torch.Tensor, heatmaps: torch.Tensor, titles: list[str], *,
-                   columns: int | None = None, alpha: float = 0.45, cmap: str = "jet") -> Figure:
-    """A grid of images with their heatmaps blended over them.
-
-    Args:
-        images_01: (N, 3, H, W) RGB images in [0, 1] (not normalised).
-        heatmaps: (N, H, W) heatmaps in [0, 1], as ``grad_cam`` returns.
-        titles: one per image, e.g. "grade 2, predicted 3".
-        columns: panels per row; pass the images per grade to get one row per grade. Default: up to 5.
-        alpha: opacity of the heatmap.
-        cmap: matplotlib colormap of the heatmap.
-    """
-    count = len(images_01)
-    if not len(heatmaps) == len(titles) == count or count == 0:
-        raise ValueError(f"need as many heatmaps and titles as images (at least one): {count} images, "
-                         f"{len(heatmaps)} heatmaps, {len(titles)} titles")
-    columns = columns or min(count, 5)
-    rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns + 0.8, 2.8 * rows),
-                                layout="constrained", squeeze=False)
-    for index, axis in enumerate(axes.flat):
-        axis.axis("off")
-        if index >= count:
-            continue
-        axis.imshow(images_01[index].detach().permute(1, 2, 0).clamp(0, 1).cpu().numpy())
-        axis.imshow(heatmaps[index].detach().cpu().numpy(), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
-        axis.set_title(titles[index], fontsize=9)
-    # A separate opaque mappable: a colorbar of the blended layer would show washed-out colours.
-    scale = ScalarMappable(norm=Normalize(0, 1), cmap=cmap)
-    figure.colorbar(scale, ax=axes, shrink=0.9 if rows == 1 else 0.6, fraction=0.04,
-                    label="Grad-CAM, scaled per image")
-    return figure

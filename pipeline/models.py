@@ -10,30 +10,28 @@ from torch import nn
 from torchvision import models
 from torchvision.transforms import v2
 
-from pipeline.config import SUPPORTED_MODELS
+from pipeline.catalog import IMAGENET_WEIGHTS, NUM_GRADES, SUPPORTED_MODELS
 from pipeline.data.dataset import IMAGENET_MEAN, IMAGENET_STD
-from pipeline.data.eyepacs import NUM_GRADES
 from pipeline.errors import ConfigError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 
-# V1 is what the course labs' ``pretrained=True`` loaded; keep it so results stay comparable.
-IMAGENET_WEIGHTS: dict[str, models.WeightsEnum] = {
-    "resnet18": models.ResNet18_Weights.IMAGENET1K_V1,
-    "resnet50": models.ResNet50_Weights.IMAGENET1K_V1,
-}
+# torchvision's ResNets call their classifier ``fc`` and their last convolutional stage ``layer4``.
+HEAD = "fc"
+LAST_CONV_STAGE = "layer4"
 
 
 def weights_cache_file(model_name: str) -> Path:
     """Where torch.hub looks for (and downloads) the ImageNet weights: ``$TORCH_HOME/hub/checkpoints/``."""
-    url = _weights_for(model_name).url
+    url = imagenet_weights(model_name).url
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
-def _weights_for(model_name: str) -> models.WeightsEnum:
+def imagenet_weights(model_name: str) -> models.WeightsEnum:
+    """The torchvision weights enum of ``model_name``'s ImageNet weights."""
     if model_name not in IMAGENET_WEIGHTS:
         raise ConfigError(f"model={model_name!r} is not supported; choose one of {', '.join(SUPPORTED_MODELS)}")
-    return IMAGENET_WEIGHTS[model_name]
+    return models.get_weight(IMAGENET_WEIGHTS[model_name])
 
 
 def load_imagenet_state_dict(model_name: str, weights_path: str = "") -> dict[str, torch.Tensor]:
@@ -42,7 +40,7 @@ def load_imagenet_state_dict(model_name: str, weights_path: str = "") -> dict[st
     Raises:
         WeightsUnavailableError: naming the exact file and folder to put the weights in.
     """
-    weights = _weights_for(model_name)
+    weights = imagenet_weights(model_name)
     if weights_path:
         path = Path(weights_path)
         if not path.is_file():
@@ -70,7 +68,7 @@ def ensure_pretrained_available(model_name: str, weights_path: str = "") -> None
 
 def build_model(model_name: str, *, pretrained: bool, weights_path: str = "", num_classes: int = NUM_GRADES) -> nn.Module:
     """A torchvision ResNet with its ImageNet head replaced by a ``num_classes`` layer."""
-    _weights_for(model_name)  # rejects unknown names with the valid choices
+    imagenet_weights(model_name)  # rejects unknown names with the valid choices
     model = models.get_model(model_name, weights=None)
     if pretrained:
         state = load_imagenet_state_dict(model_name, weights_path)
@@ -81,14 +79,25 @@ def build_model(model_name: str, *, pretrained: bool, weights_path: str = "", nu
             raise WeightsUnavailableError(f"{source} does not hold {model_name} ImageNet weights: {exc}") from None
     elif weights_path:
         log.warning("weights_path=%s is ignored because pretrained=false", weights_path)
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    setattr(model, HEAD, nn.Linear(head_of(model).in_features, num_classes))
     return model
 
 
+def head_of(model: nn.Module) -> nn.Module:
+    """The classifier layer: the part that is trained while the backbone is frozen."""
+    return getattr(model, HEAD)
+
+
+def last_conv_stage(model: nn.Module) -> nn.Module:
+    """The last convolutional stage: where Grad-CAM looks."""
+    return getattr(model, LAST_CONV_STAGE)
+
+
 def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
-    """Freezes or unfreezes everything but the new head (``fc``)."""
-    for name, param in model.named_parameters():
-        if not name.startswith("fc."):
+    """Freezes or unfreezes everything but the head."""
+    head = {id(param) for param in head_of(model).parameters()}
+    for param in model.parameters():
+        if id(param) not in head:
             param.requires_grad_(trainable)
 
 

@@ -10,13 +10,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, NUM_GRADES
 from pipeline.data.dataset import RawPhotoDataset, to_unit_float
-from pipeline.data.eyepacs import NUM_GRADES, read_image_list, resolve_image_dir
+from pipeline.data.eyepacs import read_image_list, resolve_image_dir
 from pipeline.errors import DataError
-from pipeline.evaluation import referable_probability
+from pipeline.metrics import referable_probability
 
 PHOTO_SUFFIXES = {".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp"}
-REFERABLE_THRESHOLD = 0.5
 
 
 def list_inputs(source: str | Path) -> pd.DataFrame:
@@ -47,7 +47,7 @@ def predict_photos(model: torch.nn.Module, inputs: pd.DataFrame, image_size: int
     for grade in range(NUM_GRADES):
         frame[f"p_grade_{grade}"] = probabilities[:, grade]
     frame["p_referable"] = referable
-    frame["referable"] = referable >= REFERABLE_THRESHOLD
+    frame["referable"] = referable >= DEFAULT_REFERABLE_THRESHOLD
     return frame
 
 

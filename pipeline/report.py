@@ -9,18 +9,11 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import logging
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: entry points run on servers and in CI
-
-import matplotlib.pyplot as plt
 import pandas as pd
-from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +41,9 @@ a { color: #0969da; }
 """
 
 
-def figure_png(fig: Figure, dpi: int = 100) -> bytes:
-    """The figure as PNG bytes; the figure is closed so long report runs do not pile them up."""
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
-    finally:
-        plt.close(fig)
-    return buffer.getvalue()
-
-
 def _png_data_uri(name: str, png: bytes) -> str:
     if not isinstance(png, (bytes, bytearray)) or not bytes(png[:8]) == PNG_SIGNATURE:
-        raise ValueError(f"figure {name!r} is not PNG bytes; render it with figure_png()")
+        raise ValueError(f"figure {name!r} is not PNG bytes; render it with figures.figure_png()")
     return "data:image/png;base64," + base64.b64encode(bytes(png)).decode("ascii")
 
 
@@ -83,7 +66,7 @@ def build_html_report(*, title: str, summary_table: pd.DataFrame, figures: dict[
     Args:
         title: page title and top heading.
         summary_table: the comparison table, one row per configuration.
-        figures: heading -> PNG bytes (see ``figure_png``), shown in this order.
+        figures: heading -> PNG bytes (see ``figures.figure_png``), shown in this order.
         run_links: label -> URL of the run in the tracking UI.
         notes: free-text remarks (caveats, skipped configurations), shown as a list.
 

@@ -18,12 +18,12 @@ import pytest
 import torch
 import torchvision
 
+from pipeline.catalog import SUPPORTED_MODELS
 from pipeline.data.preprocess import preprocess
 from pipeline.data.synthetic import UNIFORM_GRADE_SHARES, generate_eyepacs_layout
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-MODELS = ["resnet18", "resnet50"]
 # The fake "ImageNet" weights use another seed than training, so they differ from a scratch init.
 FAKE_WEIGHTS_SEED = 1234
 
@@ -57,15 +57,15 @@ def imagenet_weights(tmp_path_factory) -> dict[str, Path]:
     The contents are random (no download is possible here); the tests check that the loading
     path finds and loads exactly these files.
     """
-    from pipeline.models import IMAGENET_WEIGHTS
+    from pipeline.models import imagenet_weights as weights_of
 
     home = tmp_path_factory.mktemp("torch_home")
     checkpoints = home / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     files = {}
-    for name in MODELS:
+    for name in SUPPORTED_MODELS:
         torch.manual_seed(FAKE_WEIGHTS_SEED)
-        path = checkpoints / IMAGENET_WEIGHTS[name].url.rsplit("/", 1)[-1]
+        path = checkpoints / weights_of(name).url.rsplit("/", 1)[-1]
         torch.save(torchvision.models.get_model(name, weights=None).state_dict(), path)
         files[name] = path
     return {"home": home, **files}
@@ -159,6 +159,14 @@ def mlflow_server(tmp_path_factory):
     """A real server for one test module; its store and artifacts go when the module is done."""
     with scratch_dir(tmp_path_factory, "mlflow_server") as root, running_mlflow_server(root) as url:
         yield url
+
+
+@pytest.fixture
+def server_tracking(mlflow_server, monkeypatch):
+    """The module's real server, as the steps find it through the environment; later tests start clean."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    yield mlflow_server
+    mlflow.set_tracking_uri(None)
 
 
 def mlflow_run(tracking_uri: str, args: list[str], **env: str) -> subprocess.CompletedProcess:

@@ -1,8 +1,7 @@
-import matplotlib.pyplot as plt
 import pytest
 
-from pipeline.compare import comparison_table, curves_figure, format_table, run_summary
-from pipeline.tracking import TrainRunRecord
+from pipeline.compare import comparison_table, format_table, run_summary
+from pipeline.records import TrainRunRecord
 
 
 def record(model, pretrained, val, test, run_id="r"):
@@ -45,9 +44,3 @@ def test_several_runs_give_mean_and_std():
     assert row["test_accuracy_at_best_val_std"] == pytest.approx(0.1414, abs=1e-3)
 
 
-def test_curves_figure_one_panel_per_depth():
-    records = [record("resnet18", True, [0.5, 0.6], [0.4, 0.5]), record("resnet50", False, [0.5, 0.7], [0.5, 0.6])]
-    figure = curves_figure(records, ["resnet18", "resnet50"], [True, False], ("train_accuracy", "test_accuracy"), "accuracy")
-    assert [axis.get_title() for axis in figure.axes] == ["resnet18", "resnet50"]
-    assert len(figure.axes[0].lines) == 2 and len(figure.axes[1].lines) == 2
-    plt.close(figure)

@@ -1,15 +1,19 @@
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pipeline.catalog import SUPPORTED_MODELS
 from pipeline.config import (
+    PreprocessConfig,
     StudyConfig,
     TrainConfig,
     coerce_int,
     flatten,
     load_study_config,
     to_dict,
+    validate_preprocess_config,
     validate_study_config,
     validate_train_config,
 )
@@ -67,7 +71,7 @@ def test_values_are_type_checked(key, value, message):
         load_study_config(None, {key: value})
 
 
-@pytest.mark.parametrize("model", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("model", SUPPORTED_MODELS)
 def test_image_size_too_small_names_value_and_model(model):
     with pytest.raises(ConfigError, match=f"image_size=16 is too small for {model}"):
         validate_train_config(TrainConfig(model=model, image_size=16))
@@ -103,3 +107,153 @@ def test_mlproject_train_defaults_equal_the_dataclass():
 def test_flatten_gives_dotted_param_names():
     flat = flatten(to_dict(StudyConfig()))
     assert flat["train.lr"] == 0.001 and flat["preprocess.image_size"] == 512 and flat["registered_model"] == "dr-resnet"
+
+
+# --- One test per validation rule: each names the offending key and value, and a boundary passes. ---
+
+
+def _case_id(values: dict) -> str:
+    return "-".join(f"{key}={value}" for key, value in values.items())
+
+
+TRAIN_REJECTIONS = [
+    ({"epochs": 0}, "epochs=0 must be at least 1"),
+    ({"epochs": -3}, "epochs=-3 must be at least 1"),
+    ({"batch_size": 0}, "batch_size=0 must be at least 1"),
+    ({"epochs": 5, "freeze_epochs": -1}, "freeze_epochs=-1 must be between 0 and epochs=5"),
+    ({"epochs": 5, "freeze_epochs": 6}, "freeze_epochs=6 must be between 0 and epochs=5"),
+    ({"lr": 0.0}, "lr=0.0 must be a positive number"),
+    ({"lr": -0.01}, "lr=-0.01 must be a positive number"),
+    ({"lr": float("nan")}, "lr=nan must be a positive number"),
+    ({"lr": float("inf")}, "lr=inf must be a positive number"),
+    ({"num_workers": -1}, "num_workers=-1 must be 0 or more"),
+    ({"nproc": 0}, "nproc=0 must be at least 1"),
+    ({"select_metric": "val_loss"}, "select_metric='val_loss' is not supported; choose one of val_kappa, "),
+    ({"class_weighting": "balanced"}, "class_weighting='balanced' is not supported; choose one of none, inverse, sqrt_inverse"),
+    ({"bootstrap_resamples": -1}, "bootstrap_resamples=-1 must be 0 (no intervals) or more"),
+]
+
+
+@pytest.mark.parametrize("values, message", TRAIN_REJECTIONS, ids=[_case_id(v) for v, _ in TRAIN_REJECTIONS])
+def test_train_rule_rejects_and_names_key_and_value(values, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_train_config(TrainConfig(**values))
+
+
+@pytest.mark.parametrize("values", [
+    {"epochs": 1},
+    {"batch_size": 1},
+    {"epochs": 5, "freeze_epochs": 0},
+    {"epochs": 5, "freeze_epochs": 5},
+    {"lr": 1e-12},
+    {"num_workers": 0},
+    {"nproc": 1},
+    {"image_size": 32},
+    {"bootstrap_resamples": 0},
+    *({"select_metric": metric} for metric in ("val_kappa", "val_accuracy", "val_balanced_accuracy",
+                                               "val_macro_f1", "val_referable_auc")),
+    *({"class_weighting": weighting} for weighting in ("none", "inverse", "sqrt_inverse")),
+], ids=_case_id)
+def test_train_rule_boundary_is_accepted(values):
+    validate_train_config(TrainConfig(**values))
+
+
+PREPROCESS_REJECTIONS = [
+    ({"on_bad_image": "ignore"}, "on_bad_image='ignore' is not supported; choose one of error, skip"),
+    ({"max_bad_fraction": -0.1}, "max_bad_fraction=-0.1 must be in [0, 1)"),
+    ({"max_bad_fraction": 1.0}, "max_bad_fraction=1.0 must be in [0, 1)"),
+    ({"image_size": 31}, "image_size=31 is too small: ResNets need at least 32 px"),
+    ({"val_fraction": 0.0}, "val_fraction=0.0 must be between 0 and 1 (exclusive)"),
+    ({"val_fraction": 1.0}, "val_fraction=1.0 must be between 0 and 1 (exclusive)"),
+]
+
+
+@pytest.mark.parametrize("values, message", PREPROCESS_REJECTIONS, ids=[_case_id(v) for v, _ in PREPROCESS_REJECTIONS])
+def test_preprocess_rule_rejects_and_names_key_and_value(values, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_preprocess_config(PreprocessConfig(**values))
+
+
+@pytest.mark.parametrize("values", [
+    {"on_bad_image": "error"},
+    {"on_bad_image": "skip"},
+    {"max_bad_fraction": 0.0},
+    {"max_bad_fraction": 0.999},
+    {"image_size": 32},
+    {"val_fraction": 0.001},
+    {"val_fraction": 0.999},
+], ids=_case_id)
+def test_preprocess_rule_boundary_is_accepted(values):
+    validate_preprocess_config(PreprocessConfig(**values))
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"models": ["resnet18", "vgg16"]}, "models contains 'vgg16', which is not supported; choose from resnet18, resnet50"),
+    # This rule's message names both keys but no value (an empty list has none to name).
+    ({"models": []}, "models and pretrained must each list at least one value"),
+    ({"pretrained": []}, "models and pretrained must each list at least one value"),
+    ({"seeds": 0}, "seeds=0 must be at least 1"),
+], ids=["unknown-model", "empty-models", "empty-pretrained", "seeds=0"])
+def test_study_rule_rejects_and_names_key_and_value(values, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_study_config(StudyConfig(**values))
+
+
+@pytest.mark.parametrize("values", [
+    {"models": ["resnet50"]},
+    {"pretrained": [False]},
+    {"seeds": 1},
+], ids=_case_id)
+def test_study_rule_boundary_is_accepted(values):
+    validate_study_config(StudyConfig(**values))
+
+
+def test_study_validation_reaches_both_sections():
+    with pytest.raises(ConfigError, match=re.escape("val_fraction=1.0 must be between 0 and 1")):
+        validate_study_config(StudyConfig(preprocess=PreprocessConfig(val_fraction=1.0)))
+    with pytest.raises(ConfigError, match=re.escape("nproc=0 must be at least 1")):
+        validate_study_config(StudyConfig(train=TrainConfig(nproc=0)))
+
+
+def test_missing_config_file_is_named(tmp_path):
+    missing = tmp_path / "nowhere.yaml"
+    with pytest.raises(ConfigError, match="config file not found: " + re.escape(str(missing.resolve()))):
+        load_study_config(missing)
+
+
+def test_missing_base_file_is_named(tmp_path):
+    (tmp_path / "child.yaml").write_text("base: gone.yaml\n")
+    with pytest.raises(ConfigError, match="config file not found: " + re.escape(str((tmp_path / "gone.yaml").resolve()))):
+        load_study_config(tmp_path / "child.yaml")
+
+
+def test_invalid_yaml_is_named(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train:\n  epochs: [3\n")
+    with pytest.raises(ConfigError, match=f"config file {re.escape(str(broken.resolve()))} is not valid YAML: "):
+        load_study_config(broken)
+
+
+def test_top_level_list_is_not_a_mapping(tmp_path):
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("- train\n- preprocess\n")
+    with pytest.raises(ConfigError, match=f"config file {re.escape(str(listed.resolve()))} must hold a mapping of keys, got list"):
+        load_study_config(listed)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train: 3\n", "train must be a mapping of keys, got 3"),
+    ("preprocess: [1, 2]\n", "preprocess must be a mapping of keys, got [1, 2]"),
+], ids=["train-int", "preprocess-list"])
+def test_section_that_is_not_a_mapping(tmp_path, text, message):
+    (tmp_path / "section.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_study_config(tmp_path / "section.yaml")
+
+
+def test_well_formed_yaml_file_is_accepted(tmp_path):
+    """The counterpart of the YAML rules: a file, valid YAML, mapping sections: loads."""
+    (tmp_path / "ok.yaml").write_text("train:\n  epochs: 3\npreprocess: {}\nseeds: 2\n")
+    cfg = load_study_config(tmp_path / "ok.yaml")
+    validate_study_config(cfg)
+    assert (cfg.train.epochs, cfg.seeds) == (3, 2)

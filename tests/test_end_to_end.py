@@ -12,8 +12,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline.tracking import PER_EPOCH_METRICS, SOURCE_RUN_TAG, STEP_TAG
+from pipeline.catalog import PER_EPOCH_METRICS, SUPPORTED_MODELS
+from pipeline.tracking import tags
 from tests.conftest import mlflow_run, scratch_dir
+
+pytestmark = pytest.mark.slow  # real `mlflow run` against a real server
 
 GRID = {("resnet18", "true"), ("resnet18", "false"), ("resnet50", "true"), ("resnet50", "false")}
 
@@ -22,7 +25,7 @@ def runs_by_step(client: MlflowClient, experiment: str) -> dict[str, list]:
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
     grouped: dict[str, list] = {}
     for run in client.search_runs([experiment_id], max_results=100):
-        grouped.setdefault(run.data.tags.get(STEP_TAG), []).append(run)
+        grouped.setdefault(run.data.tags.get(tags.STEP), []).append(run)
     return grouped
 
 
@@ -103,7 +106,7 @@ def test_champion_is_best_on_validation_and_serves_probabilities(study, mlflow_s
     best = max(score for score in scores if not np.isnan(score))
     assert client.get_run(version.run_id).data.metrics["selection_score"] == best  # best val_kappa (ties: any)
     (evaluate_run,) = runs["evaluate"]
-    assert evaluate_run.data.tags[SOURCE_RUN_TAG] == version.run_id
+    assert evaluate_run.data.tags[tags.SOURCE_RUN] == version.run_id
     assert evaluate_run.data.params["model_uri"] == "models:/dr-resnet@champion"
     mlflow.set_tracking_uri(mlflow_server)
     try:
@@ -116,13 +119,14 @@ def test_champion_is_best_on_validation_and_serves_probabilities(study, mlflow_s
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5) and (probabilities >= 0).all()
 
 
-@pytest.mark.parametrize("model", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("model", SUPPORTED_MODELS)
 def test_train_entry_point_as_written(model, study, mlflow_server, processed_dir, tmp_path):
     """`mlflow run . -e train -P model=...` with the user's own spelling of values (lr=1e-3)."""
     experiment = f"e2e-train-{model}"
     mlflow_run(mlflow_server, ["-e", "train", "--experiment-name", experiment, "-P", f"model={model}",
                                "-P", f"data_dir={processed_dir}", "-P", "image_size=32", "-P", "epochs=1",
-                               "-P", "lr=1e-3", "-P", "num_workers=0", "-P", f"checkpoint_dir={tmp_path}"])
+                               "-P", "lr=1e-3", "-P", "num_workers=0", "-P", f"checkpoint_dir={tmp_path}",
+                               "-P", "bootstrap_resamples=0", "-P", "checkpoint_artifact=false"])
     client = MlflowClient(mlflow_server)
     (run,) = runs_by_step(client, experiment)["train"]
     assert run.info.status == "FINISHED"
@@ -134,16 +138,20 @@ def test_train_entry_point_as_written(model, study, mlflow_server, processed_dir
 
 
 def test_torchrun_two_processes_make_one_complete_run(mlflow_server, processed_dir, tmp_path):
-    """`-P nproc=2`: DDP over gloo on CPU; rank 0 alone logs, and metrics equal single-process ones."""
+    """`-P nproc=2`: DDP over gloo on CPU; rank 0 alone logs, and its metrics are the single-process
+    ones, per image in dataset order: the patient-level bootstrap pairs each image with its patient,
+    so predictions gathered out of order would give other intervals."""
     from pipeline.data.dataset import ProcessedDataset, make_loader, split_dataset
     from pipeline.engine import evaluate
     from pipeline.hardware import Accelerator
+    from pipeline.metrics import bootstrap_intervals
     from pipeline.models import build_model
 
     experiment = "e2e-torchrun"
     mlflow_run(mlflow_server, ["-e", "train", "--experiment-name", experiment, "-P", "nproc=2",
                                "-P", f"data_dir={processed_dir}", "-P", "image_size=32", "-P", "epochs=2",
-                               "-P", "num_workers=0", "-P", "batch_size=4", "-P", f"checkpoint_dir={tmp_path}"])
+                               "-P", "num_workers=0", "-P", "batch_size=4", "-P", f"checkpoint_dir={tmp_path}",
+                               "-P", "bootstrap_resamples=200", "-P", "checkpoint_artifact=false"])
     client = MlflowClient(mlflow_server)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
     (run,) = client.search_runs([experiment_id])
@@ -154,16 +162,26 @@ def test_torchrun_two_processes_make_one_complete_run(mlflow_server, processed_d
     checkpoint = client.download_artifacts(run.info.run_id, "checkpoints/best_model.pt", str(tmp_path))
     model = build_model("resnet18", pretrained=False)
     model.load_state_dict(torch.load(checkpoint, weights_only=True))
-    val = split_dataset(ProcessedDataset(processed_dir, 32), "val", 32, train=False)
-    single = evaluate(model, make_loader(val, 4, shuffle=False, num_workers=0, seed=0), torch.nn.CrossEntropyLoss(),
-                      Accelerator(torch.device("cpu"), channels_last=True))
+    processed = ProcessedDataset(processed_dir, 32)
+    accel = Accelerator(torch.device("cpu"), channels_last=True)
+    single = {split: evaluate(model, make_loader(split_dataset(processed, split, 32, train=False), 4, shuffle=False,
+                                                 num_workers=0, seed=0), torch.nn.CrossEntropyLoss(), accel)
+              for split in ("val", "test")}
     best_epoch = int(run.data.metrics["best_epoch"])
     logged_val = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy")}
-    assert single.accuracy == pytest.approx(logged_val[best_epoch]) == pytest.approx(run.data.metrics["best_val_accuracy"])
+    assert single["val"].accuracy == pytest.approx(logged_val[best_epoch])
+    assert single["val"].accuracy == pytest.approx(run.data.metrics["best_val_accuracy"])
     logged_loss = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_loss")}
     # Ranks run with one thread each (torchrun's default), this process with more: oneDNN picks
     # other fp32 convolution kernels, so losses agree to rounding, not bit for bit.
-    assert single.loss == pytest.approx(logged_loss[best_epoch], rel=2e-3)
+    assert single["val"].loss == pytest.approx(logged_loss[best_epoch], rel=2e-3)
+
+    test = single["test"]
+    intervals = bootstrap_intervals(test.targets, test.probabilities, n_resamples=200, seed=0,
+                                    groups=processed.split("test")["patient"].to_numpy())
+    for name in ("accuracy", "kappa"):  # argmax-based, so kernel rounding cannot move them
+        logged = (run.data.metrics[f"selected_test_{name}_ci_low"], run.data.metrics[f"selected_test_{name}_ci_high"])
+        assert logged == pytest.approx(intervals[name], abs=1e-9), name
 
 
 def test_study_report_renders_in_chromium(study, tmp_path):
@@ -206,4 +224,15 @@ def test_intervals_bracket_the_champions_test_metrics(study):
         assert metrics[f"{name}_ci_low"] <= metrics[name] <= metrics[f"{name}_ci_high"], name
     for run in runs["train"]:
         assert run.data.params["select_metric"] == "val_kappa"
-        assert run.data.metrics["selection_score"] == run.data.metrics["best_val_kappa"]
+
+
+def test_selection_score_is_the_best_epochs_validation_kappa(study):
+    """Read from the per-epoch history, not from the value the run logged as its choice."""
+    client, runs, _, _ = study
+    for run in runs["train"]:
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_kappa")}
+        best_epoch = int(run.data.metrics["best_epoch"])
+        assert run.data.metrics["selection_score"] == pytest.approx(history[best_epoch], nan_ok=True)
+        finite = [value for value in history.values() if not np.isnan(value)]
+        if finite:  # no epoch has a higher validation kappa than the chosen one
+            assert history[best_epoch] == max(finite)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from pipeline.catalog import SUPPORTED_MODELS
 from pipeline.engine import evaluate, fit, predict_probabilities, train_one_epoch
 from pipeline.hardware import Accelerator
 from pipeline.models import build_model
@@ -89,7 +90,7 @@ def test_best_state_is_a_snapshot_not_a_reference():
     assert not torch.equal(result.best_state["fc.weight"], model.fc.weight)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("name", SUPPORTED_MODELS)
 def test_frozen_epochs_change_only_the_head(name):
     torch.manual_seed(0)
     model = build_model(name, pretrained=False)
@@ -126,14 +127,14 @@ def resnet_outputs(name: str, accel: Accelerator, train_steps: int = 0) -> torch
     return torch.from_numpy(out.probabilities)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("name", SUPPORTED_MODELS)
 def test_channels_last_matches_fp32_contiguous(name):
     reference = resnet_outputs(name, CPU, train_steps=1)
     channels_last = resnet_outputs(name, Accelerator(torch.device("cpu"), channels_last=True), train_steps=1)
     assert torch.allclose(channels_last, reference, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("name", SUPPORTED_MODELS)
 def test_bf16_autocast_stays_close_to_fp32(name):
     reference = resnet_outputs(name, CPU)
     bf16 = resnet_outputs(name, Accelerator(torch.device("cpu"), amp_dtype=torch.bfloat16, channels_last=True))

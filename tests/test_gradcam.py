@@ -1,15 +1,15 @@
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
 from torch import nn
 from torchvision.transforms.functional import pil_to_tensor
 
+from pipeline.catalog import SUPPORTED_MODELS
 from pipeline.data.synthetic import render_fundus
-from pipeline.gradcam import grad_cam, gradcam_figure
+from pipeline.gradcam import grad_cam
 from pipeline.models import build_model, serving_model, set_backbone_trainable
 
-MODELS = ["resnet18", "resnet50"]
+MODELS = SUPPORTED_MODELS
 SIZE = 64
 
 
@@ -128,15 +128,3 @@ def test_heatmap_peaks_where_the_evidence_is():
     assert dark[square].max() == 0 and dark[~square].min() == 1
 
 
-def test_gradcam_figure_grid():
-    images = fundus_batch([0, 0, 4, 4])
-    heatmaps = torch.rand(4, SIZE, SIZE)
-    titles = ["grade 0 a", "grade 0 b", "grade 4 a", "grade 4 b"]
-    figure = gradcam_figure(images, heatmaps, titles, columns=2)
-    panels = [axis for axis in figure.axes if axis.get_title()]
-    assert [axis.get_title() for axis in panels] == titles
-    assert all(len(axis.get_images()) == 2 for axis in panels)  # photo + blended heatmap
-    assert len({round(axis.get_position().y0, 3) for axis in panels}) == 2  # one row per grade
-    plt.close(figure)
-    with pytest.raises(ValueError):
-        gradcam_figure(images, heatmaps[:3], titles)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from pipeline.catalog import SUPPORTED_MODELS
 from pipeline.errors import ConfigError, WeightsUnavailableError
 from pipeline.models import (
     build_model,
@@ -10,7 +11,7 @@ from pipeline.models import (
     weights_cache_file,
 )
 
-MODELS = ["resnet18", "resnet50"]
+MODELS = SUPPORTED_MODELS
 EXPECTED_FILES = {"resnet18": "resnet18-f37072fd.pth", "resnet50": "resnet50-0676ba61.pth"}
 
 

@@ -1,5 +1,4 @@
 import base64
-import io
 import re
 from html.parser import HTMLParser
 
@@ -9,8 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.evaluation import confusion_grid_figure, confusion_matrices, roc_figure
-from pipeline.report import CONTENT_SECURITY_POLICY, build_html_report, figure_png
+from pipeline.figures import confusion_grid_figure, figure_png, roc_figure
+from pipeline.metrics import confusion_matrices
+from pipeline.report import CONTENT_SECURITY_POLICY, build_html_report
 from tests.browser import WINDOW, chromium_binary, console_messages, probed_title, run_chromium, with_image_probe
 
 RUN_LINKS = {
@@ -63,15 +63,6 @@ def parse(page: str) -> Attributes:
     parser = Attributes()
     parser.feed(page)
     return parser
-
-
-def test_figure_png_gives_png_bytes_and_closes_the_figure():
-    figure, axis = plt.subplots()
-    axis.plot([0, 1])
-    png = figure_png(figure)
-    assert png.startswith(b"\x89PNG\r\n\x1a\n")
-    assert not plt.fignum_exists(figure.number)
-    assert Image.open(io.BytesIO(png)).size[0] > 100
 
 
 def test_report_holds_the_table_escaped(report):

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from pipeline import tracking
+from pipeline.tracking import runs
 from pipeline.config import add_override_arguments, given_overrides, load_study_config, section_option_names
 from pipeline.errors import RetinaFlowError
 
@@ -28,9 +28,9 @@ def run_step(step: str, body: Callable[[], None], run_name: str | None = None,
     """
     setup_logging()
     try:
-        uri = tracking.configure()
+        uri = runs.configure()
         log.info("tracking to %s", uri)
-        with tracking.step_run(step, run_name, run_id=existing_run() if existing_run else None):
+        with runs.step_run(step, run_name, run_id=existing_run() if existing_run else None):
             body()
     except RetinaFlowError as exc:
         log.error("%s failed: %s", step, exc)

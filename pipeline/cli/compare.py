@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline import steps
 from pipeline.cli._runner import run_step
 from pipeline.config import StudyConfig, coerce_list
+from pipeline.steps.compare import run_compare
 
 DEFAULTS = StudyConfig()
 
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         models = coerce_list(args.models, str, "models")
         pretrained = coerce_list(args.pretrained, bool, "pretrained")
-        print(steps.run_compare(models, pretrained, parent_run_id=args.study_run_id or None))
+        print(run_compare(models, pretrained, parent_run_id=args.study_run_id or None))
 
     return run_step("compare", body)
 

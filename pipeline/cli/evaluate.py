@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline import steps
 from pipeline.cli._runner import run_step
 from pipeline.config import StudyConfig, coerce_int
+from pipeline.steps.evaluate import run_evaluate
 
 DEFAULT_MODEL = f"models:/{StudyConfig().registered_model}@{StudyConfig().champion_alias}"
 
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> None:
-        metrics = steps.run_evaluate(args.model_uri, args.data_dir, coerce_int(args.batch_size, "batch_size", 1),
+        metrics = run_evaluate(args.model_uri, args.data_dir, coerce_int(args.batch_size, "batch_size", 1),
                                      coerce_int(args.num_workers, "num_workers", 0),
                                      coerce_int(args.bootstrap_resamples, "bootstrap_resamples", 0))
         for name, value in metrics.items():

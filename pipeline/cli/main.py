@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline import steps, tracking
 from pipeline.cli._runner import run_step
 from pipeline.config import add_override_arguments, given_overrides, load_study_config, study_option_names
-from pipeline.models import weights_cache_file
+from pipeline.steps.study import run_study
+from pipeline.tracking import runs
 
 OPTIONS = study_option_names()
 
@@ -21,10 +21,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         cfg = load_study_config(args.config, given_overrides(args, OPTIONS))
-        outcome = steps.run_study(cfg)
-        for label, reason in outcome.skipped.items():
-            missing = weights_cache_file(label.split()[0])
-            print(f"NOTE: {label} was not run: {reason}; put {missing.name} in {missing.parent} to run it")
+        outcome = run_study(cfg)
+        for skipped in outcome.skipped:
+            print(f"NOTE: {skipped.label} was not run: {skipped.reason}; put {skipped.weights_file.name} in "
+                  f"{skipped.weights_file.parent} to run it")
         print("\n" + outcome.comparison + "\n")
         champion = outcome.champion
         print(f"champion: {cfg.registered_model} v{outcome.champion_version} (alias @{cfg.champion_alias}), "
@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
             low, high = outcome.evaluation.get(f"{name}_ci_low"), outcome.evaluation.get(f"{name}_ci_high")
             interval = f" [{low:.3f}, {high:.3f}]" if low is not None else ""
             print(f"  {name:28s} {outcome.evaluation[name]:.3f}{interval}")
-        print(f"study run: {tracking.run_link()}")
-        print(f"to browse the runs, {tracking.tracking_ui_hint()}")
+        print(f"study run: {runs.run_link()}")
+        print(f"to browse the runs, {runs.tracking_ui_hint()}")
 
     return run_step("main", body, run_name="study")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline import steps
 from pipeline.cli._runner import run_step
 from pipeline.cli.evaluate import DEFAULT_MODEL
 from pipeline.config import coerce_int
+from pipeline.steps.predict import run_predict
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> None:
-        frame = steps.run_predict(args.model_uri, args.input, args.output,
+        frame = run_predict(args.model_uri, args.input, args.output,
                                   coerce_int(args.batch_size, "batch_size", 1), coerce_int(args.num_workers, "num_workers", 0))
         print(f"{len(frame)} predictions in {args.output}; referable: {int(frame['referable'].sum())}")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from pipeline import steps
 from pipeline.cli._runner import load_section, run_step, section_parser
+from pipeline.steps.preprocess import run_preprocess
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         cfg = load_section(args, "preprocess")
-        summary = steps.run_preprocess(cfg)
+        summary = run_preprocess(cfg)
         print(f"processed dataset: {cfg.data_dir} ({summary['image_size']} px)")
         for split, counts in summary["counts"].items():
             print(f"  {split:5s} {sum(counts):6d} images, per grade {counts}")

@@ -13,11 +13,12 @@ import logging
 import os
 import sys
 
-from pipeline import steps, tracking
+from pipeline.catalog import config_label
 from pipeline.cli._runner import load_section, run_step, section_parser, setup_logging
-from pipeline.compare import config_label
 from pipeline.config import TrainConfig, coerce_int
 from pipeline.errors import ConfigError
+from pipeline.steps.train import load_run_checkpoint, run_train
+from pipeline.tracking import resume, runs
 
 log = logging.getLogger("pipeline")
 
@@ -36,14 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         cfg = load_section(args, "train")
         if cfg.resume:
-            saved = steps.load_run_checkpoint(tracking.active_run_id(), cfg.checkpoint_dir)
+            saved = load_run_checkpoint(runs.active_run_id(), cfg.checkpoint_dir)
             # The run continues as it began: its own config, not today's command line.
             cfg = dataclasses.replace(TrainConfig(**saved["config"]), resume=cfg.resume,
                                       checkpoint_dir=cfg.checkpoint_dir, keep_checkpoint=cfg.keep_checkpoint)
-            outcome = steps.run_train(cfg, resume_from=saved)
+            outcome = run_train(cfg, resume_from=saved)
         else:
-            outcome = steps.run_train(cfg)
-        if outcome.run_id:  # rank 0 of a torchrun job, or the only process
+            outcome = run_train(cfg)
+        if outcome is not None:  # rank 0 of a torchrun job, or the only process
             print(f"{config_label(cfg.model, cfg.pretrained)}: best epoch {outcome.best_epoch}, "
                   f"{cfg.select_metric} {outcome.selection_score:.3f}, test accuracy {outcome.test_accuracy:.3f}")
             print(f"run {outcome.run_id}, model {outcome.model_uri}")
@@ -56,24 +57,24 @@ def resume_target(args: argparse.Namespace) -> str | None:
 
     Under ``mlflow run`` (which has opened a run of its own) that launcher run is tagged with it.
     """
-    resume = args.resume or ""
-    if not resume:
+    wanted = args.resume or ""
+    if not wanted:
         return None
     cfg = load_section(args, "train")
     if cfg.nproc > 1:
-        raise ConfigError(f"resume={resume} continues a run in one process; leave nproc at 1 (it was {cfg.nproc})")
-    if resume == "auto":
-        run_id = tracking.find_resumable_run(dataclasses.asdict(cfg))
+        raise ConfigError(f"resume={wanted} continues a run in one process; leave nproc at 1 (it was {cfg.nproc})")
+    if wanted == "auto":
+        run_id = resume.find_resumable_run(dataclasses.asdict(cfg))
         if run_id is None:
             raise ConfigError("resume=auto found no unfinished train run of this configuration in the experiment")
         log.info("resume=auto: continuing run %s", run_id)
-    elif tracking.run_exists(resume):
-        run_id = resume
+    elif runs.run_exists(wanted):
+        run_id = wanted
     else:
-        raise ConfigError(f"resume={resume}: no such run on {tracking.current_uri()}")
+        raise ConfigError(f"resume={wanted}: no such run on {runs.current_uri()}")
     launcher = os.environ.get("MLFLOW_RUN_ID")
     if launcher and launcher != run_id:
-        tracking.mark_resume_launcher(launcher, run_id)
+        resume.mark_resume_launcher(launcher, run_id)
     return run_id
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 
-from pipeline.data.eyepacs import NUM_GRADES
+from pipeline.catalog import NUM_GRADES
 
 
 def balanced_weights(grades: np.ndarray) -> np.ndarray:

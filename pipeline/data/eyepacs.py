@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.catalog import NUM_GRADES
 from pipeline.errors import DataError
 
-NUM_GRADES = 5
 SPLITS = ("train", "test")
 IMAGE_SUFFIX = ".jpeg"
 _HEADER_NAMES = {"image", "images", "id", "image_id", "img", "name", "filename", "file", "level", "label", "grade"}

@@ -24,7 +24,8 @@ from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
-from pipeline.data.eyepacs import NUM_GRADES, SPLITS, read_split
+from pipeline.catalog import NUM_GRADES
+from pipeline.data.eyepacs import SPLITS, read_split
 from pipeline.errors import DataError
 
 log = logging.getLogger(__name__)

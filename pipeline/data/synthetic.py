@@ -29,9 +29,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
+from pipeline.catalog import NUM_GRADES
+
 logger = logging.getLogger(__name__)
 
-NUM_GRADES = 5
 EYES: tuple[str, str] = ("left", "right")
 
 # Class shares of the Kaggle EyePACS training set (25810/2443/5292/873/708 of 35126 images).

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.cli import main as main_cli
 from pipeline.cli import preprocess as preprocess_cli
 from pipeline.cli import train as train_cli
-from pipeline.tracking import ERROR_TAG, STEP_TAG
+from pipeline.tracking import tags
 from tests.conftest import PROJECT_ROOT, subprocess_env
 
 
@@ -39,7 +39,7 @@ def assert_failed_with(capsys, code, message):
     assert message in capsys.readouterr().err
     run = only_run()
     assert run.info.status == "FAILED"
-    assert message in run.data.tags[ERROR_TAG]
+    assert message in run.data.tags[tags.ERROR]
     return run
 
 
@@ -76,7 +76,7 @@ def test_preprocess_rejects_bad_raw_data(case, raw_copy, tmp_path, sqlite_tracki
     code = preprocess_cli.main(["--raw_dir", str(raw_copy), "--data_dir", str(tmp_path / "out"), "--image_size", "32",
                                 "--num_workers", "1"])
     run = assert_failed_with(capsys, code, message.format(raw=raw_copy))
-    assert run.data.tags[STEP_TAG] == "preprocess"
+    assert run.data.tags[tags.STEP] == "preprocess"
     out = tmp_path / "out"
     leftovers = list(out.iterdir()) if out.exists() else []
     assert leftovers == []  # no dataset and no partial folder for a later step to accept
@@ -90,7 +90,8 @@ def test_preprocess_rejects_bad_raw_data(case, raw_copy, tmp_path, sqlite_tracki
     (["--device", "cuda:0", "--image_size", "32"], "device='cuda:0' but CUDA is not available"),
 ])
 def test_train_rejects_bad_options(args, message, processed_dir, sqlite_tracking, capsys):
-    code = train_cli.main(["--data_dir", str(processed_dir), "--epochs", "1", "--num_workers", "0", *args])
+    code = train_cli.main(["--data_dir", str(processed_dir), "--epochs", "1", "--num_workers", "0",
+                           "--bootstrap_resamples", "0", "--checkpoint_artifact", "false", *args])
     assert_failed_with(capsys, code, message)
 
 
@@ -108,7 +109,7 @@ def test_main_fails_fast_before_training_when_weights_are_missing(raw_dir, tmp_p
     assert code == 2
     assert "skip_unavailable_weights=true" in capsys.readouterr().err
     run = only_run()
-    assert run.info.status == "FAILED" and "resnet18-f37072fd.pth" in run.data.tags[ERROR_TAG]
+    assert run.info.status == "FAILED" and "resnet18-f37072fd.pth" in run.data.tags[tags.ERROR]
     assert not (tmp_path / "data").exists()  # failed before preprocessing, let alone training
 
 

@@ -9,8 +9,10 @@ from mlflow.tracking import MlflowClient
 from pipeline.cli import evaluate as evaluate_cli
 from pipeline.cli import main as main_cli
 from pipeline.cli import predict as predict_cli
-from pipeline.tracking import STEP_TAG
+from pipeline.tracking import tags
 from tests.conftest import PROJECT_ROOT, scratch_dir
+
+pytestmark = pytest.mark.slow  # a whole study against a real server
 
 SEEDS_MODEL = "dr-resnet-seeds"
 
@@ -31,7 +33,7 @@ def two_seed_study(raw_dir, mlflow_server, tmp_path_factory):
 
 def runs_of(client, step):
     experiment = client.get_experiment_by_name("study-seeds").experiment_id
-    return client.search_runs([experiment], filter_string=f"tags.`{STEP_TAG}` = '{step}'")
+    return client.search_runs([experiment], filter_string=f"tags.`{tags.STEP}` = '{step}'")
 
 
 def test_compare_reports_mean_and_std_over_seeds(two_seed_study, tmp_path):
@@ -86,12 +88,14 @@ def test_predict_folder_and_csv(two_seed_study, raw_dir, tmp_path, monkeypatch):
     assert by_csv["id"].tolist() == test_ids
     assert len(by_folder) == len(list((raw_dir / "images").iterdir()))
     probabilities = by_csv[[f"p_grade_{g}" for g in range(5)]].to_numpy()
-    assert probabilities.sum(axis=1) == pytest.approx(1.0, abs=1e-4)
-    assert (by_csv["predicted_grade"] == probabilities.argmax(axis=1)).all()
-    assert (by_csv["referable"] == (by_csv["p_referable"] >= 0.5)).all()
-    assert by_csv["p_referable"].to_numpy() == pytest.approx(probabilities[:, 2:].sum(axis=1), abs=1e-5)
+    assert probabilities.sum(axis=1) == pytest.approx(1.0, abs=1e-4)  # the served model's softmax
+    # The same photos read through a folder or an id CSV (in other batches) get the same answers;
+    # the columns themselves are worked out by hand in tests/steps/test_predict.py.
     merged = by_csv.merge(by_folder, on="id", suffixes=("_csv", "_folder"))
-    assert (merged["predicted_grade_csv"] == merged["predicted_grade_folder"]).all()
+    assert len(merged) == len(by_csv)
+    for column in ("predicted_grade", "referable"):
+        assert (merged[f"{column}_csv"] == merged[f"{column}_folder"]).all()
+    assert merged["p_referable_csv"].to_numpy() == pytest.approx(merged["p_referable_folder"].to_numpy(), abs=1e-6)
 
 
 def test_predict_names_a_bad_photo(two_seed_study, tmp_path, monkeypatch, capsys):

@@ -1,4 +1,5 @@
-"""Metrics and confusion matrices from predictions, with scikit-learn doing the arithmetic."""
+"""Metrics from predictions, with scikit-learn doing the arithmetic: grading, referable DR,
+per grade, and patient-level bootstrap confidence intervals. No plotting here (see ``figures``)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,10 @@ import logging
 import warnings
 from collections.abc import Callable
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: entry points run on servers and in CI
-
-import matplotlib.pyplot as plt
 import numpy as np
 import sklearn
-from matplotlib.figure import Figure
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import (
-    ConfusionMatrixDisplay,
-    RocCurveDisplay,
     accuracy_score,
     balanced_accuracy_score,
     cohen_kappa_score,
@@ -28,12 +21,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from pipeline.data.eyepacs import NUM_GRADES
-
-GRADES = list(range(NUM_GRADES))
-GRADE_NAMES = ["0 none", "1 mild", "2 moderate", "3 severe", "4 prolif."]
-# Moderate DR or worse is what screening programmes refer to an ophthalmologist.
-REFERABLE_GRADE = 2
+from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, GRADES, REFERABLE_GRADE
 
 log = logging.getLogger(__name__)
 
@@ -45,32 +33,22 @@ def classification_metrics(targets: np.ndarray, probabilities: np.ndarray) -> di
     predictions = probabilities.argmax(axis=1)
     return {
         "accuracy": float(accuracy_score(targets, predictions)),
-        "kappa": float(cohen_kappa_score(targets, predictions, labels=GRADES, weights="quadratic")),
+        "kappa": float(cohen_kappa_score(targets, predictions, labels=list(GRADES), weights="quadratic")),
         "balanced_accuracy": float(balanced_accuracy_score(targets, predictions)),
-        "macro_f1": float(f1_score(targets, predictions, labels=GRADES, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(targets, predictions, labels=list(GRADES), average="macro", zero_division=0)),
     }
 
 
 def confusion_matrices(targets: np.ndarray, predictions: np.ndarray) -> dict[str, list]:
     """Counts and row-normalised (recall per true grade) matrices over all five grades."""
-    counts = confusion_matrix(targets, predictions, labels=GRADES)
-    normalized = confusion_matrix(targets, predictions, labels=GRADES, normalize="true")
-    return {"labels": GRADES, "counts": counts.tolist(), "normalized": np.round(normalized, 4).tolist()}
+    counts = confusion_matrix(targets, predictions, labels=list(GRADES))
+    normalized = confusion_matrix(targets, predictions, labels=list(GRADES), normalize="true")
+    return {"labels": list(GRADES), "counts": counts.tolist(), "normalized": np.round(normalized, 4).tolist()}
 
 
-def confusion_figure(matrices: dict[str, list], title: str) -> Figure:
-    """Counts and row-normalised matrices side by side."""
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
-    ConfusionMatrixDisplay(np.array(matrices["counts"]), display_labels=GRADE_NAMES).plot(
-        ax=left, cmap="Blues", colorbar=False, values_format="d")
-    left.set_title("counts")
-    ConfusionMatrixDisplay(np.array(matrices["normalized"]), display_labels=GRADE_NAMES).plot(
-        ax=right, cmap="Blues", colorbar=False, values_format=".2f")
-    right.set_title("normalised by true grade")
-    for axis in (left, right):
-        axis.tick_params(axis="x", labelrotation=30)
-    figure.suptitle(title)
-    return figure
+def referable_targets(targets: np.ndarray) -> np.ndarray:
+    """1 for an image whose true grade is referable (>= REFERABLE_GRADE), else 0."""
+    return (np.asarray(targets) >= REFERABLE_GRADE).astype(int)
 
 
 def referable_probability(probabilities: np.ndarray) -> np.ndarray:
@@ -86,7 +64,8 @@ def _referable_auc(referable: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(referable, scores))
 
 
-def referable_metrics(targets: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def referable_metrics(targets: np.ndarray, probabilities: np.ndarray,
+                      threshold: float = DEFAULT_REFERABLE_THRESHOLD) -> dict[str, float]:
     """Referable DR (grade >= 2) as a binary screening decision.
 
     Args:
@@ -98,7 +77,7 @@ def referable_metrics(targets: np.ndarray, probabilities: np.ndarray, threshold:
         ``referable_sensitivity``, ``referable_specificity`` (NaN when there are no referable,
         resp. no non-referable, images) and ``referable_auc`` (NaN when only one class is present).
     """
-    referable = (np.asarray(targets) >= REFERABLE_GRADE).astype(int)
+    referable = referable_targets(targets)
     scores = referable_probability(probabilities)
     called = (scores >= threshold).astype(int)
     # Specificity is the recall of the negative class: one call gives both (the bootstrap calls this
@@ -114,7 +93,7 @@ def referable_metrics(targets: np.ndarray, probabilities: np.ndarray, threshold:
 def per_grade_metrics(targets: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     """``precision_grade_{k}`` and ``recall_grade_{k}`` for every grade; 0 where undefined."""
     precision, recall, _, _ = precision_recall_fscore_support(
-        targets, probabilities.argmax(axis=1), labels=GRADES, zero_division=0)
+        targets, probabilities.argmax(axis=1), labels=list(GRADES), zero_division=0)
     metrics: dict[str, float] = {}
     for grade in GRADES:
         metrics[f"precision_grade_{grade}"] = float(precision[grade])
@@ -205,48 +184,6 @@ def bootstrap_intervals(targets: np.ndarray, probabilities: np.ndarray, *, group
         low, high = np.percentile(finite, [tail, 100 - tail])
         intervals[name] = (float(low), float(high))
     return intervals
-
-
-def roc_figure(targets: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> Figure:
-    """Referable-DR ROC curve with its AUC and the operating point at ``threshold`` marked."""
-    referable = (np.asarray(targets) >= REFERABLE_GRADE).astype(int)
-    scores = referable_probability(probabilities)
-    point = referable_metrics(targets, probabilities, threshold)
-    figure, axis = plt.subplots(figsize=(6, 5.5), layout="constrained")
-    axis.set_title(f"Referable DR (grade ≥ {REFERABLE_GRADE}) ROC, {len(referable)} images")
-    if np.isnan(point["referable_auc"]):
-        # A tiny test split may hold one class only; a report should say so rather than fail.
-        axis.text(0.5, 0.5, "ROC undefined:\nall images are " + ("referable" if referable.all() else "non-referable"),
-                  ha="center", va="center", transform=axis.transAxes)
-        return figure
-    RocCurveDisplay.from_predictions(referable, scores, name="referable DR", ax=axis,
-                                     plot_chance_level=True, chance_level_kw={"color": "0.6"})
-    axis.plot(1 - point["referable_specificity"], point["referable_sensitivity"], "o", color="tab:red",
-              markersize=8, zorder=3,
-              label=(f"threshold {threshold:g}: sens {point['referable_sensitivity']:.2f}, "
-                     f"spec {point['referable_specificity']:.2f}"))
-    axis.set_xlabel("1 - specificity (false positive rate)")
-    axis.set_ylabel("sensitivity (true positive rate)")
-    axis.legend(loc="lower right")
-    return figure
-
-
-def confusion_grid_figure(matrices_by_config: dict[str, dict]) -> Figure:
-    """One row per configuration (counts | normalised), from ``confusion_matrices()`` dicts."""
-    if not matrices_by_config:
-        raise ValueError("confusion_grid_figure needs at least one configuration")
-    rows = len(matrices_by_config)
-    figure, axes = plt.subplots(rows, 2, figsize=(11, 4.8 * rows), layout="constrained", squeeze=False)
-    for (label, matrices), (left, right) in zip(matrices_by_config.items(), axes):
-        ConfusionMatrixDisplay(np.array(matrices["counts"]), display_labels=GRADE_NAMES).plot(
-            ax=left, cmap="Blues", colorbar=False, values_format="d")
-        left.set_title(f"{label}: counts")
-        ConfusionMatrixDisplay(np.array(matrices["normalized"]), display_labels=GRADE_NAMES).plot(
-            ax=right, cmap="Blues", colorbar=False, values_format=".2f", im_kw={"vmin": 0, "vmax": 1})
-        right.set_title(f"{label}: normalised by true grade")
-        for axis in (left, right):
-            axis.tick_params(axis="x", labelrotation=30)
-    return figure
 
 
 def epoch_metrics(targets: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:

@@ -1,20 +1,17 @@
 import json
 from itertools import product
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from pipeline.evaluation import (
+from pipeline.metrics import (
     all_metrics,
     bootstrap_intervals,
     classification_metrics,
-    confusion_figure,
-    confusion_grid_figure,
     confusion_matrices,
+    epoch_metrics,
     per_grade_metrics,
     referable_metrics,
-    roc_figure,
 )
 
 
@@ -47,13 +44,6 @@ def test_metrics_worked_by_hand():
     # sum_ij p_i q_j w_ij = [2*2*0 + 2*2*1 + 1*2*1 + 1*2*0 + 1*2*4 + 1*2*1] / 16 / 16 = 16/256 = 1/16.
     assert metrics["kappa"] == pytest.approx(1 - (5 / 64) / (1 / 16))
     assert metrics["balanced_accuracy"] == pytest.approx((1 / 2 + 1 + 0) / 3)
-
-
-def test_confusion_figure_has_both_panels():
-    figure = confusion_figure(confusion_matrices(np.array([0, 1, 2, 3, 4]), np.array([0, 1, 2, 3, 3])), "t")
-    titles = [axis.get_title() for axis in figure.axes]
-    assert "counts" in titles and "normalised by true grade" in titles
-    plt.close(figure)
 
 
 # --- referable DR, per grade, bootstrap ------------------------------------------------------
@@ -256,45 +246,7 @@ def test_bootstrap_rejects_mismatched_inputs():
         bootstrap_intervals(np.zeros(4, int), one_hot(np.zeros(3, int)))
 
 
-def test_roc_figure_marks_the_operating_point():
-    figure = roc_figure(REFERABLE_TARGETS, with_referable_mass(P_REFERABLE), threshold=0.5)
-    (axis,) = figure.axes
-    assert "Referable DR" in axis.get_title()
-    legend = [text.get_text() for text in axis.get_legend().get_texts()]
-    assert any("AUC = 0.91" in text for text in legend)  # 14.5/16 = 0.906
-    (point,) = [line for line in axis.get_lines() if line.get_label().startswith("threshold 0.5")]
-    # Operating point: (1 - specificity, sensitivity) = (1/4, 3/4) from the hand-worked example.
-    assert (point.get_xdata()[0], point.get_ydata()[0]) == pytest.approx((0.25, 0.75))
-    assert "sensitivity" in axis.get_ylabel() and "specificity" in axis.get_xlabel()
-    plt.close(figure)
-
-
-def test_roc_figure_with_a_single_class_says_so():
-    figure = roc_figure(np.array([0, 1, 0]), with_referable_mass(np.array([0.1, 0.6, 0.2])))
-    (axis,) = figure.axes
-    assert any("undefined" in text.get_text() for text in axis.texts)
-    plt.close(figure)
-
-
-def test_confusion_grid_has_a_row_per_configuration():
-    targets = np.array([0, 1, 2, 3, 4, 4])
-    matrices = {label: confusion_matrices(targets, predictions) for label, predictions in
-                [("resnet18 scratch", np.array([0, 1, 2, 3, 4, 3])), ("resnet18 pretrained", targets),
-                 ("resnet50 pretrained", np.array([0, 0, 2, 2, 4, 4]))]}
-    figure = confusion_grid_figure(matrices)
-    assert len(figure.axes) == 6
-    titles = [axis.get_title() for axis in figure.axes]
-    assert titles == [f"{label}: {kind}" for label in matrices for kind in ("counts", "normalised by true grade")]
-    rows = sorted({round(axis.get_position().y0, 3) for axis in figure.axes})
-    assert len(rows) == 3  # laid out as three rows, not one strip
-    plt.close(figure)
-    with pytest.raises(ValueError):
-        confusion_grid_figure({})
-
-
 def test_non_finite_outputs_of_a_diverging_model_give_nan_auc_not_an_error():
-    from pipeline.evaluation import epoch_metrics
-
     probabilities = np.full((4, 5), 0.2)
     probabilities[1] = np.nan
     metrics = epoch_metrics(np.array([0, 2, 3, 1]), probabilities)

@@ -1,0 +1,52 @@
+"""The project's named things, each listed once: grades, models and their ImageNet weights,
+configuration labels, and metric names. Everything else imports them from here.
+
+No heavy imports: the config, the data readers and the tracking package all read this module.
+"""
+
+from __future__ import annotations
+
+# --- Grades -------------------------------------------------------------------------------------
+
+NUM_GRADES = 5  # 0 none, 1 mild, 2 moderate, 3 severe, 4 proliferative DR
+GRADES = tuple(range(NUM_GRADES))
+GRADE_NAMES = ("0 none", "1 mild", "2 moderate", "3 severe", "4 prolif.")
+# Moderate DR or worse is what screening programmes refer to an ophthalmologist.
+REFERABLE_GRADE = 2
+# An image is called referable when P(grade >= REFERABLE_GRADE) reaches this.
+DEFAULT_REFERABLE_THRESHOLD = 0.5
+
+# --- Models -------------------------------------------------------------------------------------
+
+# torchvision model name -> its ImageNet weights (``torchvision.models.get_weight`` resolves the
+# name). V1 is what the course labs' ``pretrained=True`` loaded; keep it so results stay comparable.
+IMAGENET_WEIGHTS = {
+    "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
+    "resnet50": "ResNet50_Weights.IMAGENET1K_V1",
+}
+SUPPORTED_MODELS = tuple(IMAGENET_WEIGHTS)
+
+
+def config_label(model: str, pretrained: bool) -> str:
+    """How a configuration of the study is named in tables, figures, tags and run names."""
+    return f"{model} {'pretrained' if pretrained else 'scratch'}"
+
+
+# --- Metrics ------------------------------------------------------------------------------------
+
+# What the evaluation loop measures on the validation and test sets every epoch.
+EVAL_METRICS = ("loss", "accuracy", "kappa", "balanced_accuracy", "macro_f1",
+                "referable_sensitivity", "referable_specificity", "referable_auc")
+# Per-epoch metrics that measure speed, not the model: they differ between otherwise identical runs.
+SPEED_METRICS = ("train_images_per_sec",)
+# Logged by every train run with step = epoch (counting from 1).
+PER_EPOCH_METRICS = ("train_loss", "train_accuracy", *SPEED_METRICS,
+                     *(f"{split}_{name}" for split in ("val", "test") for name in EVAL_METRICS))
+# Per-epoch validation metrics that can choose the best epoch and the champion; all: higher is better.
+SELECT_METRICS = ("val_kappa", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_referable_auc")
+# The per-epoch metrics compare draws as curves (read back with their full history).
+CURVE_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_accuracy", "val_kappa", "test_kappa")
+# Test metrics of a selected model logged with 95% bootstrap bounds (``{name}_ci_low/_ci_high``).
+INTERVAL_METRICS = ("accuracy", "kappa", "referable_auc", "referable_sensitivity", "referable_specificity")
+# Of those, the ones the comparison table shows with their interval.
+TABLE_INTERVAL_METRICS = ("kappa", "referable_auc")

@@ -1,0 +1,79 @@
+"""The ``compare`` step: train runs read back from the tracking server -> the comparison table,
+the labs' curves, the confusion matrices and one self-contained HTML report."""
+
+from __future__ import annotations
+
+import json
+
+from pipeline.catalog import config_label
+from pipeline.compare import comparison_table, display_table, format_table
+from pipeline.engine import ranking_score
+from pipeline.figures import confusion_grid_figure, curves_figure, figure_png
+from pipeline.records import TrainRunRecord
+from pipeline.report import build_html_report
+from pipeline.tracking import artifacts, readback, runs
+
+REPORT_TITLE = "retina-flow: ResNet depth x ImageNet pretraining"
+# (artifact name, report heading, per-epoch metrics, y axis): the course labs' curves.
+CURVES = (
+    ("accuracy_curves", "Train and test accuracy per epoch", ("train_accuracy", "test_accuracy"), "accuracy"),
+    ("kappa_curves", "Quadratic weighted kappa per epoch", ("val_kappa", "test_kappa"), "kappa"),
+    ("loss_curves", "Train and validation loss per epoch", ("train_loss", "val_loss"), "cross-entropy loss"),
+)
+CHAMPION_FIGURES = (
+    ("roc/test_referable_roc.png", "Champion: referable DR (grade >= 2) ROC on test"),
+    ("gradcam/test_gradcam.png", "Champion: Grad-CAM on a fixed test sample per grade"),
+)
+
+
+def run_compare(models: list[str], pretrained_values: list[bool], parent_run_id: str | None = None) -> str:
+    """Reads train runs back from the tracking server; logs the table, figures and an HTML report.
+
+    Returns:
+        The table as text, as logged in ``comparison/comparison.txt``.
+    """
+    records = readback.search_train_runs(runs.experiment_ids(), parent_run_id)
+    not_run = readback.skipped_configurations(parent_run_id) if parent_run_id else {}
+    table = comparison_table(records, models, pretrained_values, not_run)
+    text = format_table(table)
+    runs.log_params({"models": models, "pretrained": pretrained_values, "parent_run_id": parent_run_id or "",
+                     "train_runs": len(records)})
+    artifacts.log_text(text, "comparison/comparison.txt")
+    artifacts.log_text(table.to_csv(index=False), "comparison/comparison.csv")
+    figures = log_comparison_figures(records, models, pretrained_values)
+    notes = [f"{label}: not run: {reason}" for label, reason in not_run.items()]
+    if records:
+        champion = max(records, key=lambda r: ranking_score(r.metrics.get("selection_score", float("nan"))))
+        notes.append(f"Champion (best {champion.params.get('select_metric', 'validation')} on validation): "
+                     f"{champion.run_name} ({champion.run_id})")
+        for artifact, heading in CHAMPION_FIGURES:
+            png = artifacts.read_artifact(champion.run_id, artifact)
+            if png is not None:
+                figures[heading] = png
+    report = build_html_report(
+        title=REPORT_TITLE, summary_table=display_table(table), figures=figures, notes=notes,
+        run_links={f"{r.run_name} ({r.run_id[:8]})": runs.run_url(r.run_id) for r in records},
+    )
+    artifacts.log_text(report, "comparison/report.html")
+    return text
+
+
+def log_comparison_figures(records: list[TrainRunRecord], models: list[str],
+                           pretrained_values: list[bool]) -> dict[str, bytes]:
+    """Logs the curves and the confusion-matrix grid; returns them as PNGs by report heading."""
+    figures: dict[str, bytes] = {}
+    for name, heading, metrics, ylabel in CURVES:
+        png = figure_png(curves_figure(records, models, pretrained_values, metrics, ylabel))
+        artifacts.log_bytes(png, f"comparison/{name}.png")
+        figures[heading] = png
+    matrices = {}
+    for record in records:
+        label = config_label(*record.configuration)
+        raw = artifacts.read_artifact(record.run_id, "confusion_matrix/test_confusion_matrix.json")
+        if raw is not None and label not in matrices:
+            matrices[label] = json.loads(raw)
+    if matrices:
+        png = figure_png(confusion_grid_figure(matrices))
+        artifacts.log_bytes(png, "comparison/confusion_matrices.png")
+        figures["Test confusion matrices of the selected epoch (first run of each configuration)"] = png
+    return figures

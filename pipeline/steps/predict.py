@@ -1,0 +1,22 @@
+"""The ``predict`` step: new photos -> a CSV of grades, probabilities and referable flags, logged too."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from pipeline.predict import list_inputs, predict_photos, write_predictions
+from pipeline.tracking import artifacts, registry, runs
+from pipeline.tracking.sink import metric_sink
+
+
+def run_predict(model_ref: str, source: str, output: str, batch_size: int = 32, num_workers: int = 0) -> pd.DataFrame:
+    """Predictions for new photos with the same crop/resize/normalise as training."""
+    uri = registry.model_uri_of(model_ref)
+    loaded = registry.load_model(uri)
+    runs.log_params({"model_uri": uri, "input": source, "output": output, "batch_size": batch_size})
+    inputs = list_inputs(source)
+    frame = predict_photos(loaded.module, inputs, loaded.image_size, batch_size=batch_size, num_workers=num_workers)
+    path = write_predictions(frame, output)
+    metric_sink().log_summary({"images": len(frame), "referable_share": float(frame["referable"].mean())})
+    artifacts.log_artifact(path, "predictions")
+    return frame

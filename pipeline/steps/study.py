@@ -1,0 +1,108 @@
+"""The ``main`` entry point's body: the whole study, each step a nested run of one study run.
+
+preprocess -> train every configuration (x seeds) -> register the best on validation as the
+champion -> evaluate the champion -> compare.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.catalog import config_label
+from pipeline.config import StudyConfig, flatten, to_dict, validate_study_config
+from pipeline.engine import ranking_score
+from pipeline.errors import ConfigError, WeightsUnavailableError
+from pipeline.models import ensure_pretrained_available, weights_cache_file
+from pipeline.steps.compare import run_compare
+from pipeline.steps.evaluate import run_evaluate
+from pipeline.steps.preprocess import run_preprocess
+from pipeline.steps.train import TrainOutcome, run_train
+from pipeline.tracking import registry, runs, tags
+from pipeline.tracking.sink import metric_sink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SkippedConfiguration:
+    label: str
+    reason: str
+    weights_file: Path  # the ImageNet weights file that would let it run
+
+
+@dataclass
+class StudyOutcome:
+    trained: list[TrainOutcome]
+    skipped: list[SkippedConfiguration]
+    champion: TrainOutcome
+    champion_version: str
+    evaluation: dict[str, float]
+    comparison: str
+
+
+def check_pretrained_weights(cfg: StudyConfig) -> list[SkippedConfiguration]:
+    """Fails fast when ImageNet weights are missing, or (``skip_unavailable_weights``) says which
+    pretrained configurations are skipped and why."""
+    skipped: list[SkippedConfiguration] = []
+    if True not in cfg.pretrained:
+        return skipped
+    if cfg.train.weights_path and len(cfg.models) > 1:
+        raise ConfigError(f"weights_path={cfg.train.weights_path!r} holds one model's weights but the study trains "
+                          f"{', '.join(cfg.models)}; put each file in torch.hub's cache instead")
+    for model in cfg.models:
+        try:
+            ensure_pretrained_available(model, cfg.train.weights_path)
+        except WeightsUnavailableError as exc:
+            if not cfg.skip_unavailable_weights:
+                raise WeightsUnavailableError(f"{exc}. To run only the unpretrained configurations, pass "
+                                              "skip_unavailable_weights=true") from None
+            label, missing = config_label(model, True), weights_cache_file(model)
+            log.warning("skipping %s: %s", label, exc)
+            skipped.append(SkippedConfiguration(label, f"no ImageNet weights ({missing.name})", missing))
+    return skipped
+
+
+def run_study(cfg: StudyConfig) -> StudyOutcome:
+    """preprocess -> train every configuration -> register the best on validation -> evaluate -> compare."""
+    validate_study_config(cfg)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, data_dir=cfg.preprocess.data_dir))
+    runs.log_config(to_dict(cfg), flatten(to_dict(cfg)))
+    skipped = check_pretrained_weights(cfg)
+    runs.set_tags({tags.SKIPPED_PREFIX + s.label: s.reason for s in skipped})
+    study_run_id = runs.active_run_id()
+
+    with runs.step_run("preprocess", "preprocess", nested=True):
+        run_preprocess(cfg.preprocess)
+    trained = train_grid(cfg, skipped={s.label for s in skipped})
+    champion = max(trained, key=lambda outcome: ranking_score(outcome.selection_score))
+    version = registry.register_model(champion.model_uri, cfg.registered_model, cfg.champion_alias,
+                                      version_tags={"train_run_id": champion.run_id})
+    runs.set_tags({tags.CHAMPION_RUN: champion.run_id, tags.CHAMPION_VERSION: f"{cfg.registered_model} v{version}"})
+    champion_uri = f"models:/{cfg.registered_model}@{cfg.champion_alias}"
+    with runs.step_run("evaluate", "evaluate-champion", nested=True):
+        evaluation = run_evaluate(champion_uri, cfg.preprocess.data_dir, resamples=cfg.train.bootstrap_resamples)
+    with runs.step_run("compare", "compare", nested=True):
+        comparison = run_compare(cfg.models, cfg.pretrained, parent_run_id=study_run_id)
+    metric_sink().log_summary({"champion_selection_score": champion.selection_score, **evaluation})
+    return StudyOutcome(trained, skipped, champion, version, evaluation, comparison)
+
+
+def train_grid(cfg: StudyConfig, skipped: set[str]) -> list[TrainOutcome]:
+    """Every (model, pretrained, seed) of the study not skipped, each a nested train run."""
+    trained = []
+    for model in cfg.models:
+        for pretrained in cfg.pretrained:
+            label = config_label(model, pretrained)
+            if label in skipped:
+                continue
+            for seed in range(cfg.train.seed, cfg.train.seed + cfg.seeds):
+                name = label.replace(" ", "-") + (f"-seed{seed}" if cfg.seeds > 1 else "")
+                with runs.step_run("train", name, nested=True):
+                    trained.append(run_train(dataclasses.replace(cfg.train, model=model, pretrained=pretrained, seed=seed)))
+    if not trained:
+        raise ConfigError("every configuration was skipped; nothing was trained")
+    return trained
+

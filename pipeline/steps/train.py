@@ -1,0 +1,275 @@
+"""The ``train`` step: one configuration, tracked per epoch, its selected model evaluated and logged.
+
+It reads as three calls: ``set_up`` (model, optimizer, scaler, loaders), ``fit`` (the engine's
+loop, with a checkpoint after every epoch), and ``log_selected_model``. Under torchrun every rank
+runs it; only rank 0 logs to MLflow and writes the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from pipeline import checkpoint, faults
+from pipeline.catalog import config_label
+from pipeline.config import TrainConfig, to_dict, validate_train_config
+from pipeline.data.balance import balanced_weights, class_weights
+from pipeline.data.dataset import (
+    EvalPreset,
+    FundusDataset,
+    ProcessedDataset,
+    make_loader,
+    normalize_batch,
+    split_dataset,
+    to_unit_float,
+)
+from pipeline.data.sampling import EpochSampler
+from pipeline.distributed import DistContext, context_from_env, destroy_process_group, init_process_group, shard_indices
+from pipeline.engine import FitResult, FitState, fit
+from pipeline.errors import ConfigError, RetinaFlowError
+from pipeline.figures import figure_png, gradcam_figure
+from pipeline.gradcam import grad_cam
+from pipeline.hardware import Accelerator, resolve_device, resolve_precision
+from pipeline.metrics import epoch_metrics
+from pipeline.models import build_model, last_conv_stage, serving_model
+from pipeline.steps.evaluate import log_test_evaluation
+from pipeline.tracking import artifacts, registry, runs, tags
+from pipeline.tracking.sink import MetricSink, NullSink, metric_sink
+
+log = logging.getLogger(__name__)
+
+SERVING_EXAMPLE_IMAGES = 2  # a batch of 1 would make torch.export fix the batch size at 1
+OUTAGE_GRACE_SECONDS = 300  # after the last epoch, how long to wait for a tracking server to return
+GRADCAM_IMAGES_PER_GRADE = 2
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    model_uri: str
+    best_epoch: int
+    selection_score: float  # the select metric at the best epoch
+    test_accuracy: float
+
+
+@dataclass
+class TrainingSetup:
+    """Everything ``fit`` needs, built for this process (one torchrun rank, or the only one)."""
+
+    model: nn.Module  # the network itself: its weights are what is checkpointed and logged
+    trained: nn.Module  # what the loop drives: ``model``, or its DDP / compiled wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    criterion: nn.Module
+    loaders: dict[str, DataLoader]
+    eval_lengths: tuple[int, int]  # full (val, test) sizes: a rank's eval loaders hold a slice
+    start: FitState | None  # where a resumed run continues from
+
+
+def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome | None:
+    """Trains one configuration inside the active run and logs everything a comparison needs.
+
+    Args:
+        resume_from: a checkpoint of this run (``checkpoint.load``): training continues after
+            its epoch, and metric values the crash kept from MLflow are logged from it.
+
+    Returns:
+        The outcome on rank 0 (or a single process); None on the other torchrun ranks.
+    """
+    validate_train_config(cfg)
+    ctx = context_from_env()
+    device = resolve_device(cfg.device, ctx.local_rank)
+    accel = Accelerator(device, resolve_precision(cfg.precision, device), cfg.channels_last, ctx)
+    processed = ProcessedDataset(cfg.data_dir, cfg.image_size)
+    log_run_inputs(cfg, processed, accel, resumed=resume_from is not None)
+    sink = metric_sink()
+    run_id = runs.active_run_id()  # None on torchrun ranks other than 0: they log and save nothing
+    checkpoint_path = checkpoint.run_checkpoint_path(cfg.checkpoint_dir, run_id) if ctx.is_main else None
+    seed_everything(cfg.seed)
+    init_process_group(ctx, device)
+    try:
+        setup = set_up(cfg, processed, accel, resume_from)
+        if setup.start is not None:
+            sink.log_missing_epochs(setup.start.history)
+            log.info("resuming %s after epoch %d of %d", run_id, setup.start.epoch, cfg.epochs)
+        result = fit(
+            setup.trained,
+            train_loader=setup.loaders["train"], val_loader=setup.loaders["val"], test_loader=setup.loaders["test"],
+            criterion=setup.criterion, optimizer=setup.optimizer, accel=accel, scaler=setup.scaler,
+            epochs=cfg.epochs, freeze_epochs=cfg.freeze_epochs, eval_lengths=setup.eval_lengths,
+            epoch_metrics=epoch_metrics, select_metric=cfg.select_metric, start=setup.start,
+            on_checkpoint=checkpoint_writer(cfg, checkpoint_path, setup) if ctx.is_main else None,
+            on_batch_end=faults.batch_hook_from_env(), on_epoch_end=sink.log_epoch,
+        )
+    finally:
+        destroy_process_group()
+    if not ctx.is_main:
+        return None  # rank 0 logs the result
+    deliver_metrics(sink, checkpoint_path, run_id)
+    outcome = log_selected_model(cfg, setup.model, result, processed, device, sink)
+    if not cfg.keep_checkpoint:
+        checkpoint.discard(checkpoint_path)
+    return outcome
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def log_run_inputs(cfg: TrainConfig, processed: ProcessedDataset, accel: Accelerator, *, resumed: bool) -> None:
+    """The resolved config, the input dataset and where it runs (a resumed run has the first two)."""
+    if not resumed:
+        config = to_dict(cfg)
+        runs.log_config(config, {k: v for k, v in config.items() if k != "resume"})
+        artifacts.log_dataset(processed.manifest, str(processed.root.resolve()), processed.root.name, "training")
+    runs.set_tags({tags.DEVICE: str(accel.device), tags.WORLD_SIZE: str(accel.dist.world_size),
+                   tags.PRECISION: str(accel.amp_dtype or torch.float32).removeprefix("torch."),
+                   tags.CONFIGURATION: config_label(cfg.model, cfg.pretrained)})
+
+
+def set_up(cfg: TrainConfig, processed: ProcessedDataset, accel: Accelerator,
+           resume_from: dict | None) -> TrainingSetup:
+    """Model, optimizer, loss scaler, criterion and loaders; restored from ``resume_from`` if given."""
+    datasets = {
+        "train": split_dataset(processed, "train", cfg.image_size, train=True, rotation_degrees=cfg.rotation_degrees),
+        "val": split_dataset(processed, "val", cfg.image_size, train=False),
+        "test": split_dataset(processed, "test", cfg.image_size, train=False),
+    }
+    # A resumed run takes every weight from its checkpoint, so it needs no ImageNet file.
+    model = accel.prepare(build_model(cfg.model, pretrained=cfg.pretrained and resume_from is None,
+                                      weights_path=cfg.weights_path if resume_from is None else ""))
+    trained = model
+    if accel.dist.enabled:
+        # Frozen-head epochs leave backbone parameters without gradients, which DDP must be told.
+        trained = nn.parallel.DistributedDataParallel(
+            model, device_ids=[accel.device.index] if accel.device.type == "cuda" else None,
+            find_unused_parameters=cfg.freeze_epochs > 0)
+    if cfg.compile:
+        trained = torch.compile(trained)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if accel.amp_dtype == torch.float16 and accel.device.type == "cuda" else None
+    train_grades = processed.split("train")["grade"].to_numpy()
+    weights = class_weights(train_grades, cfg.class_weighting)
+    if weights is not None:
+        runs.log_params({f"loss_weight_grade_{g}": round(float(w), 4) for g, w in enumerate(weights)})
+    loaders = make_train_loaders(datasets, cfg, accel.dist, train_grades)
+    # Last: the RNG states it restores must be the ones the next epoch starts from.
+    start = checkpoint.restore(resume_from, model, optimizer, scaler) if resume_from is not None else None
+    return TrainingSetup(
+        model=model, trained=trained, optimizer=optimizer, scaler=scaler,
+        criterion=nn.CrossEntropyLoss(weight=None if weights is None else weights.to(accel.device)),
+        loaders=loaders, eval_lengths=(len(datasets["val"]), len(datasets["test"])), start=start,
+    )
+
+
+def make_train_loaders(datasets: dict[str, FundusDataset], cfg: TrainConfig, ctx: DistContext,
+                       train_grades: np.ndarray) -> dict[str, DataLoader]:
+    """Loaders for one rank: an EpochSampler share of train, a ``rank::world`` slice of val/test."""
+    loaders = {}
+    for name, dataset in datasets.items():
+        sampler = None
+        if name == "train":
+            weights = balanced_weights(train_grades)[train_grades] if cfg.weighted_sampler else None
+            sampler = EpochSampler(len(dataset), cfg.seed, weights=weights, rank=ctx.rank, world_size=ctx.world_size)
+        elif ctx.enabled:
+            dataset = Subset(dataset, shard_indices(len(dataset), ctx))
+        loaders[name] = make_loader(dataset, cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
+                                    seed=cfg.seed, sampler=sampler, training=name == "train")
+    return loaders
+
+
+def checkpoint_writer(cfg: TrainConfig, path: Path, setup: TrainingSetup) -> Callable[[FitState], None]:
+    """Saves the run's checkpoint at ``path`` after every epoch (and logs it, if asked)."""
+
+    def save(state: FitState) -> None:
+        checkpoint.save_atomic(checkpoint.training_state(to_dict(cfg), setup.model, setup.optimizer,
+                                                         setup.scaler, state), path)
+        if cfg.checkpoint_artifact:
+            try:
+                artifacts.log_artifact(path, "checkpoints")
+            except Exception as exc:  # noqa: BLE001 - an outage must not stop training; the local copy stands
+                log.warning("checkpoint of epoch %d kept locally only (%s): the tracking server did not take it",
+                            state.epoch, str(exc).splitlines()[0][:200])
+
+    return save
+
+
+def deliver_metrics(sink: MetricSink | NullSink, checkpoint_path: Path, run_id: str) -> None:
+    """Waits a while for a tracking server that is away: the epochs' metrics must reach the run."""
+    if not sink.flush(wait_seconds=OUTAGE_GRACE_SECONDS):
+        raise RetinaFlowError(
+            f"training finished but the tracking server stayed unreachable for {OUTAGE_GRACE_SECONDS} s; every "
+            f"epoch's metrics are in {checkpoint_path}: run "
+            f"`python -m pipeline.cli.train --resume {run_id}` once it is back to deliver them")
+
+
+def log_selected_model(cfg: TrainConfig, model: nn.Module, result: FitResult, processed: ProcessedDataset,
+                       device: torch.device, sink: MetricSink | NullSink) -> TrainOutcome:
+    """The best epoch's model: test metrics with CIs, Grad-CAM, its weights and the served model."""
+    model.load_state_dict(result.best_state)
+    # fp32 weights in the default memory format: what Grad-CAM and torch.export both take.
+    model = model.float().to(memory_format=torch.contiguous_format)
+    test, test_rows = result.best_test, processed.split("test")
+    best = result.history[result.best_epoch - 1]
+    selected = log_test_evaluation(
+        test.targets, test.probabilities, test_rows["patient"].to_numpy(), prefix="selected_test_",
+        title=f"{config_label(cfg.model, cfg.pretrained)}: test set, epoch {result.best_epoch} (best {cfg.select_metric})",
+        resamples=cfg.bootstrap_resamples, seed=cfg.seed)
+    sink.log_summary({
+        "best_epoch": result.best_epoch,
+        f"best_{cfg.select_metric}": result.best_score,
+        "selection_score": result.best_score,
+        "best_val_accuracy": best["val_accuracy"],
+        "highest_test_accuracy": max(h["test_accuracy"] for h in result.history),
+        **selected,
+    })
+    log_gradcam(model, processed, test_rows, cfg.image_size, device)
+    artifacts.log_state_dict({k: v.detach().cpu() for k, v in result.best_state.items()},
+                             "checkpoints/best_model.pt")
+    example_set = FundusDataset(processed.root, test_rows.head(SERVING_EXAMPLE_IMAGES), EvalPreset(cfg.image_size))
+    example = to_unit_float(torch.stack([example_set[i][0] for i in range(len(example_set))]))
+    model_uri, _ = registry.log_model(serving_model(model), example)
+    return TrainOutcome(runs.active_run_id(), model_uri, result.best_epoch, result.best_score,
+                        selected["selected_test_accuracy"])
+
+
+def log_gradcam(model: nn.Module, processed: ProcessedDataset, test_rows: pd.DataFrame, image_size: int,
+                device: torch.device, per_grade: int = GRADCAM_IMAGES_PER_GRADE) -> None:
+    """Grad-CAM over a fixed sample (the first ``per_grade`` test images of each grade)."""
+    sample = test_rows.sort_values("grade", kind="stable").groupby("grade", sort=True).head(per_grade).reset_index(drop=True)
+    dataset = FundusDataset(processed.root, sample, EvalPreset(image_size))
+    raw = torch.stack([dataset[i][0] for i in range(len(sample))])
+    images = normalize_batch(raw).to(device)
+    heatmaps = grad_cam(model, images, last_conv_stage(model)).cpu()
+    with torch.no_grad():
+        model.eval()
+        predicted = model(images).argmax(dim=1).tolist()
+    titles = [f"{image_id}: grade {grade}, predicted {p}" for image_id, grade, p in zip(sample["id"], sample["grade"], predicted)]
+    figure = gradcam_figure(to_unit_float(raw), heatmaps, titles, columns=min(per_grade, len(sample)))
+    artifacts.log_bytes(figure_png(figure), "gradcam/test_gradcam.png")
+    artifacts.log_arrays("gradcam/test_gradcam.npz", heatmaps=heatmaps.numpy(), grades=sample["grade"].to_numpy(),
+                         ids=sample["id"].to_numpy(dtype=str))
+
+
+def load_run_checkpoint(run_id: str, checkpoint_dir: str) -> dict:
+    """The last checkpoint of ``run_id``: the local file, else the one logged to the run."""
+    local = checkpoint.run_checkpoint_path(checkpoint_dir, run_id)
+    if not local.is_file():
+        data = artifacts.read_artifact(run_id, f"checkpoints/{checkpoint.LAST}")
+        if data is None:
+            raise ConfigError(f"run {run_id} has no checkpoint to resume from: neither {local} nor a "
+                              f"checkpoints/{checkpoint.LAST} artifact (it may have died before its first epoch ended)")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(data)
+    return checkpoint.load(local)

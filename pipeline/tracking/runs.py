@@ -1,0 +1,190 @@
+"""Where runs go and what a step's run holds: tracking URI, experiment, the run itself, params, tags."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from pipeline.distributed import context_from_env
+from pipeline.errors import ConfigError, RetinaFlowError
+from pipeline.tracking import tags
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "retina-flow"
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def main_process_only(function: Callable) -> Callable:
+    """Under torchrun only rank 0 writes to MLflow; on other ranks the call does nothing."""
+    @wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        if context_from_env().is_main:
+            function(*args, **kwargs)
+    return wrapper
+
+
+def configure() -> str:
+    """Uses MLFLOW_TRACKING_URI when set (``mlflow run`` sets it), else the embedded sqlite store.
+
+    Outside ``mlflow run``, runs go to the experiment named by MLFLOW_EXPERIMENT_NAME/_ID, or
+    ``retina-flow``. A tracking server that does not answer fails the step within seconds. Ranks
+    other than 0 of a torchrun job do nothing here: they never talk to MLflow.
+    """
+    if not context_from_env().is_main:
+        return "(no tracking on this torchrun rank)"
+    # Artifact read-backs (compare) would otherwise draw a progress bar per file.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow's default (7 retries, doubling) blocks a training loop for minutes per call while a
+    # server restarts; metrics are buffered by the sink instead, so a short retry is enough.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+    if uri.startswith(("http://", "https://")):
+        require_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    if not (os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_RUN_ID")):
+        if name := os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+            # MLflow's own lookup of this name fails the run that loses a race to create it.
+            _create_experiment_if_missing(name)
+        else:
+            mlflow.set_experiment(DEFAULT_EXPERIMENT)
+    return mlflow.get_tracking_uri()
+
+
+def _create_experiment_if_missing(name: str) -> None:
+    """Creates experiment ``name`` unless it exists; a concurrent process creating it first is fine."""
+    client = MlflowClient()
+    if client.get_experiment_by_name(name) is not None:
+        return
+    try:
+        client.create_experiment(name)
+    except mlflow.MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def require_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Raises ConfigError naming ``uri`` when nothing answers there (an auth refusal is an answer)."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(f"the tracking server {uri} is unreachable ({reason}); start it, or unset "
+                          "MLFLOW_TRACKING_URI to use the embedded sqlite store") from None
+
+
+@contextlib.contextmanager
+def step_run(step: str, run_name: str | None = None, *, nested: bool = False, run_id: str | None = None
+             ) -> Iterator[Run | None]:
+    """An MLflow run for one pipeline step; attaches to ``mlflow run``'s run when there is one.
+
+    A failure marks the run FAILED; a user-facing error's message is also kept as a tag, so the
+    UI shows why without a log. Ranks other than 0 of a torchrun job open no run.
+    """
+    if not context_from_env().is_main:
+        yield None
+        return
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested,
+                          tags={tags.STEP: step}) as run:
+        try:
+            yield run
+        except RetinaFlowError as exc:
+            mlflow.set_tag(tags.ERROR, str(exc)[:5000])
+            raise
+
+
+def active_run_id() -> str | None:
+    """The id of the run this process logs to; None where it has none (torchrun ranks other than 0)."""
+    run = mlflow.active_run()
+    return run.info.run_id if run is not None else None
+
+
+@main_process_only
+def set_tags(values: dict[str, str]) -> None:
+    mlflow.set_tags(values)
+
+
+@main_process_only
+def log_params(params: dict[str, Any]) -> None:
+    """Logs params not already on the run.
+
+    ``mlflow run`` logs the ``-P`` values (as typed, e.g. ``1e-3``) before the entry point starts
+    and a param can never change, so those keys keep the user's spelling.
+    """
+    run = mlflow.active_run()
+    existing = MlflowClient().get_run(run.info.run_id).data.params
+    fresh = {k: param_text(v) for k, v in params.items() if k not in existing}
+    if fresh:
+        mlflow.log_params(fresh)
+
+
+def param_text(value: Any) -> str:
+    """A config value as MLflow keeps params: text, booleans lower-case, lists comma-separated."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(param_text(v) for v in value)
+    return str(value)
+
+
+@main_process_only
+def log_config(config: dict[str, Any], params: dict[str, Any]) -> None:
+    """The resolved config as ``config.yaml`` plus the given flat params."""
+    mlflow.log_text(yaml.safe_dump(config, sort_keys=False), "config.yaml")
+    log_params(params)
+
+
+def experiment_ids() -> list[str]:
+    """The active run's experiment, or the one new runs would go to."""
+    run = mlflow.active_run()
+    if run is not None:
+        return [run.info.experiment_id]
+    return [mlflow.tracking.fluent._get_experiment_id()]
+
+
+def current_uri() -> str:
+    """The tracking URI ``configure`` chose."""
+    return mlflow.get_tracking_uri()
+
+
+def run_exists(run_id: str) -> bool:
+    try:
+        MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
+
+
+def run_url(run_id: str) -> str:
+    return run_link(MlflowClient().get_run(run_id))
+
+
+def run_link(run: Run | None = None) -> str:
+    """The run's page in the tracking UI (the active run by default)."""
+    run = run or mlflow.active_run()
+    uri = mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+
+
+def tracking_ui_hint() -> str:
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"run `mlflow ui --backend-store-uri {uri}` and open {LOCAL_UI}"

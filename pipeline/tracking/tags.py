@@ -1,0 +1,16 @@
+"""The tags retina-flow sets on runs: one home for their names."""
+
+STEP = "retina_flow.step"  # which entry point a run is: preprocess, train, evaluate, ...
+ERROR = "retina_flow.error"  # a failed step's user-facing message
+MODEL_URI = "retina_flow.model_uri"  # a train run's logged model
+SOURCE_RUN = "retina_flow.model_run_id"  # on evaluate: the train run of the model it evaluated
+RESUMED_RUN = "retina_flow.resumed_run_id"  # on a resume's launcher run: the run it continued
+SKIPPED_PREFIX = "retina_flow.skipped."  # on a study run: + configuration label -> why it was not run
+CHAMPION_RUN = "retina_flow.champion_run_id"
+CHAMPION_VERSION = "retina_flow.champion_version"
+DEVICE = "retina_flow.device"
+WORLD_SIZE = "retina_flow.world_size"
+PRECISION = "retina_flow.precision"
+CONFIGURATION = "retina_flow.configuration"
+NOTE = "mlflow.note.content"  # the run description the MLflow UI shows (markdown)
+PARENT_RUN = "mlflow.parentRunId"
