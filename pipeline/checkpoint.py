@@ -24,7 +24,8 @@ import torch
 from pipeline.engine import EvalOutput, FitState
 from pipeline.errors import DataError
 
-FORMAT_VERSION = 1
+# 2: the selected epoch's validation predictions (its operating point is chosen on them).
+FORMAT_VERSION = 2
 LAST = "last.pt"
 
 
@@ -63,9 +64,8 @@ def training_state(config: dict[str, Any], model: torch.nn.Module, optimizer: to
         "history": state.history,
         "best_epoch": state.best_epoch,
         "best_state": state.best_state,
-        "best_test": {"loss": state.best_test.loss, "accuracy": state.best_test.accuracy,
-                      "targets": torch.from_numpy(state.best_test.targets),
-                      "probabilities": torch.from_numpy(state.best_test.probabilities)},
+        "best_test": _eval_output(state.best_test),
+        "best_val": _eval_output(state.best_val),
         "rng": rng_state(),
     }
 
@@ -78,9 +78,18 @@ def restore(saved: dict[str, Any], model: torch.nn.Module, optimizer: torch.opti
     if scaler is not None and saved.get("scaler"):
         scaler.load_state_dict(saved["scaler"])
     restore_rng(saved["rng"])
-    best = saved["best_test"]
     return FitState(saved["epoch"], saved["history"], saved["best_epoch"], saved["best_state"],
-                    EvalOutput(best["loss"], best["accuracy"], best["targets"].numpy(), best["probabilities"].numpy()))
+                    _restored_eval_output(saved["best_test"]), _restored_eval_output(saved["best_val"]))
+
+
+def _eval_output(output: EvalOutput) -> dict[str, Any]:
+    """Tensors and plain numbers only, so ``weights_only`` loading accepts it."""
+    return {"loss": output.loss, "accuracy": output.accuracy, "targets": torch.from_numpy(output.targets),
+            "probabilities": torch.from_numpy(output.probabilities)}
+
+
+def _restored_eval_output(saved: dict[str, Any]) -> EvalOutput:
+    return EvalOutput(saved["loss"], saved["accuracy"], saved["targets"].numpy(), saved["probabilities"].numpy())
 
 
 def load(path: Path) -> dict[str, Any]:

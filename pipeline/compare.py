@@ -22,6 +22,8 @@ def run_summary(record: TrainRunRecord) -> dict[str, float]:
     }
     if record.history.get("val_kappa"):
         summary["val_kappa"] = dict(record.history["val_kappa"])[best_epoch]
+    if "referable_threshold" in record.metrics:  # the operating point the sensitivity and specificity are at
+        summary["referable_threshold"] = record.metrics["referable_threshold"]
     for name in (*TABLE_INTERVAL_METRICS, "referable_sensitivity", "referable_specificity"):
         value = record.metrics.get(f"selected_test_{name}")
         if value is not None:

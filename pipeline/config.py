@@ -64,6 +64,9 @@ class TrainConfig:
     class_weighting: str = "none"  # none | inverse | sqrt_inverse: cross-entropy weights per grade
     weighted_sampler: bool = False  # draw training images with inverse grade frequency
     bootstrap_resamples: int = 1000  # for the 95% confidence intervals of the selected model
+    # The referable-DR operating point: the highest threshold on P(grade >= 2) that finds this share of
+    # the referable eyes of the validation set.
+    referable_target_sensitivity: float = 0.9
     checkpoint_dir: str = "checkpoints"  # <checkpoint_dir>/<run id>/last.pt, rewritten every epoch
     checkpoint_artifact: bool = True  # also log last.pt to the run every epoch (resume on another machine)
     keep_checkpoint: bool = False  # keep the local last.pt once the run has finished (removed by default)
@@ -268,6 +271,8 @@ def validate_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"class_weighting={cfg.class_weighting!r} is not supported; choose one of {', '.join(CLASS_WEIGHTINGS)}")
     if cfg.bootstrap_resamples < 0:
         raise ConfigError(f"bootstrap_resamples={cfg.bootstrap_resamples} must be 0 (no intervals) or more")
+    if not 0 < cfg.referable_target_sensitivity <= 1:
+        raise ConfigError(f"referable_target_sensitivity={cfg.referable_target_sensitivity} must be in (0, 1]")
 
 
 def validate_preprocess_config(cfg: PreprocessConfig) -> None:

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pipeline.data.dataset import to_unit_float
 from pipeline.distributed import all_reduce_sum, gather_in_order, unwrap
 from pipeline.hardware import Accelerator
 from pipeline.models import head_of, set_backbone_trainable
@@ -44,6 +43,7 @@ class FitState:
     best_epoch: int
     best_state: dict[str, torch.Tensor]
     best_test: EvalOutput
+    best_val: EvalOutput
 
 
 @dataclass
@@ -52,6 +52,7 @@ class FitResult:
     best_score: float  # the select metric at the best epoch
     best_state: dict[str, torch.Tensor]
     best_test: EvalOutput  # the selected model's test predictions, for the confusion matrix
+    best_val: EvalOutput  # and its validation predictions, where its operating point is chosen
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -151,7 +152,8 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
     history: list[dict[str, float]] = []
     if start is not None:
         history = list(start.history)
-        best = FitResult(start.best_epoch, history[start.best_epoch - 1][select_metric], start.best_state, start.best_test)
+        best = FitResult(start.best_epoch, history[start.best_epoch - 1][select_metric], start.best_state,
+                         start.best_test, start.best_val)
     for epoch in range((start.epoch if start else 0) + 1, epochs + 1):
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)  # a different shuffle each epoch, the same on every rank
@@ -174,10 +176,10 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
         # Ties go to the lower validation loss: the more confident of two equally good models.
         if best is None or (score, -val.loss) > (_score(history[best.best_epoch - 1], select_metric),
                                                  -history[best.best_epoch - 1]["val_loss"]):
-            best = FitResult(epoch, metrics[select_metric], copy.deepcopy(unwrap(model).state_dict()), test)
+            best = FitResult(epoch, metrics[select_metric], copy.deepcopy(unwrap(model).state_dict()), test, val)
         log.info("epoch %d/%d %s", epoch, epochs, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if on_checkpoint is not None:
-            on_checkpoint(FitState(epoch, history, best.best_epoch, best.best_state, best.best_test))
+            on_checkpoint(FitState(epoch, history, best.best_epoch, best.best_state, best.best_test, best.best_val))
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
     assert best is not None  # epochs >= 1 is validated with the config
@@ -197,14 +199,3 @@ def _score(metrics: dict[str, float], name: str) -> float:
     return ranking_score(metrics[name])
 
 
-@torch.no_grad()
-def predict_probabilities(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Targets and outputs of a model that already returns probabilities (the served model).
-
-    No ``model.eval()``: an exported (pt2) module refuses it, and was exported in eval mode.
-    """
-    targets_all, probs_all = [], []
-    for images, targets in loader:
-        probs_all.append(model(to_unit_float(images.to(device))).float().cpu())
-        targets_all.append(targets)
-    return torch.cat(targets_all).numpy(), torch.cat(probs_all).numpy()

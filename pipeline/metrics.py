@@ -3,6 +3,7 @@ per grade, and patient-level bootstrap confidence intervals. No plotting here (s
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     recall_score,
     roc_auc_score,
+    roc_curve,
 )
 
 from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, GRADES, REFERABLE_GRADE
@@ -101,11 +103,26 @@ def per_grade_metrics(targets: np.ndarray, probabilities: np.ndarray) -> dict[st
     return metrics
 
 
-def all_metrics(targets: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    """Grading, referable-DR and per-grade metrics in one flat dict (what MLflow logs)."""
+def all_metrics(targets: np.ndarray, probabilities: np.ndarray,
+                threshold: float = DEFAULT_REFERABLE_THRESHOLD) -> dict[str, float]:
+    """Grading, referable-DR (called at ``threshold``) and per-grade metrics in one flat dict."""
     return (classification_metrics(targets, probabilities)
-            | referable_metrics(targets, probabilities)
+            | referable_metrics(targets, probabilities, threshold)
             | per_grade_metrics(targets, probabilities))
+
+
+def operating_threshold(targets: np.ndarray, probabilities: np.ndarray, target_sensitivity: float) -> float:
+    """The highest threshold on P(grade >= 2) at which the referable sensitivity on these images
+    reaches ``target_sensitivity``: the most specific operating point that still finds that share
+    of referable eyes. NaN when there is no referable image to find, or the scores are not finite.
+    """
+    referable = referable_targets(targets)
+    scores = referable_probability(probabilities)
+    if referable.sum() == 0 or not np.isfinite(scores).all():  # none to find, or a diverged model
+        return float("nan")
+    # roc_curve's thresholds fall and its sensitivities rise; the first that reaches the target wins.
+    _, sensitivity, thresholds = roc_curve(referable, scores, drop_intermediate=False)
+    return float(thresholds[int(np.argmax(sensitivity >= target_sensitivity))])
 
 
 def _resample_weights(groups: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -191,3 +208,16 @@ def epoch_metrics(targets: np.ndarray, probabilities: np.ndarray) -> dict[str, f
     metrics = classification_metrics(targets, probabilities) | referable_metrics(targets, probabilities)
     metrics.pop("accuracy")
     return metrics
+
+
+def metrics_with_intervals(targets: np.ndarray, probabilities: np.ndarray, patients: np.ndarray, *,
+                           threshold: float, resamples: int, seed: int
+                           ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """Every metric (referable DR called at ``threshold``) and, with ``resamples`` > 0, its 95%
+    interval from a bootstrap over patients."""
+    metrics = all_metrics(targets, probabilities, threshold)
+    if not resamples:
+        return metrics, {}
+    intervals = bootstrap_intervals(targets, probabilities, groups=patients, n_resamples=resamples, seed=seed,
+                                    metric_fn=functools.partial(all_metrics, threshold=threshold))
+    return metrics, intervals

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, NUM_GRADES
-from pipeline.data.dataset import RawPhotoDataset, to_unit_float
 from pipeline.data.eyepacs import read_image_list, resolve_image_dir
 from pipeline.errors import DataError
-from pipeline.metrics import referable_probability
+from pipeline.grading import Grader
 
 PHOTO_SUFFIXES = {".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp"}
 
@@ -32,22 +26,10 @@ def list_inputs(source: str | Path) -> pd.DataFrame:
     raise DataError(f"input {source} is neither a folder of photos nor an image-id CSV")
 
 
-def predict_photos(model: torch.nn.Module, inputs: pd.DataFrame, image_size: int, *, batch_size: int = 32,
-                   num_workers: int = 0) -> pd.DataFrame:
-    """Runs the served model (which outputs probabilities) over the photos, batched, with progress."""
-    loader = DataLoader(RawPhotoDataset(list(inputs["path"]), image_size), batch_size=batch_size,
-                        num_workers=num_workers)
-    chunks = []
-    with torch.no_grad():
-        for images, _ in tqdm(loader, desc="predict", unit="batch", disable=None):
-            chunks.append(model(to_unit_float(images)).float().numpy())
-    probabilities = np.concatenate(chunks)
-    referable = referable_probability(probabilities)
-    frame = pd.DataFrame({"id": inputs["id"].to_numpy(), "predicted_grade": probabilities.argmax(axis=1)})
-    for grade in range(NUM_GRADES):
-        frame[f"p_grade_{grade}"] = probabilities[:, grade]
-    frame["p_referable"] = referable
-    frame["referable"] = referable >= DEFAULT_REFERABLE_THRESHOLD
+def predict_photos(grader: Grader, inputs: pd.DataFrame, *, batch_size: int = 32, num_workers: int = 0) -> pd.DataFrame:
+    """``id`` and the grader's prediction columns for every photo of ``inputs`` (``list_inputs``)."""
+    frame = grader.grade_photos(list(inputs["path"]), batch_size=batch_size, num_workers=num_workers)
+    frame.insert(0, "id", inputs["id"].to_numpy())
     return frame
 
 

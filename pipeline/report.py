@@ -38,6 +38,7 @@ figure { margin: 0 0 1.5rem 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
 ul.runs li, ul.notes li { margin: .2rem 0; }
 a { color: #0969da; }
+pre { white-space: pre-wrap; background: #f6f8fa; border: 1px solid #d0d7de; padding: .8rem; font-size: .85rem; }
 """
 
 
@@ -60,7 +61,8 @@ def _table_html(table: pd.DataFrame) -> str:
 
 
 def build_html_report(*, title: str, summary_table: pd.DataFrame, figures: dict[str, bytes],
-                      run_links: dict[str, str], notes: Iterable[str] = ()) -> str:
+                      run_links: dict[str, str], notes: Iterable[str] = (),
+                      documents: dict[str, str] | None = None) -> str:
     """The report page as one HTML string with no external resources.
 
     Args:
@@ -69,6 +71,7 @@ def build_html_report(*, title: str, summary_table: pd.DataFrame, figures: dict[
         figures: heading -> PNG bytes (see ``figures.figure_png``), shown in this order.
         run_links: label -> URL of the run in the tracking UI.
         notes: free-text remarks (caveats, skipped configurations), shown as a list.
+        documents: heading -> plain text (a model card's markdown), shown as preformatted text.
 
     Returns:
         The HTML document; all text is escaped.
@@ -105,6 +108,8 @@ def build_html_report(*, title: str, summary_table: pd.DataFrame, figures: dict[
         for label, url in run_links.items():
             parts.append(f'<li><a href="{esc(_checked_link(label, url))}">{esc(label)}</a></li>')
         parts += ["</ul>", "</section>"]
+    for heading, text in (documents or {}).items():
+        parts += ['<section class="document">', f"<h2>{esc(heading)}</h2>", f"<pre>{esc(text)}</pre>", "</section>"]
     notes = list(notes)
     if notes:
         parts += ['<section id="notes">', "<h2>Notes</h2>", '<ul class="notes">']

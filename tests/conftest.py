@@ -165,6 +165,7 @@ def mlflow_server(tmp_path_factory):
 def server_tracking(mlflow_server, monkeypatch):
     """The module's real server, as the steps find it through the environment; later tests start clean."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)  # an earlier in-process step may have set another one
     yield mlflow_server
     mlflow.set_tracking_uri(None)
 

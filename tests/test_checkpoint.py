@@ -12,8 +12,10 @@ from pipeline.errors import DataError
 
 def fit_state(model: nn.Module) -> FitState:
     best_test = EvalOutput(0.7, 0.5, np.array([0, 2]), np.full((2, 5), 0.2, dtype=np.float32))
+    best_val = EvalOutput(0.6, 1.0, np.array([3]), np.full((1, 5), 0.2, dtype=np.float32))
     return FitState(epoch=2, history=[{"val_kappa": 0.1}, {"val_kappa": 0.3}], best_epoch=2,
-                    best_state={k: v.clone() for k, v in model.state_dict().items()}, best_test=best_test)
+                    best_state={k: v.clone() for k, v in model.state_dict().items()}, best_test=best_test,
+                    best_val=best_val)
 
 
 def test_written_state_is_restored_with_the_rng(tmp_path):
@@ -36,9 +38,10 @@ def test_written_state_is_restored_with_the_rng(tmp_path):
     assert restored_optimizer.state_dict()["state"][0]["momentum_buffer"].equal(
         optimizer.state_dict()["state"][0]["momentum_buffer"])
     assert state.best_test.targets.tolist() == [0, 2] and saved["config"] == {"lr": 0.1}
+    assert (state.best_val.loss, state.best_val.targets.tolist()) == (0.6, [3])
 
 
-@pytest.mark.parametrize("payload, found", [({"format": 0, "model": {}}, "0"), ({"model": {}}, "None")])
+@pytest.mark.parametrize("payload, found", [({"format": 1, "model": {}}, "1"), ({"model": {}}, "None")])
 def test_another_format_version_is_refused_naming_the_file(payload, found, tmp_path):
     path = tmp_path / "last.pt"
     torch.save(payload, path)

@@ -131,6 +131,8 @@ TRAIN_REJECTIONS = [
     ({"select_metric": "val_loss"}, "select_metric='val_loss' is not supported; choose one of val_kappa, "),
     ({"class_weighting": "balanced"}, "class_weighting='balanced' is not supported; choose one of none, inverse, sqrt_inverse"),
     ({"bootstrap_resamples": -1}, "bootstrap_resamples=-1 must be 0 (no intervals) or more"),
+    ({"referable_target_sensitivity": 0.0}, "referable_target_sensitivity=0.0 must be in (0, 1]"),
+    ({"referable_target_sensitivity": 1.01}, "referable_target_sensitivity=1.01 must be in (0, 1]"),
 ]
 
 
@@ -150,6 +152,8 @@ def test_train_rule_rejects_and_names_key_and_value(values, message):
     {"nproc": 1},
     {"image_size": 32},
     {"bootstrap_resamples": 0},
+    {"referable_target_sensitivity": 1.0},
+    {"referable_target_sensitivity": 0.01},
     *({"select_metric": metric} for metric in ("val_kappa", "val_accuracy", "val_balanced_accuracy",
                                                "val_macro_f1", "val_referable_auc")),
     *({"class_weighting": weighting} for weighting in ("none", "inverse", "sqrt_inverse")),

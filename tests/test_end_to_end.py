@@ -13,6 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.catalog import PER_EPOCH_METRICS, SUPPORTED_MODELS
+from pipeline.grading import PREDICTION_COLUMNS, PROBABILITY_COLUMNS, encode_photos
 from pipeline.tracking import tags
 from tests.conftest import mlflow_run, scratch_dir
 
@@ -99,7 +100,7 @@ def test_compare_artifacts_read_back_the_four_configurations(study, tmp_path):
         assert row.highest_test_accuracy == pytest.approx(run.data.metrics["highest_test_accuracy"])
 
 
-def test_champion_is_best_on_validation_and_serves_probabilities(study, mlflow_server, tmp_path):
+def test_champion_is_best_on_validation_and_grades_photos(study, mlflow_server, raw_dir, tmp_path):
     client, runs, _, _ = study
     version = client.get_model_version_by_alias("dr-resnet", "champion")
     scores = [r.data.metrics["selection_score"] for r in runs["train"]]
@@ -111,11 +112,12 @@ def test_champion_is_best_on_validation_and_serves_probabilities(study, mlflow_s
     mlflow.set_tracking_uri(mlflow_server)
     try:
         model = mlflow.pyfunc.load_model("models:/dr-resnet@champion", dst_path=str(tmp_path))
-        batch = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
-        probabilities = np.asarray(model.predict(batch))
+        photos = [path.read_bytes() for path in sorted((raw_dir / "images").iterdir())[:3]]
+        answer = model.predict(encode_photos(photos))
     finally:
         mlflow.set_tracking_uri(None)
-    assert probabilities.shape == (3, 5)
+    assert list(answer.columns) == PREDICTION_COLUMNS and len(answer) == 3
+    probabilities = answer[PROBABILITY_COLUMNS].to_numpy()
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5) and (probabilities >= 0).all()
 
 

@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline.catalog import SUPPORTED_MODELS
-from pipeline.engine import evaluate, fit, predict_probabilities, train_one_epoch
+from pipeline.engine import evaluate, fit, train_one_epoch
 from pipeline.hardware import Accelerator
 from pipeline.models import build_model
 
@@ -104,14 +104,6 @@ def test_frozen_epochs_change_only_the_head(name):
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"fc.weight", "fc.bias"}  # BatchNorm statistics too stay as they were
     assert all(p.requires_grad for p in model.parameters())  # unfrozen again for the next phase
-
-
-def test_predict_probabilities_passes_outputs_through():
-    model = nn.Softmax(dim=1)
-    inputs = torch.randn(6, 5)
-    targets, probabilities = predict_probabilities(model, DataLoader(TensorDataset(inputs, torch.arange(6) % 5), batch_size=4), torch.device("cpu"))
-    assert targets.tolist() == [0, 1, 2, 3, 4, 0]
-    assert probabilities.sum(axis=1) == pytest.approx([1.0] * 6)
 
 
 def resnet_outputs(name: str, accel: Accelerator, train_steps: int = 0) -> torch.Tensor:

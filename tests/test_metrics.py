@@ -10,6 +10,8 @@ from pipeline.metrics import (
     classification_metrics,
     confusion_matrices,
     epoch_metrics,
+    metrics_with_intervals,
+    operating_threshold,
     per_grade_metrics,
     referable_metrics,
 )
@@ -252,3 +254,34 @@ def test_non_finite_outputs_of_a_diverging_model_give_nan_auc_not_an_error():
     metrics = epoch_metrics(np.array([0, 2, 3, 1]), probabilities)
     assert np.isnan(metrics["referable_auc"])
     assert np.isfinite(metrics["kappa"])
+
+
+def test_operating_threshold_is_the_highest_that_reaches_the_sensitivity():
+    # Referable scores (P(grade >= 2)) of the four referable images: 0.9, 0.8, 0.6, 0.4.
+    targets = REFERABLE_TARGETS
+    probabilities = with_referable_mass(P_REFERABLE)
+    assert operating_threshold(targets, probabilities, 0.5) == pytest.approx(0.8)  # 2 of 4 found
+    assert operating_threshold(targets, probabilities, 0.75) == pytest.approx(0.6)  # 3 of 4
+    assert operating_threshold(targets, probabilities, 0.9) == pytest.approx(0.4)  # all 4
+    threshold = operating_threshold(targets, probabilities, 0.75)
+    assert referable_metrics(targets, probabilities, threshold)["referable_sensitivity"] >= 0.75
+    assert referable_metrics(targets, probabilities, threshold + 1e-6)["referable_sensitivity"] < 0.75
+
+
+def test_operating_threshold_without_referable_images_or_finite_scores_is_nan():
+    assert np.isnan(operating_threshold(np.array([0, 1, 0]), with_referable_mass(np.array([0.1, 0.6, 0.2])), 0.9))
+    diverged = with_referable_mass(np.array([0.1, 0.6, 0.2]))
+    diverged[1] = np.nan
+    assert np.isnan(operating_threshold(np.array([0, 2, 3]), diverged, 0.9))
+
+
+def test_intervals_use_the_operating_point():
+    rng = np.random.default_rng(3)
+    targets = rng.integers(0, 5, 60)
+    probabilities = with_referable_mass(np.clip(targets / 4 + rng.normal(0, 0.2, 60), 0, 1))
+    strict, _ = metrics_with_intervals(targets, probabilities, np.arange(60), threshold=0.9, resamples=0, seed=0)
+    lenient, intervals = metrics_with_intervals(targets, probabilities, np.arange(60), threshold=0.2,
+                                                resamples=200, seed=0)
+    assert strict["referable_sensitivity"] < lenient["referable_sensitivity"]
+    low, high = intervals["referable_sensitivity"]
+    assert low <= lenient["referable_sensitivity"] <= high

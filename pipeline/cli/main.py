@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.catalog import REFERABLE_GRADE
 from pipeline.cli._runner import run_step
 from pipeline.config import add_override_arguments, given_overrides, load_study_config, study_option_names
+from pipeline.model_card import with_interval
 from pipeline.steps.study import run_study
 from pipeline.tracking import runs
 
@@ -29,12 +31,16 @@ def main(argv: list[str] | None = None) -> int:
         champion = outcome.champion
         print(f"champion: {cfg.registered_model} v{outcome.champion_version} (alias @{cfg.champion_alias}), "
               f"train run {champion.run_id}, best {cfg.train.select_metric} {champion.selection_score:.3f}")
-        shown = [k for k in outcome.evaluation if not k.endswith(("_ci_low", "_ci_high")) and "grade" not in k]
+        evaluation = outcome.evaluation
+        print(f"operating point: referable when P(grade >= {REFERABLE_GRADE}) >= {evaluation['referable_threshold']:.4f}, "
+              f"chosen on validation to find {cfg.train.referable_target_sensitivity:.0%} of referable eyes; on test: "
+              f"sensitivity {with_interval(evaluation, 'test_referable_sensitivity')}, "
+              f"specificity {with_interval(evaluation, 'test_referable_specificity')}")
+        shown = [k for k in evaluation if not k.endswith(("_ci_low", "_ci_high")) and "grade" not in k
+                 and k != "referable_threshold"]
         print("champion on test (95% CI by patient bootstrap):")
         for name in shown:
-            low, high = outcome.evaluation.get(f"{name}_ci_low"), outcome.evaluation.get(f"{name}_ci_high")
-            interval = f" [{low:.3f}, {high:.3f}]" if low is not None else ""
-            print(f"  {name:28s} {outcome.evaluation[name]:.3f}{interval}")
+            print(f"  {name:28s} {with_interval(evaluation, name)}")
         print(f"study run: {runs.run_link()}")
         print(f"to browse the runs, {runs.tracking_ui_hint()}")
 

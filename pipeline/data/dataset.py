@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
-from pipeline.data.preprocess import MANIFEST, METADATA, crop_and_resize, load_rgb
+from pipeline.data.preprocess import MANIFEST, METADATA, PhotoSource, cache_image, load_rgb
 from pipeline.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -173,17 +173,23 @@ def split_dataset(processed: ProcessedDataset, split: str, image_size: int, *, t
     return FundusDataset(processed.root, processed.split(split), transform)
 
 
-class RawPhotoDataset(Dataset):
-    """Raw photos prepared exactly as preprocess + the eval preset do, for prediction."""
+def photo_input(source: PhotoSource, cache_size: int, image_size: int) -> torch.Tensor:
+    """A new photo as the network sees it: exactly the pixels of its processed-cache image (see
+    ``preprocess.cache_image``) through the eval preset, as a uint8 (3, size, size) tensor."""
+    jpeg, _ = cache_image(source, cache_size)
+    return EvalPreset(image_size)(load_rgb(jpeg))
 
-    def __init__(self, paths: list[Path], image_size: int) -> None:
-        self.paths = paths
+
+class RawPhotoDataset(Dataset):
+    """New photos (files or bytes) prepared exactly as preprocess + the eval preset prepare training's."""
+
+    def __init__(self, sources: list[PhotoSource], cache_size: int, image_size: int) -> None:
+        self.sources = sources
+        self.cache_size = cache_size
         self.image_size = image_size
-        self.transform = EvalPreset(image_size)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.sources)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        fundus, _ = crop_and_resize(self.paths[index], self.image_size)
-        return self.transform(fundus), index
+        return photo_input(self.sources[index], self.cache_size, self.image_size), index

@@ -16,6 +16,8 @@ from pipeline.errors import DataError
 
 SPLITS = ("train", "test")
 IMAGE_SUFFIX = ".jpeg"
+# Written beside the CSVs by the synthetic generator, so every model trained on its photos says so.
+SYNTHETIC_MARKER = "synthetic.json"
 _HEADER_NAMES = {"image", "images", "id", "image_id", "img", "name", "filename", "file", "level", "label", "grade"}
 _EYE_SUFFIX = re.compile(r"_(left|right)$", re.IGNORECASE)
 

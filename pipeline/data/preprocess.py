@@ -7,6 +7,7 @@ place at the end, so an interrupted preprocess never leaves a dataset later step
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
 from pipeline.catalog import NUM_GRADES
-from pipeline.data.eyepacs import SPLITS, read_split
+from pipeline.data.eyepacs import SPLITS, SYNTHETIC_MARKER, read_split
 from pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -52,14 +53,26 @@ def cache_dir(data_dir: str | Path, image_size: int) -> Path:
     return Path(data_dir) / f"{image_size}px"
 
 
-def load_rgb(path: Path, min_side: int | None = None) -> Image.Image:
+# A photo as a file, or as the bytes of one (a photo posted to the served model).
+PhotoSource = Path | bytes
+
+
+def _describe(source: PhotoSource) -> str:
+    return f"image {source}" if isinstance(source, Path) else "the photo"
+
+
+def _open(source: PhotoSource) -> Image.Image:
+    return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+
+def load_rgb(source: PhotoSource, min_side: int | None = None) -> Image.Image:
     """Decodes an image as RGB, at a reduced JPEG scale that keeps both sides >= ``min_side``.
 
     Greyscale, CMYK and palette images (and PNG content behind a .jpeg name) are converted.
     Raises DataError naming the file when it is not a readable, complete image.
     """
     try:
-        with Image.open(path) as img:
+        with _open(source) as img:
             if min_side is not None:
                 # DCT-domain downscaling: skips most of the decode cost of a 10 MP photo.
                 img.draft("RGB", (min_side, min_side))
@@ -67,7 +80,7 @@ def load_rgb(path: Path, min_side: int | None = None) -> Image.Image:
             # convert() copies even an RGB image; the cache is read every epoch, so skip the copy.
             return img if img.mode == "RGB" else img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"image {path} is corrupt, truncated or not an image: {exc}") from None
+        raise DataError(f"{_describe(source)} is corrupt, truncated or not an image: {exc}") from None
 
 
 def fundus_box(img: Image.Image) -> tuple[int, int, int, int]:
@@ -88,21 +101,34 @@ def fundus_box(img: Image.Image) -> tuple[int, int, int, int]:
     return x0, y0, x0 + side, y0 + side
 
 
-def crop_and_resize(path: Path, image_size: int) -> tuple[Image.Image, tuple[int, int]]:
-    """The fundus of ``path`` cropped square (black padding) and resized; also the source size."""
-    img = load_rgb(path, min_side=image_size)
-    with Image.open(path) as header_only:
+def crop_and_resize(source: PhotoSource, image_size: int) -> tuple[Image.Image, tuple[int, int]]:
+    """The fundus of ``source`` cropped square (black padding) and resized; also the source size."""
+    img = load_rgb(source, min_side=image_size)
+    with _open(source) as header_only:
         source_size = header_only.size
     try:
         box = fundus_box(img)
     except DataError as exc:
-        raise DataError(f"image {path}: {exc}") from None
+        raise DataError(f"{_describe(source)}: {exc}") from None
     if box[2] - box[0] < image_size and img.size != source_size:
         # The reduced decode left the disc smaller than the target: decode at full scale instead.
-        img = load_rgb(path)
+        img = load_rgb(source)
         box = fundus_box(img)
     fundus = img.crop(box)
     return fundus.resize((image_size, image_size), Image.Resampling.BICUBIC, reducing_gap=3.0), source_size
+
+
+def cache_image(source: PhotoSource, cache_size: int) -> tuple[bytes, tuple[int, int]]:
+    """What the processed cache holds for a photo: the JPEG file bytes of its cropped, resized fundus.
+
+    The one place a photo is prepared: preprocess writes these bytes, and predict and the served
+    model prepare a new photo with this same function, so all of them see the same pixels.
+    Also returns the photo's own size.
+    """
+    fundus, source_size = crop_and_resize(source, cache_size)
+    buffer = io.BytesIO()
+    fundus.save(buffer, format="JPEG", quality=CACHE_JPEG_QUALITY)
+    return buffer.getvalue(), source_size
 
 
 def _process(job: ImageJob) -> tuple[int, int] | str | None:
@@ -119,8 +145,8 @@ def _process(job: ImageJob) -> tuple[int, int] | str | None:
         except OSError:
             shutil.copy2(job.reuse, job.target)
         return None
-    fundus, source_size = crop_and_resize(job.source, job.image_size)
-    fundus.save(job.target, format="JPEG", quality=CACHE_JPEG_QUALITY)
+    jpeg, source_size = cache_image(job.source, job.image_size)
+    job.target.write_bytes(jpeg)
     return source_size
 
 
@@ -232,6 +258,8 @@ def preprocess(raw_dir: str | Path, data_dir: str | Path, *, image_size: int = 5
             "val_fraction": val_fraction,
             "seed": seed,
             "raw_dir": str(Path(raw_dir).resolve()),
+            # The generator's own record, when the photos are synthetic (None for real photos).
+            "synthetic": _synthetic_record(Path(raw_dir)),
             "counts": {split: _grade_counts(dataset[dataset["split"] == split]) for split in ("train", "val", "test")},
             "patients": {split: int(dataset.loc[dataset["split"] == split, "patient"].nunique()) for split in ("train", "val", "test")},
             "reused_images": sum(old is not None for old in reuse),
@@ -250,6 +278,11 @@ def preprocess(raw_dir: str | Path, data_dir: str | Path, *, image_size: int = 5
     log.info("processed %d images (%d reused) into %s in %.1f s", len(dataset), metadata["reused_images"], target,
              metadata["seconds"])
     return metadata
+
+
+def _synthetic_record(raw_dir: Path) -> dict | None:
+    marker = raw_dir / SYNTHETIC_MARKER
+    return json.loads(marker.read_text()) if marker.is_file() else None
 
 
 def _grade_counts(frame: pd.DataFrame) -> list[int]:

@@ -16,6 +16,7 @@ resolution for the smooth background, so even full-size photos take well under t
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import numbers
@@ -30,6 +31,7 @@ import pandas as pd
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from pipeline.catalog import NUM_GRADES
+from pipeline.data.eyepacs import SYNTHETIC_MARKER
 
 logger = logging.getLogger(__name__)
 
@@ -718,5 +720,9 @@ def generate_eyepacs_layout(
             # Consuming the iterator re-raises any worker exception here.
             for _ in pool.map(_render_task, tasks, chunksize=max(1, len(tasks) // (workers * 8))):
                 pass
+    (out / SYNTHETIC_MARKER).write_text(json.dumps({
+        "generator": "retina-flow synthetic fundus generator (pipeline/data/synthetic.py)",
+        "size": [width, height], "grade_shares": [float(s) for s in shares], "seed": seed, "counts": counts,
+    }, indent=2))
     logger.info("Synthetic EyePACS layout written: %s", counts)
     return counts

@@ -9,6 +9,7 @@ from pipeline.catalog import config_label
 from pipeline.compare import comparison_table, display_table, format_table
 from pipeline.engine import ranking_score
 from pipeline.figures import confusion_grid_figure, curves_figure, figure_png
+from pipeline.model_card import CARD_ARTIFACT
 from pipeline.records import TrainRunRecord
 from pipeline.report import build_html_report
 from pipeline.tracking import artifacts, readback, runs
@@ -42,6 +43,8 @@ def run_compare(models: list[str], pretrained_values: list[bool], parent_run_id:
     artifacts.log_text(table.to_csv(index=False), "comparison/comparison.csv")
     figures = log_comparison_figures(records, models, pretrained_values)
     notes = [f"{label}: not run: {reason}" for label, reason in not_run.items()]
+    run_links = {f"{r.run_name} ({r.run_id[:8]})": runs.run_url(r.run_id) for r in records}
+    documents = {}
     if records:
         champion = max(records, key=lambda r: ranking_score(r.metrics.get("selection_score", float("nan"))))
         notes.append(f"Champion (best {champion.params.get('select_metric', 'validation')} on validation): "
@@ -50,10 +53,12 @@ def run_compare(models: list[str], pretrained_values: list[bool], parent_run_id:
             png = artifacts.read_artifact(champion.run_id, artifact)
             if png is not None:
                 figures[heading] = png
-    report = build_html_report(
-        title=REPORT_TITLE, summary_table=display_table(table), figures=figures, notes=notes,
-        run_links={f"{r.run_name} ({r.run_id[:8]})": runs.run_url(r.run_id) for r in records},
-    )
+        card = artifacts.read_artifact(champion.run_id, CARD_ARTIFACT)
+        if card is not None:
+            run_links[f"Champion's model card ({champion.run_id[:8]})"] = runs.artifact_url(champion.run_id, CARD_ARTIFACT)
+            documents["Champion's model card"] = card.decode()
+    report = build_html_report(title=REPORT_TITLE, summary_table=display_table(table), figures=figures, notes=notes,
+                               run_links=run_links, documents=documents)
     artifacts.log_text(report, "comparison/report.html")
     return text
 

@@ -10,13 +10,14 @@ from pipeline.tracking.sink import metric_sink
 
 
 def run_predict(model_ref: str, source: str, output: str, batch_size: int = 32, num_workers: int = 0) -> pd.DataFrame:
-    """Predictions for new photos with the same crop/resize/normalise as training."""
+    """Predictions for new photos, prepared exactly as training's (the processed cache's encoding)."""
     uri = registry.model_uri_of(model_ref)
     loaded = registry.load_model(uri)
     runs.log_params({"model_uri": uri, "input": source, "output": output, "batch_size": batch_size})
     inputs = list_inputs(source)
-    frame = predict_photos(loaded.module, inputs, loaded.image_size, batch_size=batch_size, num_workers=num_workers)
+    frame = predict_photos(loaded.grader, inputs, batch_size=batch_size, num_workers=num_workers)
     path = write_predictions(frame, output)
-    metric_sink().log_summary({"images": len(frame), "referable_share": float(frame["referable"].mean())})
+    metric_sink().log_summary({"images": len(frame), "referable_share": float(frame["referable"].mean()),
+                               "referable_threshold": loaded.grader.spec.referable_threshold})
     artifacts.log_artifact(path, "predictions")
     return frame

@@ -15,12 +15,13 @@ from pipeline.catalog import config_label
 from pipeline.config import StudyConfig, flatten, to_dict, validate_study_config
 from pipeline.engine import ranking_score
 from pipeline.errors import ConfigError, WeightsUnavailableError
+from pipeline.model_card import CARD_ARTIFACT
 from pipeline.models import ensure_pretrained_available, weights_cache_file
 from pipeline.steps.compare import run_compare
 from pipeline.steps.evaluate import run_evaluate
 from pipeline.steps.preprocess import run_preprocess
 from pipeline.steps.train import TrainOutcome, run_train
-from pipeline.tracking import registry, runs, tags
+from pipeline.tracking import artifacts, registry, runs, tags
 from pipeline.tracking.sink import metric_sink
 
 log = logging.getLogger(__name__)
@@ -82,12 +83,21 @@ def run_study(cfg: StudyConfig) -> StudyOutcome:
                                       version_tags={"train_run_id": champion.run_id})
     runs.set_tags({tags.CHAMPION_RUN: champion.run_id, tags.CHAMPION_VERSION: f"{cfg.registered_model} v{version}"})
     champion_uri = f"models:/{cfg.registered_model}@{cfg.champion_alias}"
+    describe_champion(cfg, version, champion)
     with runs.step_run("evaluate", "evaluate-champion", nested=True):
         evaluation = run_evaluate(champion_uri, cfg.preprocess.data_dir, resamples=cfg.train.bootstrap_resamples)
     with runs.step_run("compare", "compare", nested=True):
         comparison = run_compare(cfg.models, cfg.pretrained, parent_run_id=study_run_id)
     metric_sink().log_summary({"champion_selection_score": champion.selection_score, **evaluation})
     return StudyOutcome(trained, skipped, champion, version, evaluation, comparison)
+
+
+def describe_champion(cfg: StudyConfig, version: str, champion: TrainOutcome) -> None:
+    """The champion's model card on the registered model and on its version."""
+    card = (artifacts.read_artifact(champion.run_id, CARD_ARTIFACT) or b"").decode()
+    heading = (f"**Version {version} is the champion** (`models:/{cfg.registered_model}@{cfg.champion_alias}`), "
+               f"chosen over the study's other configurations by `{cfg.train.select_metric}` on validation.\n\n")
+    registry.describe(cfg.registered_model, version, heading + card, card)
 
 
 def train_grid(cfg: StudyConfig, skipped: set[str]) -> list[TrainOutcome]:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from pipeline import checkpoint, faults
-from pipeline.catalog import config_label
+from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, config_label
 from pipeline.config import TrainConfig, to_dict, validate_train_config
 from pipeline.data.balance import balanced_weights, class_weights
 from pipeline.data.dataset import (
@@ -34,15 +34,17 @@ from pipeline.data.dataset import (
 )
 from pipeline.data.sampling import EpochSampler
 from pipeline.distributed import DistContext, context_from_env, destroy_process_group, init_process_group, shard_indices
-from pipeline.engine import FitResult, FitState, fit
+from pipeline.engine import EvalOutput, FitResult, FitState, fit
 from pipeline.errors import ConfigError, RetinaFlowError
 from pipeline.figures import figure_png, gradcam_figure
 from pipeline.gradcam import grad_cam
 from pipeline.hardware import Accelerator, resolve_device, resolve_precision
-from pipeline.metrics import epoch_metrics
-from pipeline.models import build_model, last_conv_stage, serving_model
-from pipeline.steps.evaluate import log_test_evaluation
-from pipeline.tracking import artifacts, registry, runs, tags
+from pipeline.grading import Grader, GraderSpec
+from pipeline.metrics import epoch_metrics, metrics_with_intervals, operating_threshold
+from pipeline.model_card import CARD_ARTIFACT, CardFacts, model_card
+from pipeline.models import build_model, last_conv_stage
+from pipeline.steps.evaluate import log_test_evaluation, metric_scalars
+from pipeline.tracking import artifacts, readback, registry, runs, tags
 from pipeline.tracking.sink import MetricSink, NullSink, metric_sink
 
 log = logging.getLogger(__name__)
@@ -216,32 +218,55 @@ def deliver_metrics(sink: MetricSink | NullSink, checkpoint_path: Path, run_id: 
 
 def log_selected_model(cfg: TrainConfig, model: nn.Module, result: FitResult, processed: ProcessedDataset,
                        device: torch.device, sink: MetricSink | NullSink) -> TrainOutcome:
-    """The best epoch's model: test metrics with CIs, Grad-CAM, its weights and the served model."""
+    """The best epoch's model: its operating point, test and validation metrics with CIs, Grad-CAM,
+    its weights, and the grader as the served model."""
     model.load_state_dict(result.best_state)
-    # fp32 weights in the default memory format: what Grad-CAM and torch.export both take.
+    # fp32 weights in the default memory format: what Grad-CAM and the served model take.
     model = model.float().to(memory_format=torch.contiguous_format)
-    test, test_rows = result.best_test, processed.split("test")
+    threshold = choose_operating_point(result.best_val, cfg.referable_target_sensitivity)
+    test, test_rows, val_rows = result.best_test, processed.split("test"), processed.split("val")
     best = result.history[result.best_epoch - 1]
     selected = log_test_evaluation(
         test.targets, test.probabilities, test_rows["patient"].to_numpy(), prefix="selected_test_",
         title=f"{config_label(cfg.model, cfg.pretrained)}: test set, epoch {result.best_epoch} (best {cfg.select_metric})",
-        resamples=cfg.bootstrap_resamples, seed=cfg.seed)
+        threshold=threshold, resamples=cfg.bootstrap_resamples, seed=cfg.seed)
+    validation = metric_scalars(*metrics_with_intervals(
+        result.best_val.targets, result.best_val.probabilities, val_rows["patient"].to_numpy(), threshold=threshold,
+        resamples=cfg.bootstrap_resamples, seed=cfg.seed), prefix="selected_val_")
     sink.log_summary({
         "best_epoch": result.best_epoch,
         f"best_{cfg.select_metric}": result.best_score,
         "selection_score": result.best_score,
         "best_val_accuracy": best["val_accuracy"],
         "highest_test_accuracy": max(h["test_accuracy"] for h in result.history),
+        "referable_threshold": threshold,
         **selected,
+        **validation,
     })
     log_gradcam(model, processed, test_rows, cfg.image_size, device)
     artifacts.log_state_dict({k: v.detach().cpu() for k, v in result.best_state.items()},
                              "checkpoints/best_model.pt")
-    example_set = FundusDataset(processed.root, test_rows.head(SERVING_EXAMPLE_IMAGES), EvalPreset(cfg.image_size))
-    example = to_unit_float(torch.stack([example_set[i][0] for i in range(len(example_set))]))
-    model_uri, _ = registry.log_model(serving_model(model), example)
-    return TrainOutcome(runs.active_run_id(), model_uri, result.best_epoch, result.best_score,
-                        selected["selected_test_accuracy"])
+    grader = Grader(model, GraderSpec(cfg.model, cfg.image_size, processed.image_size, threshold))
+    examples = [(processed.root / file).read_bytes() for file in test_rows["file"].head(SERVING_EXAMPLE_IMAGES)]
+    model_uri, _ = registry.log_grader(grader, examples)
+    run_id = runs.active_run_id()
+    dataset_name, dataset_digest = readback.input_dataset(run_id)
+    artifacts.log_text(model_card(CardFacts(
+        run_id=run_id, config=to_dict(cfg), dataset_name=dataset_name, dataset_digest=dataset_digest,
+        grade_counts=processed.metadata["counts"], synthetic=processed.metadata.get("synthetic"),
+        best_epoch=result.best_epoch, selection_score=result.best_score, metrics=selected | validation,
+        referable_threshold=threshold, cache_size=processed.image_size)), CARD_ARTIFACT)
+    return TrainOutcome(run_id, model_uri, result.best_epoch, result.best_score, selected["selected_test_accuracy"])
+
+
+def choose_operating_point(val: EvalOutput, target_sensitivity: float) -> float:
+    """The referable threshold chosen on validation (see ``metrics.operating_threshold``)."""
+    threshold = operating_threshold(val.targets, val.probabilities, target_sensitivity)
+    if np.isnan(threshold):
+        log.warning("no operating point can be chosen on validation (no referable eye, or the model diverged); "
+                    "using P(grade >= 2) >= %g", DEFAULT_REFERABLE_THRESHOLD)
+        return DEFAULT_REFERABLE_THRESHOLD
+    return threshold
 
 
 def log_gradcam(model: nn.Module, processed: ProcessedDataset, test_rows: pd.DataFrame, image_size: int,

@@ -27,6 +27,15 @@ def search_train_runs(experiment_ids: list[str], parent_run_id: str | None = Non
     return records
 
 
+def input_dataset(run_id: str) -> tuple[str, str]:
+    """(name, digest) of the dataset a run logged as its input; ("", "") when it logged none."""
+    inputs = MlflowClient().get_run(run_id).inputs
+    if inputs is None or not inputs.dataset_inputs:
+        return "", ""
+    dataset = inputs.dataset_inputs[0].dataset
+    return dataset.name, dataset.digest
+
+
 def skipped_configurations(study_run_id: str) -> dict[str, str]:
     """Configuration label -> why the study did not run it, from the study run's tags."""
     run_tags = MlflowClient().get_run(study_run_id).data.tags

@@ -1,47 +1,60 @@
-"""Models in MLflow: logging the served model of a train run, loading a logged or registered one
-back for inference, and the model registry (versions and aliases)."""
+"""Models in MLflow: logging a train run's grader as the served model, loading a logged or registered
+one back, and the model registry (versions, aliases, descriptions)."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import tempfile
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import torch
-import torchvision
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+import pipeline
 from pipeline.errors import ConfigError
+from pipeline.grading import Grader, encode_photos, grade_request
 from pipeline.tracking import tags
+from pipeline.tracking.served import SPEC_ARTIFACT, WEIGHTS_ARTIFACT, GraderModel
 
-# Explicit requirements: inferring them costs ~18 s per logged model on these machines.
-MODEL_REQUIREMENTS = [
-    f"torch=={torch.__version__.split('+')[0]}",
-    f"torchvision=={torchvision.__version__.split('+')[0]}",
-]
+# What the served model imports, pinned to the versions it was trained with. Explicit: inferring
+# requirements costs ~18 s per logged model on these machines.
+SERVED_PACKAGES = ("torch", "torchvision", "pillow", "numpy", "pandas", "scikit-learn", "tqdm")
 
 
-def log_model(serving: torch.nn.Module, example: torch.Tensor) -> tuple[str, str]:
-    """Logs the served model (pt2, no pickle) with signature and input example.
+def served_requirements() -> list[str]:
+    return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in SERVED_PACKAGES]
+
+
+def log_grader(grader: Grader, example_photos: list[bytes]) -> tuple[str, str]:
+    """Logs the grader as the run's model: a pyfunc taking base64 photos (see ``served``), with its
+    signature, an input example of real photo bytes, and the package code it needs.
 
     Returns:
         (model_uri, model_id) of the LoggedModel, also kept as the run's ``tags.MODEL_URI`` tag.
     """
-    serving = serving.cpu().eval()
-    with torch.no_grad():
-        output = serving(example)
-    example_np = example.numpy()
-    # -1 on every axis but channels: the network takes any batch and any size >= 32 px.
-    signature = infer_signature(example_np, output.numpy())
-    info = mlflow.pytorch.log_model(
-        serving,
-        name="model",
-        signature=signature,
-        input_example=example_np,
-        pip_requirements=MODEL_REQUIREMENTS,
-        serialization_format="pt2",
-    )
+    example = encode_photos(example_photos)
+    with warnings.catch_warnings():
+        # MLflow's hint about integer columns and missing values: predicted_grade is never missing.
+        warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
+        signature = infer_signature(example, grade_request(grader, example))
+    with tempfile.TemporaryDirectory() as tmp:
+        weights, spec = Path(tmp) / "weights.pt", Path(tmp) / "grader.json"
+        torch.save({k: v.detach().cpu() for k, v in grader.network.state_dict().items()}, weights)
+        spec.write_text(json.dumps(grader.spec.to_dict(), indent=2))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=GraderModel(),
+            artifacts={WEIGHTS_ARTIFACT: str(weights), SPEC_ARTIFACT: str(spec)},
+            code_paths=[str(Path(pipeline.__file__).parent)],
+            signature=signature,
+            input_example=example,
+            pip_requirements=served_requirements(),
+        )
     mlflow.set_tag(tags.MODEL_URI, info.model_uri)
     return info.model_uri, info.model_id
 
@@ -62,26 +75,34 @@ def model_uri_of(reference: str) -> str:
 
 @dataclass
 class LoadedModel:
-    module: torch.nn.Module
+    grader: Grader
     uri: str
-    image_size: int
     source_run_id: str | None
     model_id: str | None
 
 
 def load_model(uri: str) -> LoadedModel:
-    """Loads a logged or registered model (``models:/dr-resnet@champion``) for inference."""
+    """Loads a logged or registered grader (``models:/dr-resnet@champion``) for inference."""
     # MLflow would download into a fresh temporary folder per call and never remove it: a copy of
     # the model (95 MB for resnet50) left in /tmp by every evaluate and predict.
     with tempfile.TemporaryDirectory(prefix="retina-flow-model-") as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
             info = mlflow.models.Model.load(local).get_model_info()
-            module = mlflow.pytorch.load_model(local, map_location="cpu")
+            served = mlflow.pyfunc.load_model(local).unwrap_python_model()
         except mlflow.exceptions.MlflowException as exc:
             raise ConfigError(f"cannot load model {uri!r}: {exc.message}") from None
-    shape = info.signature.inputs.inputs[0].shape
-    return LoadedModel(module, uri, int(shape[-1]), info.run_id, getattr(info, "model_id", None))
+    if not isinstance(served, GraderModel):
+        raise ConfigError(f"model {uri!r} is not a retina-flow grader (it is {type(served).__name__}); "
+                          "models logged before the grader took photos must be retrained")
+    return LoadedModel(served.grader, uri, info.run_id, getattr(info, "model_id", None))
+
+
+def describe(name: str, version: str, model_description: str, version_description: str) -> None:
+    """Markdown descriptions of a registered model and one of its versions (the UI shows both)."""
+    client = MlflowClient()
+    client.update_registered_model(name, description=model_description)
+    client.update_model_version(name, version, description=version_description)
 
 
 def register_model(model_uri: str, name: str, alias: str, version_tags: dict[str, str] | None = None) -> str:

@@ -183,6 +183,11 @@ def run_link(run: Run | None = None) -> str:
     return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
 
 
+def artifact_url(run_id: str, artifact_path: str) -> str:
+    """The page of one of the run's artifacts in the tracking UI."""
+    return f"{run_url(run_id)}/artifactPath/{artifact_path}"
+
+
 def tracking_ui_hint() -> str:
     uri = mlflow.get_tracking_uri()
     if uri.startswith(("http://", "https://")):

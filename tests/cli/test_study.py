@@ -2,6 +2,7 @@
 
 import tempfile
 
+import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -29,6 +30,7 @@ def two_seed_study(raw_dir, mlflow_server, tmp_path_factory):
                               "--data_dir", str(root / "data"), "--models", "resnet18", "--pretrained", "false",
                               "--seeds", "2", "--registered_model", SEEDS_MODEL])
         yield code, MlflowClient(uri), root
+    mlflow.set_tracking_uri(None)  # main ran in this process and pointed MLflow at this module's server
 
 
 def runs_of(client, step):

@@ -1,43 +1,42 @@
-"""predict's CSV from a model whose answer is known: every column worked out by hand."""
+"""predict's CSV from a grader whose answer is known: every column worked out by hand."""
 
+import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 
 from pipeline.cli import predict as predict_cli
+from pipeline.grading import Grader, GraderSpec
+from pipeline.models import build_model
 from pipeline.tracking import registry
 
-pytestmark = pytest.mark.slow  # logs a model (torch.export) per case
+
+def fixed_grader(probabilities: list[float], threshold: float) -> Grader:
+    """A real resnet18 whose head ignores the image: zero weights, log-probabilities as biases."""
+    network = build_model("resnet18", pretrained=False)
+    with torch.no_grad():
+        network.fc.weight.zero_()
+        network.fc.bias.copy_(torch.log(torch.tensor(probabilities)))
+    return Grader(network, GraderSpec("resnet18", image_size=32, cache_size=64, referable_threshold=threshold))
 
 
-class FixedProbabilities(nn.Module):
-    """A 'grader' that gives every photo the same five grade probabilities."""
-
-    def __init__(self, probabilities: list[float]) -> None:
-        super().__init__()
-        self.register_buffer("probabilities", torch.tensor(probabilities))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.probabilities.expand(images.shape[0], -1)
-
-
-@pytest.mark.parametrize("probabilities, grade, p_referable, referable", [
-    ([0.10, 0.30, 0.25, 0.20, 0.15], 1, 0.60, True),  # most likely grade 1, yet 0.25 + 0.20 + 0.15 referable
-    ([0.45, 0.15, 0.20, 0.10, 0.10], 0, 0.40, False),
+@pytest.mark.parametrize("probabilities, threshold, grade, p_referable, referable", [
+    ([0.10, 0.30, 0.25, 0.20, 0.15], 0.5, 1, 0.60, True),  # most likely grade 1, yet 0.25 + 0.20 + 0.15 referable
+    ([0.10, 0.30, 0.25, 0.20, 0.15], 0.65, 1, 0.60, False),  # the same, at a stricter operating point
+    ([0.45, 0.15, 0.20, 0.10, 0.10], 0.3, 0, 0.40, True),
 ])
-def test_predict_columns_from_a_known_model(probabilities, grade, p_referable, referable, raw_dir, sqlite_tracking,
-                                            tmp_path):
-    import mlflow
-
+def test_predict_columns_from_a_known_grader(probabilities, threshold, grade, p_referable, referable, raw_dir,
+                                             sqlite_tracking, tmp_path):
+    photo = next((raw_dir / "images").iterdir()).read_bytes()
     with mlflow.start_run():
-        uri, _ = registry.log_model(FixedProbabilities(probabilities), torch.rand(2, 3, 32, 32))
+        uri, _ = registry.log_grader(fixed_grader(probabilities, threshold), [photo, photo])
     output = tmp_path / "predictions.csv"
     assert predict_cli.main(["--model_uri", uri, "--input", str(raw_dir / "test_img.csv"), "--output", str(output)]) == 0
     frame = pd.read_csv(output, dtype={"id": str})
     assert frame["id"].tolist() == pd.read_csv(raw_dir / "test_img.csv", header=None, dtype=str)[0].tolist()
     assert (frame["predicted_grade"] == grade).all()
     for column, value in enumerate(probabilities):
-        assert frame[f"p_grade_{column}"].to_numpy() == pytest.approx(value, abs=1e-6)
-    assert frame["p_referable"].to_numpy() == pytest.approx(p_referable, abs=1e-6)
+        assert frame[f"p_grade_{column}"].to_numpy() == pytest.approx(np.full(len(frame), value), abs=1e-6)
+    assert frame["p_referable"].to_numpy() == pytest.approx(np.full(len(frame), p_referable), abs=1e-6)
     assert (frame["referable"] == referable).all()

@@ -1,0 +1,126 @@
+"""The grader: what a train run hands on. Photos in, grades out, the same way in evaluate, predict
+and the served model.
+
+A grader is the trained network plus the facts needed to use it: the size of the processed cache
+it learnt from (a new photo is prepared through that same cache encoding), its input size and the
+operating point of the referable-DR call.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, NUM_GRADES
+from pipeline.data.dataset import RawPhotoDataset, photo_input, to_unit_float
+from pipeline.data.preprocess import PhotoSource
+from pipeline.errors import DataError
+from pipeline.metrics import referable_probability
+from pipeline.models import build_model, serving_model
+
+log = logging.getLogger(__name__)
+
+PROBABILITY_COLUMNS = [f"p_grade_{grade}" for grade in range(NUM_GRADES)]
+# What the grader answers for each photo (predict's CSV, the served model's output).
+PREDICTION_COLUMNS = ["predicted_grade", *PROBABILITY_COLUMNS, "p_referable", "referable"]
+
+
+@dataclass(frozen=True)
+class GraderSpec:
+    """How to rebuild and use a trained network."""
+
+    model: str  # the torchvision architecture
+    image_size: int  # the network's input side, px
+    cache_size: int  # the processed cache's side: new photos are prepared through it
+    referable_threshold: float = DEFAULT_REFERABLE_THRESHOLD  # referable when P(grade >= 2) reaches it
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class Grader:
+    """A trained network with normalisation and softmax attached, and the spec to use it."""
+
+    def __init__(self, network: nn.Module, spec: GraderSpec) -> None:
+        self.network = network  # the plain torchvision module (logits), for research
+        self.spec = spec
+        self._served = serving_model(network.float().cpu())
+
+    @classmethod
+    def from_state_dict(cls, spec: GraderSpec, state: dict[str, torch.Tensor]) -> Grader:
+        network = build_model(spec.model, pretrained=False)
+        network.load_state_dict(state)
+        return cls(network, spec)
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor) -> np.ndarray:
+        """Grade probabilities of a batch of uint8 (or [0, 1] float) images, shape (N, 5)."""
+        return self._served(to_unit_float(images)).float().numpy()
+
+    def probabilities_of(self, loader: DataLoader, progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities of every (image, target) batch of ``loader``, in order, and the targets."""
+        targets, probabilities = [], []
+        for images, batch_targets in tqdm(loader, desc=progress, unit="batch", disable=None if progress else True):
+            probabilities.append(self.probabilities(images))
+            targets.append(np.asarray(batch_targets))
+        return np.concatenate(targets), np.concatenate(probabilities)
+
+    def grade_photos(self, sources: list[PhotoSource], *, batch_size: int = 32, num_workers: int = 0) -> pd.DataFrame:
+        """The prediction columns for new photos (files or their bytes), in order."""
+        dataset = RawPhotoDataset(sources, self.spec.cache_size, self.spec.image_size)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+        _, probabilities = self.probabilities_of(loader, progress="predict")
+        return predictions_frame(probabilities, self.spec.referable_threshold)
+
+
+def predictions_frame(probabilities: np.ndarray, referable_threshold: float) -> pd.DataFrame:
+    """``predicted_grade``, ``p_grade_0``..``p_grade_4``, ``p_referable`` and ``referable`` per row."""
+    referable = referable_probability(probabilities)
+    frame = pd.DataFrame({"predicted_grade": probabilities.argmax(axis=1)})
+    for column, values in zip(PROBABILITY_COLUMNS, probabilities.T):
+        frame[column] = values.astype(np.float64)
+    frame["p_referable"] = referable.astype(np.float64)
+    frame["referable"] = referable >= referable_threshold
+    return frame
+
+
+# The served model's input: one string column of base64-encoded photo file bytes.
+IMAGE_COLUMN = "image"
+
+
+def encode_photos(photos: list[bytes]) -> pd.DataFrame:
+    """Photo file bytes as the served model takes them (what a client sends)."""
+    return pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(photo).decode("ascii") for photo in photos]})
+
+
+def grade_request(grader: Grader, request: pd.DataFrame) -> pd.DataFrame:
+    """The served model's answer: one row of prediction columns per photo of ``request``.
+
+    Raises:
+        DataError: naming the row of the first photo that is not base64 or not a readable photo.
+    """
+    if IMAGE_COLUMN not in request.columns:
+        raise DataError(f"the request has no '{IMAGE_COLUMN}' column (it has {', '.join(map(str, request.columns))}); "
+                        f"send base64-encoded photo files in a column named '{IMAGE_COLUMN}'")
+    images = []
+    for row, text in enumerate(request[IMAGE_COLUMN]):
+        try:
+            photo = base64.b64decode(text, validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise DataError(f"row {row}: '{IMAGE_COLUMN}' is not base64-encoded photo bytes") from None
+        try:
+            images.append(photo_input(photo, grader.spec.cache_size, grader.spec.image_size))
+        except DataError as exc:
+            raise DataError(f"row {row}: {exc}") from None
+    if not images:
+        return predictions_frame(np.empty((0, NUM_GRADES), dtype=np.float32), grader.spec.referable_threshold)
+    return predictions_frame(grader.probabilities(torch.stack(images)), grader.spec.referable_threshold)

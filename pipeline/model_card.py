@@ -1,0 +1,115 @@
+"""The model card of a trained grader: markdown saying what the model is, what it learnt from, how
+well it did (with 95% intervals), how to call it, and what it is not for.
+
+Logged as ``model_card.md`` on every train run; ``main`` puts the champion's card on the registered
+model and its version, where the MLflow UI shows it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.catalog import GRADE_NAMES, REFERABLE_GRADE, config_label
+
+CARD_ARTIFACT = "model_card.md"  # on every train run
+# (metric name, how the card calls it)
+CARD_METRICS = (
+    ("accuracy", "Accuracy (5 grades)"),
+    ("kappa", "Quadratic weighted kappa"),
+    ("referable_auc", f"Referable DR (grade >= {REFERABLE_GRADE}) ROC AUC"),
+    ("referable_sensitivity", "Referable DR sensitivity at the operating point"),
+    ("referable_specificity", "Referable DR specificity at the operating point"),
+)
+
+
+@dataclass
+class CardFacts:
+    """What the card states, gathered by the train step."""
+
+    run_id: str
+    config: dict[str, Any]  # the resolved train config
+    dataset_name: str
+    dataset_digest: str
+    grade_counts: dict[str, list[int]]  # split -> images per grade
+    synthetic: dict[str, Any] | None  # the generator's record, when the photos were synthetic
+    best_epoch: int
+    selection_score: float
+    metrics: dict[str, float]  # selected_val_* and selected_test_* with their _ci_low/_ci_high
+    referable_threshold: float
+    cache_size: int
+
+
+def with_interval(metrics: dict[str, float], name: str) -> str:
+    """``0.812 [0.741, 0.868]``: a metric with its logged 95% interval, where it has one."""
+    value = metrics.get(name)
+    if value is None:
+        return "-"
+    low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
+    return f"{value:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else "")
+
+
+def model_card(facts: CardFacts) -> str:
+    """The card as markdown."""
+    cfg = facts.config
+    label = config_label(cfg["model"], cfg["pretrained"])
+    lines = [f"# retina-flow DR grader: {label}", ""]
+    if facts.synthetic is not None:
+        lines += ["> **Trained and evaluated on synthetic photos** made by retina-flow's generator "
+                  f"(seed {facts.synthetic.get('seed')}, {facts.synthetic.get('size')} px). It has never seen a real "
+                  "fundus photograph: its figures below say nothing about real patients.", ""]
+    lines += [
+        "Grades colour fundus photographs into the five diabetic retinopathy grades "
+        f"({', '.join(GRADE_NAMES)}) and flags referable DR (grade {REFERABLE_GRADE} or worse).",
+        "",
+        "## Configuration",
+        f"- Network: torchvision `{cfg['model']}`, {'ImageNet-pretrained (IMAGENET1K_V1)' if cfg['pretrained'] else 'trained from scratch'}, "
+        f"5-grade head; input {cfg['image_size']} px",
+        f"- Training: {cfg['epochs']} epochs, batch {cfg['batch_size']}, SGD lr {cfg['lr']} momentum {cfg['momentum']} "
+        f"weight decay {cfg['weight_decay']}, class weighting `{cfg['class_weighting']}`, seed {cfg['seed']}",
+        f"- Train run: `{facts.run_id}`",
+        "",
+        "## Training data",
+        f"- Dataset `{facts.dataset_name}` (MLflow digest `{facts.dataset_digest}`), split by patient",
+        "",
+        "| split | " + " | ".join(GRADE_NAMES) + " | images |",
+        "|---|" + "---|" * (len(GRADE_NAMES) + 1),
+    ]
+    for split, counts in facts.grade_counts.items():
+        lines.append(f"| {split} | " + " | ".join(str(c) for c in counts) + f" | {sum(counts)} |")
+    lines += [
+        "",
+        "## Selection and operating point",
+        f"- Epoch {facts.best_epoch} of {cfg['epochs']}, chosen by `{cfg['select_metric']}` on validation "
+        f"({facts.selection_score:.3f}); test data never chose anything.",
+        f"- Referable when P(grade >= {REFERABLE_GRADE}) >= **{facts.referable_threshold:.4f}**: the highest "
+        f"threshold that finds {cfg['referable_target_sensitivity']:.0%} of the referable eyes of the validation set.",
+        "",
+        "## Performance (95% intervals: patient-level bootstrap)",
+        "",
+        "| metric | validation | test |",
+        "|---|---|---|",
+    ]
+    for name, title in CARD_METRICS:
+        lines.append(f"| {title} | {with_interval(facts.metrics, f'selected_val_{name}')} | "
+                     f"{with_interval(facts.metrics, f'selected_test_{name}')} |")
+    lines += [
+        "",
+        "## Input contract",
+        "- `mlflow models serve` / pyfunc input: a DataFrame with one string column `image`, each row the "
+        "base64-encoded bytes of one photo file (JPEG or PNG, any size, colour or greyscale).",
+        f"- Inside: the fundus disc is cropped square, resized to {facts.cache_size} px and JPEG-encoded "
+        f"(quality 95) exactly as `preprocess` caches training photos, then resized to {cfg['image_size']} px and "
+        "ImageNet-normalised.",
+        "- Output per photo: `predicted_grade`, `p_grade_0`..`p_grade_4`, `p_referable`, `referable`.",
+        "- A file that is not a readable photo is refused with HTTP 400 naming its row; it is never graded.",
+        "",
+        "## Intended use and limits",
+        "- For research and teaching on diabetic retinopathy grading: comparing recipes, reproducing the course "
+        "labs, building screening prototypes.",
+        "- **Not a medical device.** It is not cleared or approved for clinical use and must not be used to diagnose, "
+        "to refer or to decide anyone's care.",
+        "- It grades one photo of one eye at a time. Photos from other cameras, populations or image quality than "
+        "its training data were not evaluated; the figures above hold for data like the test split only.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,70 @@
+"""The grader: one preparation path for a photo, and the served model's request contract."""
+
+import base64
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.data.dataset import EvalPreset, ProcessedDataset, photo_input
+from pipeline.data.preprocess import cache_image, load_rgb
+from pipeline.errors import DataError
+from pipeline.grading import PREDICTION_COLUMNS, Grader, GraderSpec, encode_photos, grade_request
+from pipeline.models import build_model
+
+
+def test_a_new_photo_gets_exactly_the_pixels_training_saw(raw_dir, processed_dir):
+    """predict and the served model prepare a photo through the cache's own encoding, so the
+    network sees the same uint8 tensor as when evaluate reads the processed cache."""
+    processed = ProcessedDataset(processed_dir, 64)
+    for row in processed.split("test").head(4).itertuples():
+        photo = raw_dir / "images" / f"{row.id}.jpeg"
+        from_cache = EvalPreset(32)(load_rgb(processed.root / row.file))
+        assert torch.equal(photo_input(photo, processed.image_size, 32), from_cache), row.id
+        assert torch.equal(photo_input(photo.read_bytes(), processed.image_size, 32), from_cache), row.id
+        assert cache_image(photo, processed.image_size)[0] == (processed.root / row.file).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def grader() -> Grader:
+    torch.manual_seed(0)
+    return Grader(build_model("resnet18", pretrained=False), GraderSpec("resnet18", 32, 64, referable_threshold=0.4))
+
+
+def photos(raw_dir, count: int) -> list[bytes]:
+    return [path.read_bytes() for path in sorted((raw_dir / "images").iterdir())[:count]]
+
+
+def test_a_request_gets_one_row_per_photo_in_order(grader, raw_dir):
+    request = photos(raw_dir, 3)
+    answer = grade_request(grader, encode_photos(request))
+    assert list(answer.columns) == PREDICTION_COLUMNS and len(answer) == 3
+    singles = pd.concat([grade_request(grader, encode_photos([photo])) for photo in request], ignore_index=True)
+    assert np.abs(answer.drop(columns="referable").to_numpy() - singles.drop(columns="referable").to_numpy()).max() < 1e-5
+    assert (answer["referable"] == (answer["p_referable"] >= 0.4)).all()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("not base64!", "row 1: 'image' is not base64-encoded photo bytes"),
+    (base64.b64encode(b"GIF89a but no more").decode(), "row 1: the photo is corrupt, truncated or not an image"),
+])
+def test_a_bad_row_is_named(grader, raw_dir, bad, message):
+    request = encode_photos(photos(raw_dir, 1))
+    request.loc[1, "image"] = bad
+    with pytest.raises(DataError, match=message):
+        grade_request(grader, request)
+
+
+def test_an_all_black_photo_is_refused_not_graded(grader):
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(buffer, format="PNG")
+    with pytest.raises(DataError, match="row 0: the photo: no fundus found"):
+        grade_request(grader, encode_photos([buffer.getvalue()]))
+
+
+def test_a_request_without_the_image_column_says_what_to_send(grader):
+    with pytest.raises(DataError, match="no 'image' column .*it has photo"):
+        grade_request(grader, pd.DataFrame({"photo": ["x"]}))
