@@ -47,8 +47,12 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
     """Writes to a temporary file and renames it: a kill mid-write leaves the previous checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    try:
+        torch.save(payload, partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a full disk must not leave half a checkpoint beside the last one
+        raise
 
 
 def training_state(config: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -92,6 +92,13 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     return shown.fillna("")
 
 
+def markdown_table(table: pd.DataFrame) -> str:
+    """The display table as a markdown table (for the study run's description in the MLflow UI)."""
+    shown = display_table(table).astype(str)
+    rows = [list(shown.columns), ["---"] * len(shown.columns), *shown.to_numpy().tolist()]
+    return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows)
+
+
 def format_table(table: pd.DataFrame) -> str:
     """The table as text for the console and the ``comparison.txt`` artifact."""
     return display_table(table).to_string(index=False)

@@ -67,7 +67,7 @@ class Grader:
         return self._served(to_unit_float(images)).float().numpy()
 
     def probabilities_of(self, loader: DataLoader, progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities of every (image, target) batch of ``loader``, in order, and the targets."""
+        """(targets, probabilities) over every (image, target) batch of ``loader``, in order."""
         targets, probabilities = [], []
         for images, batch_targets in tqdm(loader, desc=progress, unit="batch", disable=None if progress else True):
             probabilities.append(self.probabilities(images))
@@ -95,6 +95,7 @@ def predictions_frame(probabilities: np.ndarray, referable_threshold: float) -> 
 
 # The served model's input: one string column of base64-encoded photo file bytes.
 IMAGE_COLUMN = "image"
+SERVED_BATCH_SIZE = 32
 
 
 def encode_photos(photos: list[bytes]) -> pd.DataFrame:
@@ -111,16 +112,23 @@ def grade_request(grader: Grader, request: pd.DataFrame) -> pd.DataFrame:
     if IMAGE_COLUMN not in request.columns:
         raise DataError(f"the request has no '{IMAGE_COLUMN}' column (it has {', '.join(map(str, request.columns))}); "
                         f"send base64-encoded photo files in a column named '{IMAGE_COLUMN}'")
-    images = []
-    for row, text in enumerate(request[IMAGE_COLUMN]):
-        try:
-            photo = base64.b64decode(text, validate=True)
-        except (binascii.Error, TypeError, ValueError):
-            raise DataError(f"row {row}: '{IMAGE_COLUMN}' is not base64-encoded photo bytes") from None
-        try:
-            images.append(photo_input(photo, grader.spec.cache_size, grader.spec.image_size))
-        except DataError as exc:
-            raise DataError(f"row {row}: {exc}") from None
-    if not images:
-        return predictions_frame(np.empty((0, NUM_GRADES), dtype=np.float32), grader.spec.referable_threshold)
-    return predictions_frame(grader.probabilities(torch.stack(images)), grader.spec.referable_threshold)
+    texts = list(request[IMAGE_COLUMN])
+    chunks = [np.empty((0, NUM_GRADES), dtype=np.float32)]
+    # In batches: a request of hundreds of large photos must not hold them all in memory at once.
+    for start in range(0, len(texts), SERVED_BATCH_SIZE):
+        images = [_prepared(start + offset, text, grader.spec)
+                  for offset, text in enumerate(texts[start:start + SERVED_BATCH_SIZE])]
+        chunks.append(grader.probabilities(torch.stack(images)))
+    return predictions_frame(np.concatenate(chunks), grader.spec.referable_threshold)
+
+
+def _prepared(row: int, text: object, spec: GraderSpec) -> torch.Tensor:
+    """One request row as the network's input; errors name the row."""
+    try:
+        photo = base64.b64decode(text, validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise DataError(f"row {row}: '{IMAGE_COLUMN}' is not base64-encoded photo bytes") from None
+    try:
+        return photo_input(photo, spec.cache_size, spec.image_size)
+    except DataError as exc:
+        raise DataError(f"row {row}: {exc}") from None

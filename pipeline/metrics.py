@@ -112,17 +112,25 @@ def all_metrics(targets: np.ndarray, probabilities: np.ndarray,
 
 
 def operating_threshold(targets: np.ndarray, probabilities: np.ndarray, target_sensitivity: float) -> float:
-    """The highest threshold on P(grade >= 2) at which the referable sensitivity on these images
-    reaches ``target_sensitivity``: the most specific operating point that still finds that share
-    of referable eyes. NaN when there is no referable image to find, or the scores are not finite.
+    """The most specific threshold on P(grade >= 2) at which the referable sensitivity on these
+    images reaches ``target_sensitivity``.
+
+    Every threshold between the score of the last referable eye it must find and the next lower
+    score gives the same calls here; the midpoint is taken, so that rounding (a bf16-trained model
+    rescored in fp32) cannot drop that eye below it. NaN when there is no referable image to find,
+    or the scores are not finite.
     """
     referable = referable_targets(targets)
     scores = referable_probability(probabilities)
     if referable.sum() == 0 or not np.isfinite(scores).all():  # none to find, or a diverged model
         return float("nan")
-    # roc_curve's thresholds fall and its sensitivities rise; the first that reaches the target wins.
+    # roc_curve's thresholds (every distinct score) fall and its sensitivities rise; the first
+    # that reaches the target is the highest.
     _, sensitivity, thresholds = roc_curve(referable, scores, drop_intermediate=False)
-    return float(thresholds[int(np.argmax(sensitivity >= target_sensitivity))])
+    index = int(np.argmax(sensitivity >= target_sensitivity))
+    if index + 1 == len(thresholds):  # the lowest score of all: nothing below it to go half-way to
+        return float(thresholds[index])
+    return float((thresholds[index] + thresholds[index + 1]) / 2)
 
 
 def _resample_weights(groups: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:

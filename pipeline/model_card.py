@@ -10,17 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.catalog import GRADE_NAMES, REFERABLE_GRADE, config_label
+from pipeline.catalog import GRADE_NAMES, IMAGENET_WEIGHTS, INTERVAL_METRICS, REFERABLE_GRADE, config_label
+from pipeline.data.preprocess import CACHE_JPEG_QUALITY
+from pipeline.grading import PREDICTION_COLUMNS
 
 CARD_ARTIFACT = "model_card.md"  # on every train run
-# (metric name, how the card calls it)
-CARD_METRICS = (
-    ("accuracy", "Accuracy (5 grades)"),
-    ("kappa", "Quadratic weighted kappa"),
-    ("referable_auc", f"Referable DR (grade >= {REFERABLE_GRADE}) ROC AUC"),
-    ("referable_sensitivity", "Referable DR sensitivity at the operating point"),
-    ("referable_specificity", "Referable DR specificity at the operating point"),
-)
+# How the card names each metric that has an interval (catalog.INTERVAL_METRICS).
+METRIC_TITLES = {
+    "accuracy": "Accuracy (5 grades)",
+    "kappa": "Quadratic weighted kappa",
+    "referable_auc": f"Referable DR (grade >= {REFERABLE_GRADE}) ROC AUC",
+    "referable_sensitivity": "Referable DR sensitivity at the operating point",
+    "referable_specificity": "Referable DR specificity at the operating point",
+}
 
 
 @dataclass
@@ -37,6 +39,7 @@ class CardFacts:
     selection_score: float
     metrics: dict[str, float]  # selected_val_* and selected_test_* with their _ci_low/_ci_high
     referable_threshold: float
+    operating_point_chosen: bool  # False: validation could not choose one, the default was used
     cache_size: int
 
 
@@ -47,6 +50,10 @@ def with_interval(metrics: dict[str, float], name: str) -> str:
         return "-"
     low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
     return f"{value:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else "")
+
+
+def _initialisation(cfg: dict[str, Any]) -> str:
+    return f"pretrained on ImageNet (`{IMAGENET_WEIGHTS[cfg['model']]}`)" if cfg["pretrained"] else "trained from scratch"
 
 
 def model_card(facts: CardFacts) -> str:
@@ -63,7 +70,7 @@ def model_card(facts: CardFacts) -> str:
         f"({', '.join(GRADE_NAMES)}) and flags referable DR (grade {REFERABLE_GRADE} or worse).",
         "",
         "## Configuration",
-        f"- Network: torchvision `{cfg['model']}`, {'ImageNet-pretrained (IMAGENET1K_V1)' if cfg['pretrained'] else 'trained from scratch'}, "
+        f"- Network: torchvision `{cfg['model']}`, {_initialisation(cfg)}, "
         f"5-grade head; input {cfg['image_size']} px",
         f"- Training: {cfg['epochs']} epochs, batch {cfg['batch_size']}, SGD lr {cfg['lr']} momentum {cfg['momentum']} "
         f"weight decay {cfg['weight_decay']}, class weighting `{cfg['class_weighting']}`, seed {cfg['seed']}",
@@ -82,16 +89,19 @@ def model_card(facts: CardFacts) -> str:
         "## Selection and operating point",
         f"- Epoch {facts.best_epoch} of {cfg['epochs']}, chosen by `{cfg['select_metric']}` on validation "
         f"({facts.selection_score:.3f}); test data never chose anything.",
-        f"- Referable when P(grade >= {REFERABLE_GRADE}) >= **{facts.referable_threshold:.4f}**: the highest "
-        f"threshold that finds {cfg['referable_target_sensitivity']:.0%} of the referable eyes of the validation set.",
+        f"- Referable when P(grade >= {REFERABLE_GRADE}) >= **{facts.referable_threshold:.4f}**: "
+        + (f"the most specific threshold that finds {cfg['referable_target_sensitivity']:.0%} of the referable eyes "
+           "of the validation set." if facts.operating_point_chosen else
+           "the default, because none could be chosen on validation (no referable eye there, or the model's "
+           "outputs were not finite)."),
         "",
         "## Performance (95% intervals: patient-level bootstrap)",
         "",
         "| metric | validation | test |",
         "|---|---|---|",
     ]
-    for name, title in CARD_METRICS:
-        lines.append(f"| {title} | {with_interval(facts.metrics, f'selected_val_{name}')} | "
+    for name in INTERVAL_METRICS:
+        lines.append(f"| {METRIC_TITLES[name]} | {with_interval(facts.metrics, f'selected_val_{name}')} | "
                      f"{with_interval(facts.metrics, f'selected_test_{name}')} |")
     lines += [
         "",
@@ -99,9 +109,9 @@ def model_card(facts: CardFacts) -> str:
         "- `mlflow models serve` / pyfunc input: a DataFrame with one string column `image`, each row the "
         "base64-encoded bytes of one photo file (JPEG or PNG, any size, colour or greyscale).",
         f"- Inside: the fundus disc is cropped square, resized to {facts.cache_size} px and JPEG-encoded "
-        f"(quality 95) exactly as `preprocess` caches training photos, then resized to {cfg['image_size']} px and "
+        f"(quality {CACHE_JPEG_QUALITY}) exactly as `preprocess` caches training photos, then resized to {cfg['image_size']} px and "
         "ImageNet-normalised.",
-        "- Output per photo: `predicted_grade`, `p_grade_0`..`p_grade_4`, `p_referable`, `referable`.",
+        "- Output per photo: " + ", ".join(f"`{column}`" for column in PREDICTION_COLUMNS) + ".",
         "- A file that is not a readable photo is refused with HTTP 400 naming its row; it is never graded.",
         "",
         "## Intended use and limits",
@@ -113,3 +123,25 @@ def model_card(facts: CardFacts) -> str:
         "its training data were not evaluated; the figures above hold for data like the test split only.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def run_description(facts: CardFacts) -> str:
+    """A train run's description in the MLflow UI (markdown): what it is and how it did, in brief."""
+    cfg = facts.config
+    metrics = facts.metrics
+    return "\n".join([
+        f"**{config_label(cfg['model'], cfg['pretrained'])}**, seed {cfg['seed']}: {cfg['epochs']} epochs at "
+        f"{cfg['image_size']} px, batch {cfg['batch_size']}, lr {cfg['lr']}.",
+        "",
+        f"Selected epoch **{facts.best_epoch}** by `{cfg['select_metric']}` on validation ({facts.selection_score:.3f}). "
+        "On test (95% CI):",
+        "",
+        f"- accuracy {with_interval(metrics, 'selected_test_accuracy')}",
+        f"- quadratic weighted kappa {with_interval(metrics, 'selected_test_kappa')}",
+        f"- referable DR AUC {with_interval(metrics, 'selected_test_referable_auc')}",
+        f"- at the operating point P(grade >= {REFERABLE_GRADE}) >= {facts.referable_threshold:.4f}: sensitivity "
+        f"{with_interval(metrics, 'selected_test_referable_sensitivity')}, specificity "
+        f"{with_interval(metrics, 'selected_test_referable_specificity')}",
+        "",
+        f"The model card is the artifact `{CARD_ARTIFACT}`.",
+    ]) + "\n"

@@ -37,7 +37,9 @@ def study(mlflow_server, raw_dir, imagenet_weights, tmp_path_factory):
         result = mlflow_run(mlflow_server, ["-e", "main", "--experiment-name", "e2e", "-P", "config=experiments/tiny.yaml",
                                             "-P", f"raw_dir={raw_dir}", "-P", f"data_dir={root / 'processed'}",
                                             "-P", f"checkpoint_dir={root / 'checkpoints'}"],
-                            TORCH_HOME=str(imagenet_weights["home"]))
+                            TORCH_HOME=str(imagenet_weights["home"]),
+                            # Tiny trainings last seconds: sample system metrics every second.
+                            MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
         client = MlflowClient(mlflow_server)
         yield client, runs_by_step(client, "e2e"), result, root / "checkpoints"
 
@@ -57,6 +59,28 @@ def test_study_tree_and_train_params(study):
         assert (params["momentum"], params["weight_decay"], params["freeze_epochs"], params["seed"]) == ("0.9", "0.0005", "0", "0")
     assert len(runs["preprocess"]) == len(runs["evaluate"]) == len(runs["compare"]) == 1
     assert "champion: dr-resnet" in result.stdout
+
+
+def test_the_ui_opens_on_training_runs_and_the_study_run_on_its_comparison(study):
+    client, runs, _, _ = study
+    assert client.get_experiment_by_name("e2e").tags["mlflow.experimentKind"] == "custom_model_development"
+    (main_run,) = runs["main"]
+    description = main_run.data.tags["mlflow.note.content"]
+    version = client.get_model_version_by_alias("dr-resnet", "champion")
+    assert f"champion `dr-resnet` v{version.version}" in description
+    assert "| configuration |" in description and description.count("| ran |") == 4
+    for run in runs["train"]:
+        assert run.info.run_id in description  # linked
+        note = run.data.tags["mlflow.note.content"]
+        assert f"Selected epoch **{int(run.data.metrics['best_epoch'])}**" in note
+        assert f"{run.data.metrics['selected_test_accuracy']:.3f}" in note
+
+
+def test_train_runs_log_system_metrics(study):
+    _, runs, _, _ = study
+    for run in runs["train"]:
+        system = {name for name in run.data.metrics if name.startswith("system/")}
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system, system
 
 
 def test_one_value_per_epoch_for_every_per_epoch_metric(study):

@@ -257,15 +257,19 @@ def test_non_finite_outputs_of_a_diverging_model_give_nan_auc_not_an_error():
 
 
 def test_operating_threshold_is_the_highest_that_reaches_the_sensitivity():
-    # Referable scores (P(grade >= 2)) of the four referable images: 0.9, 0.8, 0.6, 0.4.
+    # Referable scores (P(grade >= 2)) of the four referable images: 0.9, 0.8, 0.6, 0.4; every
+    # score, highest first: 0.9, 0.8, 0.6, 0.4, 0.3, 0.2, 0.1. Half-way to the next lower score:
     targets = REFERABLE_TARGETS
     probabilities = with_referable_mass(P_REFERABLE)
-    assert operating_threshold(targets, probabilities, 0.5) == pytest.approx(0.8)  # 2 of 4 found
-    assert operating_threshold(targets, probabilities, 0.75) == pytest.approx(0.6)  # 3 of 4
-    assert operating_threshold(targets, probabilities, 0.9) == pytest.approx(0.4)  # all 4
-    threshold = operating_threshold(targets, probabilities, 0.75)
-    assert referable_metrics(targets, probabilities, threshold)["referable_sensitivity"] >= 0.75
-    assert referable_metrics(targets, probabilities, threshold + 1e-6)["referable_sensitivity"] < 0.75
+    assert operating_threshold(targets, probabilities, 0.5) == pytest.approx(0.7)  # 2 of 4 found
+    assert operating_threshold(targets, probabilities, 0.75) == pytest.approx(0.5)  # 3 of 4
+    assert operating_threshold(targets, probabilities, 0.9) == pytest.approx(0.35)  # all 4
+    for target in (0.5, 0.75, 0.9):
+        threshold = operating_threshold(targets, probabilities, target)
+        assert referable_metrics(targets, probabilities, threshold)["referable_sensitivity"] >= target
+        # and no higher threshold that changes a call reaches it: the next score up is the limit
+        higher = min(s for s in P_REFERABLE if s > threshold) + 1e-9
+        assert referable_metrics(targets, probabilities, higher)["referable_sensitivity"] < target
 
 
 def test_operating_threshold_without_referable_images_or_finite_scores_is_nan():

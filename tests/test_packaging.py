@@ -1,5 +1,6 @@
 """One list of dependencies: pyproject.toml's, repeated for conda users in conda.yaml."""
 
+import re
 import tomllib
 
 import yaml
@@ -14,3 +15,11 @@ def test_conda_env_installs_exactly_the_declared_dependencies():
     assert pip_section == declared
     python = [entry for entry in conda["dependencies"] if isinstance(entry, str) and entry.startswith("python=")]
     assert python == ["python=3.11"]
+
+
+def test_the_served_model_pins_only_declared_dependencies():
+    from pipeline.tracking.registry import SERVED_PACKAGES
+
+    declared = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=\[ ]", requirement, maxsplit=1)[0].lower() for requirement in declared}
+    assert set(SERVED_PACKAGES) <= names

@@ -62,7 +62,14 @@ def reference(processed_dir, tmp_path_factory):
         client = MlflowClient(store)
         run = only_run(client, "reference")
         final = checkpoint.load(root / "checkpoints" / run.info.run_id / checkpoint.LAST)
-        yield {"model": final["model"], "histories": histories(client, run.info.run_id), "run": run}
+        yield {"model": final["model"], "best_state": final["best_state"], "histories": histories(client, run.info.run_id),
+               "run": run}
+
+
+def stored_bytes(client, run_id, folder=None) -> int:
+    """Every file under the run's artifact root (the logged model is a LoggedModel, kept apart)."""
+    return sum(stored_bytes(client, run_id, item.path) if item.is_dir else item.file_size
+               for item in client.list_artifacts(run_id, folder))
 
 
 def batches_per_epoch(processed_dir) -> int:
@@ -119,8 +126,17 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(case, mode, reference
 
     local = checkpoints / run.info.run_id / checkpoint.LAST
     if from_artifact:
-        assert not local.parent.exists()  # a finished run needs no crash-resume checkpoint on disk
-        local = Path(client.download_artifacts(run.info.run_id, f"checkpoints/{checkpoint.LAST}", str(tmp_path)))
+        # A finished run needs no crash-resume checkpoint, on disk or on the server; its selected
+        # weights stay, once, and they are the uninterrupted run's to the bit.
+        assert not local.parent.exists()
+        stored = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+        assert list(stored) == ["checkpoints/best_model.pt"]
+        best = torch.load(client.download_artifacts(run.info.run_id, "checkpoints/best_model.pt", str(tmp_path)),
+                          weights_only=True)
+        for key, expected in reference["best_state"].items():
+            assert torch.equal(best[key], expected), key
+        assert stored_bytes(client, run.info.run_id) <= 1.5 * stored["checkpoints/best_model.pt"]
+        return
     final = checkpoint.load(local)
     assert final["epoch"] == EPOCHS
     for key, expected in reference["model"].items():

@@ -54,13 +54,13 @@ def champion(mlflow_server, processed_dir, tmp_path_factory):
 def model_server(champion, mlflow_server):
     """`mlflow models serve -m models:/...@champion --env-manager local` on a free loopback port."""
     port = free_port()
-    log = open(champion["root"] / "serve.log", "w")
-    process = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "models", "serve", "-m", champion["uri"], "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=subprocess_env(MLFLOW_TRACKING_URI=mlflow_server), stdout=log, stderr=subprocess.STDOUT,
-        cwd=champion["root"])
     url = f"http://127.0.0.1:{port}"
+    with open(champion["root"] / "serve.log", "w") as log:
+        process = subprocess.Popen(
+            [str(VENV_BIN / "mlflow"), "models", "serve", "-m", champion["uri"], "--env-manager", "local",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            env=subprocess_env(MLFLOW_TRACKING_URI=mlflow_server), stdout=log, stderr=subprocess.STDOUT,
+            cwd=champion["root"])
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -74,8 +74,10 @@ def model_server(champion, mlflow_server):
         yield url
     finally:
         process.terminate()
-        process.wait(timeout=30)
-        log.close()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def invoke(url: str, photos: list[bytes]) -> tuple[int, dict]:
@@ -118,8 +120,9 @@ def test_evaluate_predict_and_the_served_model_give_one_answer(champion, model_s
         assert (other["referable"].to_numpy() == predicted["referable"].to_numpy()).all(), name
         difference = np.abs(other[PROBABILITY_COLUMNS].to_numpy() - predicted[PROBABILITY_COLUMNS].to_numpy())
         assert difference.max() <= TOLERANCE, (name, difference.max())
-    # The operating point chosen on validation travels with the model.
+    # The operating point chosen on validation travels with the model: the served flags follow it.
     threshold = champion["run"].data.metrics["referable_threshold"]
+    assert threshold != 0.5 and evaluate_run.data.metrics["referable_threshold"] == threshold
     assert (served["referable"] == (served["p_referable"] >= threshold)).all()
 
 
@@ -170,6 +173,6 @@ def test_a_bad_photo_is_refused_naming_its_row(model_server, raw_dir, bad, messa
         status, answer = raised.value.code, json.loads(raised.value.read())
     else:
         status, answer = invoke(model_server, [photo, bad])
-    assert 400 <= status < 500
+    assert status == 400
     assert message in answer["message"]
     assert "predictions" not in answer

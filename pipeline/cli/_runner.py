@@ -20,7 +20,7 @@ def setup_logging() -> None:
 
 
 def run_step(step: str, body: Callable[[], None], run_name: str | None = None,
-             existing_run: Callable[[], str | None] | None = None) -> int:
+             existing_run: Callable[[], str | None] | None = None, system_metrics: bool = False) -> int:
     """Runs ``body`` inside the step's MLflow run; a user error exits 2 with its message, run FAILED.
 
     The run is opened before the config is read, so even a bad option leaves a FAILED run behind.
@@ -30,7 +30,8 @@ def run_step(step: str, body: Callable[[], None], run_name: str | None = None,
     try:
         uri = runs.configure()
         log.info("tracking to %s", uri)
-        with runs.step_run(step, run_name, run_id=existing_run() if existing_run else None):
+        with runs.step_run(step, run_name, run_id=existing_run() if existing_run else None,
+                           system_metrics=system_metrics):
             body()
     except RetinaFlowError as exc:
         log.error("%s failed: %s", step, exc)

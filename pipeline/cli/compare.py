@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         models = coerce_list(args.models, str, "models")
         pretrained = coerce_list(args.pretrained, bool, "pretrained")
-        print(run_compare(models, pretrained, parent_run_id=args.study_run_id or None))
+        print(run_compare(models, pretrained, parent_run_id=args.study_run_id or None).text)
 
     return run_step("compare", body)
 

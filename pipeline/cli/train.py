@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{cfg.select_metric} {outcome.selection_score:.3f}, test accuracy {outcome.test_accuracy:.3f}")
             print(f"run {outcome.run_id}, model {outcome.model_uri}")
 
-    return run_step("train", body, existing_run=lambda: resume_target(args))
+    return run_step("train", body, existing_run=lambda: resume_target(args), system_metrics=True)
 
 
 def resume_target(args: argparse.Namespace) -> str | None:

@@ -79,7 +79,7 @@ def load_rgb(source: PhotoSource, min_side: int | None = None) -> Image.Image:
             img.load()
             # convert() copies even an RGB image; the cache is read every epoch, so skip the copy.
             return img if img.mode == "RGB" else img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{_describe(source)} is corrupt, truncated or not an image: {exc}") from None
 
 

@@ -4,9 +4,10 @@ the labs' curves, the confusion matrices and one self-contained HTML report."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from pipeline.catalog import config_label
-from pipeline.compare import comparison_table, display_table, format_table
+from pipeline.compare import comparison_table, display_table, format_table, markdown_table
 from pipeline.engine import ranking_score
 from pipeline.figures import confusion_grid_figure, curves_figure, figure_png
 from pipeline.model_card import CARD_ARTIFACT
@@ -27,12 +28,14 @@ CHAMPION_FIGURES = (
 )
 
 
-def run_compare(models: list[str], pretrained_values: list[bool], parent_run_id: str | None = None) -> str:
-    """Reads train runs back from the tracking server; logs the table, figures and an HTML report.
+@dataclass
+class Comparison:
+    text: str  # the table as logged in comparison/comparison.txt
+    markdown: str  # the table, the champion and links to every train run, for a run description
 
-    Returns:
-        The table as text, as logged in ``comparison/comparison.txt``.
-    """
+
+def run_compare(models: list[str], pretrained_values: list[bool], parent_run_id: str | None = None) -> Comparison:
+    """Reads train runs back from the tracking server; logs the table, figures and an HTML report."""
     records = readback.search_train_runs(runs.experiment_ids(), parent_run_id)
     not_run = readback.skipped_configurations(parent_run_id) if parent_run_id else {}
     table = comparison_table(records, models, pretrained_values, not_run)
@@ -60,7 +63,10 @@ def run_compare(models: list[str], pretrained_values: list[bool], parent_run_id:
     report = build_html_report(title=REPORT_TITLE, summary_table=display_table(table), figures=figures, notes=notes,
                                run_links=run_links, documents=documents)
     artifacts.log_text(report, "comparison/report.html")
-    return text
+    lines = [markdown_table(table), ""] + [f"- {note}" for note in notes]
+    lines += ["", "Train runs: " + ", ".join(f"[{label}]({url})" for label, url in run_links.items()),
+              "", "The full report with every figure is the compare run's artifact `comparison/report.html`."]
+    return Comparison(text, "\n".join(lines) + "\n")
 
 
 def log_comparison_figures(records: list[TrainRunRecord], models: list[str],

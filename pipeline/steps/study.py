@@ -89,7 +89,10 @@ def run_study(cfg: StudyConfig) -> StudyOutcome:
     with runs.step_run("compare", "compare", nested=True):
         comparison = run_compare(cfg.models, cfg.pretrained, parent_run_id=study_run_id)
     metric_sink().log_summary({"champion_selection_score": champion.selection_score, **evaluation})
-    return StudyOutcome(trained, skipped, champion, version, evaluation, comparison)
+    # The study run's page in the MLflow UI opens on the comparison.
+    runs.set_tags({tags.NOTE: f"**retina-flow study**: champion `{cfg.registered_model}` v{version} "
+                              f"(`models:/{cfg.registered_model}@{cfg.champion_alias}`).\n\n{comparison.markdown}"})
+    return StudyOutcome(trained, skipped, champion, version, evaluation, comparison.text)
 
 
 def describe_champion(cfg: StudyConfig, version: str, champion: TrainOutcome) -> None:
@@ -110,7 +113,7 @@ def train_grid(cfg: StudyConfig, skipped: set[str]) -> list[TrainOutcome]:
                 continue
             for seed in range(cfg.train.seed, cfg.train.seed + cfg.seeds):
                 name = label.replace(" ", "-") + (f"-seed{seed}" if cfg.seeds > 1 else "")
-                with runs.step_run("train", name, nested=True):
+                with runs.step_run("train", name, nested=True, system_metrics=True):
                     trained.append(run_train(dataclasses.replace(cfg.train, model=model, pretrained=pretrained, seed=seed)))
     if not trained:
         raise ConfigError("every configuration was skipped; nothing was trained")

@@ -7,6 +7,7 @@ runs it; only rank 0 logs to MLflow and writes the checkpoint.
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from pipeline import checkpoint, faults
-from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, config_label
+from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, NUM_GRADES, config_label
 from pipeline.config import TrainConfig, to_dict, validate_train_config
 from pipeline.data.balance import balanced_weights, class_weights
 from pipeline.data.dataset import (
@@ -33,6 +34,7 @@ from pipeline.data.dataset import (
     to_unit_float,
 )
 from pipeline.data.sampling import EpochSampler
+from pipeline.data.synthetic import render_fundus
 from pipeline.distributed import DistContext, context_from_env, destroy_process_group, init_process_group, shard_indices
 from pipeline.engine import EvalOutput, FitResult, FitState, fit
 from pipeline.errors import ConfigError, RetinaFlowError
@@ -41,7 +43,7 @@ from pipeline.gradcam import grad_cam
 from pipeline.hardware import Accelerator, resolve_device, resolve_precision
 from pipeline.grading import Grader, GraderSpec
 from pipeline.metrics import epoch_metrics, metrics_with_intervals, operating_threshold
-from pipeline.model_card import CARD_ARTIFACT, CardFacts, model_card
+from pipeline.model_card import CARD_ARTIFACT, CardFacts, model_card, run_description
 from pipeline.models import build_model, last_conv_stage
 from pipeline.steps.evaluate import log_test_evaluation, metric_scalars
 from pipeline.tracking import artifacts, readback, registry, runs, tags
@@ -49,9 +51,11 @@ from pipeline.tracking.sink import MetricSink, NullSink, metric_sink
 
 log = logging.getLogger(__name__)
 
-SERVING_EXAMPLE_IMAGES = 2  # a batch of 1 would make torch.export fix the batch size at 1
+SERVING_EXAMPLE_IMAGES = 2  # the logged input example shows a batch, not a single photo
 OUTAGE_GRACE_SECONDS = 300  # after the last epoch, how long to wait for a tracking server to return
 GRADCAM_IMAGES_PER_GRADE = 2
+CHECKPOINT_FOLDER = "checkpoints"  # of the run's artifacts: last.pt while it runs, then the selected weights
+BEST_WEIGHTS = "best_model.pt"
 
 
 @dataclass
@@ -118,8 +122,12 @@ def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome
         return None  # rank 0 logs the result
     deliver_metrics(sink, checkpoint_path, run_id)
     outcome = log_selected_model(cfg, setup.model, result, processed, device, sink)
+    # A finished run needs no crash-resume checkpoint: not on this disk (unless asked), nor on the
+    # server, where it would hold the weights a second time plus the optimizer state.
     if not cfg.keep_checkpoint:
         checkpoint.discard(checkpoint_path)
+    if cfg.checkpoint_artifact:
+        artifacts.delete_artifact(run_id, f"{CHECKPOINT_FOLDER}/{checkpoint.LAST}")
     return outcome
 
 
@@ -199,7 +207,7 @@ def checkpoint_writer(cfg: TrainConfig, path: Path, setup: TrainingSetup) -> Cal
                                                          setup.scaler, state), path)
         if cfg.checkpoint_artifact:
             try:
-                artifacts.log_artifact(path, "checkpoints")
+                artifacts.log_artifact(path, CHECKPOINT_FOLDER)
             except Exception as exc:  # noqa: BLE001 - an outage must not stop training; the local copy stands
                 log.warning("checkpoint of epoch %d kept locally only (%s): the tracking server did not take it",
                             state.epoch, str(exc).splitlines()[0][:200])
@@ -223,7 +231,7 @@ def log_selected_model(cfg: TrainConfig, model: nn.Module, result: FitResult, pr
     model.load_state_dict(result.best_state)
     # fp32 weights in the default memory format: what Grad-CAM and the served model take.
     model = model.float().to(memory_format=torch.contiguous_format)
-    threshold = choose_operating_point(result.best_val, cfg.referable_target_sensitivity)
+    threshold, chosen = choose_operating_point(result.best_val, cfg.referable_target_sensitivity)
     test, test_rows, val_rows = result.best_test, processed.split("test"), processed.split("val")
     best = result.history[result.best_epoch - 1]
     selected = log_test_evaluation(
@@ -245,28 +253,42 @@ def log_selected_model(cfg: TrainConfig, model: nn.Module, result: FitResult, pr
     })
     log_gradcam(model, processed, test_rows, cfg.image_size, device)
     artifacts.log_state_dict({k: v.detach().cpu() for k, v in result.best_state.items()},
-                             "checkpoints/best_model.pt")
+                             f"{CHECKPOINT_FOLDER}/{BEST_WEIGHTS}")
     grader = Grader(model, GraderSpec(cfg.model, cfg.image_size, processed.image_size, threshold))
-    examples = [(processed.root / file).read_bytes() for file in test_rows["file"].head(SERVING_EXAMPLE_IMAGES)]
-    model_uri, _ = registry.log_grader(grader, examples)
+    model_uri, _ = registry.log_grader(grader, example_photos(processed.image_size))
     run_id = runs.active_run_id()
     dataset_name, dataset_digest = readback.input_dataset(run_id)
-    artifacts.log_text(model_card(CardFacts(
+    facts = CardFacts(
         run_id=run_id, config=to_dict(cfg), dataset_name=dataset_name, dataset_digest=dataset_digest,
         grade_counts=processed.metadata["counts"], synthetic=processed.metadata.get("synthetic"),
         best_epoch=result.best_epoch, selection_score=result.best_score, metrics=selected | validation,
-        referable_threshold=threshold, cache_size=processed.image_size)), CARD_ARTIFACT)
+        referable_threshold=threshold, operating_point_chosen=chosen, cache_size=processed.image_size)
+    artifacts.log_text(model_card(facts), CARD_ARTIFACT)
+    runs.set_tags({tags.NOTE: run_description(facts)})
     return TrainOutcome(run_id, model_uri, result.best_epoch, result.best_score, selected["selected_test_accuracy"])
 
 
-def choose_operating_point(val: EvalOutput, target_sensitivity: float) -> float:
-    """The referable threshold chosen on validation (see ``metrics.operating_threshold``)."""
+def choose_operating_point(val: EvalOutput, target_sensitivity: float) -> tuple[float, bool]:
+    """The referable threshold chosen on validation (see ``metrics.operating_threshold``), and
+    whether it was: without a referable eye or finite outputs it falls back on the default."""
     threshold = operating_threshold(val.targets, val.probabilities, target_sensitivity)
     if np.isnan(threshold):
         log.warning("no operating point can be chosen on validation (no referable eye, or the model diverged); "
                     "using P(grade >= 2) >= %g", DEFAULT_REFERABLE_THRESHOLD)
-        return DEFAULT_REFERABLE_THRESHOLD
-    return threshold
+        return DEFAULT_REFERABLE_THRESHOLD, False
+    return threshold, True
+
+
+def example_photos(side: int, count: int = SERVING_EXAMPLE_IMAGES) -> list[bytes]:
+    """Synthetic photos for the logged model's input example: no patient's photo travels with a model."""
+    rng = np.random.default_rng(0)
+    photos = []
+    for index in range(count):
+        buffer = io.BytesIO()
+        photo = render_fundus(index % NUM_GRADES, ("left", "right")[index % 2], (max(side, 128), max(side, 128) * 3 // 4), rng)
+        photo.save(buffer, format="JPEG", quality=90)
+        photos.append(buffer.getvalue())
+    return photos
 
 
 def log_gradcam(model: nn.Module, processed: ProcessedDataset, test_rows: pd.DataFrame, image_size: int,
@@ -291,10 +313,10 @@ def load_run_checkpoint(run_id: str, checkpoint_dir: str) -> dict:
     """The last checkpoint of ``run_id``: the local file, else the one logged to the run."""
     local = checkpoint.run_checkpoint_path(checkpoint_dir, run_id)
     if not local.is_file():
-        data = artifacts.read_artifact(run_id, f"checkpoints/{checkpoint.LAST}")
+        data = artifacts.read_artifact(run_id, f"{CHECKPOINT_FOLDER}/{checkpoint.LAST}")
         if data is None:
             raise ConfigError(f"run {run_id} has no checkpoint to resume from: neither {local} nor a "
-                              f"checkpoints/{checkpoint.LAST} artifact (it may have died before its first epoch ended)")
+                              f"{CHECKPOINT_FOLDER}/{checkpoint.LAST} artifact (it may have died before its first epoch ended)")
         local.parent.mkdir(parents=True, exist_ok=True)
         local.write_bytes(data)
     return checkpoint.load(local)

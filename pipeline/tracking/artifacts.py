@@ -17,6 +17,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.tracking import MlflowClient
 
 from pipeline.tracking.runs import main_process_only
 
@@ -95,6 +97,13 @@ def _is_duplicate_insert(exc: Exception) -> bool:
     """A unique-key collision, in the wording of sqlite, PostgreSQL or MySQL."""
     text = str(exc).lower()
     return any(marker in text for marker in ("unique constraint failed", "duplicate key value", "duplicate entry"))
+
+
+def delete_artifact(run_id: str, artifact_path: str) -> None:
+    """Removes one artifact of a run from wherever the tracking server keeps it (local folder,
+    served ``mlflow-artifacts``, object store), through MLflow's artifact repository for the run."""
+    artifact_uri = MlflowClient().get_run(run_id).info.artifact_uri
+    get_artifact_repository(artifact_uri).delete_artifacts(artifact_path)
 
 
 def read_artifact(run_id: str, artifact_path: str) -> bytes | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -85,6 +86,7 @@ def load_model(uri: str) -> LoadedModel:
     """Loads a logged or registered grader (``models:/dr-resnet@champion``) for inference."""
     # MLflow would download into a fresh temporary folder per call and never remove it: a copy of
     # the model (95 MB for resnet50) left in /tmp by every evaluate and predict.
+    path_before = list(sys.path)
     with tempfile.TemporaryDirectory(prefix="retina-flow-model-") as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
@@ -92,6 +94,9 @@ def load_model(uri: str) -> LoadedModel:
             served = mlflow.pyfunc.load_model(local).unwrap_python_model()
         except mlflow.exceptions.MlflowException as exc:
             raise ConfigError(f"cannot load model {uri!r}: {exc.message}") from None
+        finally:
+            # Loading puts the model's code folder on sys.path; it is deleted with ``tmp``.
+            sys.path[:] = [entry for entry in sys.path if entry in path_before or not entry.startswith(tmp)]
     if not isinstance(served, GraderModel):
         raise ConfigError(f"model {uri!r} is not a retina-flow grader (it is {type(served).__name__}); "
                           "models logged before the grader took photos must be retrained")

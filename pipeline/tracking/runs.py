@@ -24,7 +24,12 @@ from pipeline.tracking import tags
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "retina-flow"
+# The kind the MLflow UI reads: it shows such an experiment as a model training one.
+EXPERIMENT_KIND = "custom_model_development"
 LOCAL_UI = "http://127.0.0.1:5000"
+# MLflow 3.17's UI opens in its GenAI view in a browser that has not chosen one, whatever the
+# experiment's kind; links that ask for the model-training view open on runs, metrics and models.
+UI_VIEW = "?workflowType=machine_learning"
 
 
 def main_process_only(function: Callable) -> Callable:
@@ -55,24 +60,42 @@ def configure() -> str:
     if uri.startswith(("http://", "https://")):
         require_reachable(uri)
     mlflow.set_tracking_uri(uri)
-    if not (os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_RUN_ID")):
-        if name := os.environ.get("MLFLOW_EXPERIMENT_NAME"):
-            # MLflow's own lookup of this name fails the run that loses a race to create it.
-            _create_experiment_if_missing(name)
-        else:
-            mlflow.set_experiment(DEFAULT_EXPERIMENT)
+    client = MlflowClient()
+    if run_id := os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` opened the run, in its experiment
+        experiment_id = client.get_run(run_id).info.experiment_id
+    elif not (experiment_id := os.environ.get("MLFLOW_EXPERIMENT_ID", "")):
+        # MLflow's own lookup of a name fails the run that loses a race to create it.
+        experiment_id = _experiment_id_creating_it(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+        if not os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+            mlflow.set_experiment(experiment_id=experiment_id)
+    _mark_as_model_development(experiment_id)
     return mlflow.get_tracking_uri()
 
 
-def _create_experiment_if_missing(name: str) -> None:
-    """Creates experiment ``name`` unless it exists; a concurrent process creating it first is fine."""
+def _experiment_id_creating_it(name: str) -> str:
+    """Experiment ``name``'s id, created if missing; a concurrent process creating it first is fine."""
     client = MlflowClient()
-    if client.get_experiment_by_name(name) is not None:
-        return
+    if (experiment := client.get_experiment_by_name(name)) is not None:
+        return experiment.experiment_id
     try:
-        client.create_experiment(name)
+        return client.create_experiment(name)
     except mlflow.MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    return client.get_experiment_by_name(name).experiment_id
+
+
+def _mark_as_model_development(experiment_id: str) -> None:
+    """Tags the experiment so that the MLflow UI opens it on its training runs, not on the GenAI
+    overview (traces, token usage) it shows an experiment of no kind."""
+    client = MlflowClient()
+    if client.get_experiment(experiment_id).tags.get(tags.EXPERIMENT_KIND) == EXPERIMENT_KIND:
+        return
+    try:
+        client.set_experiment_tag(experiment_id, tags.EXPERIMENT_KIND, EXPERIMENT_KIND)
+    except mlflow.MlflowException:
+        # Steps starting together race to set it; one of them did.
+        if client.get_experiment(experiment_id).tags.get(tags.EXPERIMENT_KIND) != EXPERIMENT_KIND:
             raise
 
 
@@ -90,18 +113,21 @@ def require_reachable(uri: str, timeout: float = 5.0) -> None:
 
 
 @contextlib.contextmanager
-def step_run(step: str, run_name: str | None = None, *, nested: bool = False, run_id: str | None = None
-             ) -> Iterator[Run | None]:
+def step_run(step: str, run_name: str | None = None, *, nested: bool = False, run_id: str | None = None,
+             system_metrics: bool = False) -> Iterator[Run | None]:
     """An MLflow run for one pipeline step; attaches to ``mlflow run``'s run when there is one.
 
     A failure marks the run FAILED; a user-facing error's message is also kept as a tag, so the
     UI shows why without a log. Ranks other than 0 of a torchrun job open no run.
+
+    Args:
+        system_metrics: log MLflow's system metrics (CPU, memory, disk, GPUs) while the run lasts.
     """
     if not context_from_env().is_main:
         yield None
         return
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested,
-                          tags={tags.STEP: step}) as run:
+                          tags={tags.STEP: step}, log_system_metrics=system_metrics) as run:
         try:
             yield run
         except RetinaFlowError as exc:
@@ -180,16 +206,17 @@ def run_link(run: Run | None = None) -> str:
     run = run or mlflow.active_run()
     uri = mlflow.get_tracking_uri()
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
-    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}{UI_VIEW}"
 
 
 def artifact_url(run_id: str, artifact_path: str) -> str:
     """The page of one of the run's artifacts in the tracking UI."""
-    return f"{run_url(run_id)}/artifactPath/{artifact_path}"
+    return run_url(run_id).removesuffix(UI_VIEW) + f"/artifactPath/{artifact_path}{UI_VIEW}"
 
 
 def tracking_ui_hint() -> str:
+    """How to look at this experiment's runs in the MLflow UI."""
     uri = mlflow.get_tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"run `mlflow ui --backend-store-uri {uri}` and open {LOCAL_UI}"
+    served = uri.startswith(("http://", "https://"))
+    page = f"{uri.rstrip('/') if served else LOCAL_UI}/#/experiments/{experiment_ids()[0]}/runs{UI_VIEW}"
+    return f"open {page}" if served else f"run `mlflow ui --backend-store-uri {uri}` and open {page}"

@@ -15,11 +15,14 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from pipeline.distributed import context_from_env
+from pipeline.errors import RetinaFlowError
 
 log = logging.getLogger(__name__)
 
 _SERVER_ERRORS = (mlflow.exceptions.MlflowException, OSError, requests.exceptions.RequestException)
 RETRY_PAUSE_SECONDS = 2.0
+# How long a step's final results wait for a tracking server that is away (a restart, say).
+SUMMARY_WAIT_SECONDS = 300
 
 
 @dataclass
@@ -42,8 +45,13 @@ class MetricSink:
 
     def log_summary(self, metrics: dict[str, float], model_id: str | None = None) -> None:
         """Values that describe the whole run (best epoch, selected test metrics), optionally also
-        attached to a logged model."""
+        attached to a logged model. A step's results: they wait for a server that is away, and the
+        step fails, saying so, if it does not come back (a run must not end FINISHED without them)."""
         self._send(_Batch({k: float(v) for k, v in metrics.items()}, None, model_id))
+        if not self.flush(wait_seconds=SUMMARY_WAIT_SECONDS):
+            raise RetinaFlowError(f"the tracking server {mlflow.get_tracking_uri()} stayed unreachable for "
+                                  f"{SUMMARY_WAIT_SECONDS} s and did not take this step's results; run it again "
+                                  "once the server is back")
 
     def _send(self, batch: _Batch) -> None:
         self._unsent.append(batch)

@@ -12,5 +12,6 @@ DEVICE = "retina_flow.device"
 WORLD_SIZE = "retina_flow.world_size"
 PRECISION = "retina_flow.precision"
 CONFIGURATION = "retina_flow.configuration"
+EXPERIMENT_KIND = "mlflow.experimentKind"  # on experiments: which view the MLflow UI opens
 NOTE = "mlflow.note.content"  # the run description the MLflow UI shows (markdown)
 PARENT_RUN = "mlflow.parentRunId"

@@ -26,5 +26,7 @@ def test_steps_configuring_a_new_experiment_at_once_share_it(server_tracking, mo
     assert run_at_once(configure) == []
     client = MlflowClient(server_tracking)
     assert [e.name for e in client.search_experiments(filter_string="name = 'created-by-racers'")] == ["created-by-racers"]
+    # Each racer also marks it as a model-training experiment, which the MLflow UI opens on its runs.
+    assert client.get_experiment_by_name("created-by-racers").tags["mlflow.experimentKind"] == "custom_model_development"
     with mlflow.start_run() as run:
         assert run.info.experiment_id == client.get_experiment_by_name("created-by-racers").experiment_id

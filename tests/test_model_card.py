@@ -1,0 +1,52 @@
+"""The model card says what the model is, what it learnt from, how it did and what it is not for."""
+
+import pytest
+
+from pipeline.config import TrainConfig, to_dict
+from pipeline.model_card import CardFacts, model_card, run_description
+
+METRICS = {"selected_test_accuracy": 0.44, "selected_test_accuracy_ci_low": 0.34, "selected_test_accuracy_ci_high": 0.54,
+           "selected_val_kappa": 0.805, "selected_test_referable_sensitivity": 0.875}
+
+
+def facts(**changes) -> CardFacts:
+    values = dict(run_id="abc123", config=to_dict(TrainConfig(model="resnet50", pretrained=True, seed=7)),
+                  dataset_name="224px", dataset_digest="e4c3bb0b",
+                  grade_counts={"train": [48, 40, 51, 48, 53], "val": [11, 11, 13, 12, 13], "test": [10, 18, 24, 22, 26]},
+                  synthetic=None, best_epoch=5, selection_score=0.805, metrics=METRICS, referable_threshold=0.5974,
+                  operating_point_chosen=True, cache_size=224)
+    return CardFacts(**(values | changes))
+
+
+def test_the_card_states_configuration_data_selection_metrics_and_limits():
+    card = model_card(facts())
+    assert card.startswith("# retina-flow DR grader: resnet50 pretrained\n")
+    assert "pretrained on ImageNet (`ResNet50_Weights.IMAGENET1K_V1`)" in card and "seed 7" in card
+    assert "Dataset `224px` (MLflow digest `e4c3bb0b`)" in card
+    assert "| val | 11 | 11 | 13 | 12 | 13 | 60 |" in card
+    assert "Epoch 5 of 10, chosen by `val_kappa` on validation (0.805)" in card
+    assert "**0.5974**: the most specific threshold that finds 90% of the referable eyes" in card
+    assert "| Accuracy (5 grades) | - | 0.440 [0.340, 0.540] |" in card  # a missing value shows as "-"
+    assert "| Quadratic weighted kappa | 0.805 | - |" in card  # no interval logged: the value alone
+    assert "`predicted_grade`, `p_grade_0`" in card and "quality 95" in card
+    assert "**Not a medical device.**" in card
+    assert "synthetic" not in card.lower()
+
+
+def test_a_synthetic_training_set_is_said_plainly():
+    card = model_card(facts(synthetic={"seed": 0, "size": [512, 384]}))
+    assert "**Trained and evaluated on synthetic photos**" in card and "say nothing about real patients" in card
+
+
+def test_a_default_operating_point_is_not_passed_off_as_chosen():
+    card = model_card(facts(referable_threshold=0.5, operating_point_chosen=False))
+    assert "**0.5000**: the default, because none could be chosen on validation" in card
+    assert "most specific threshold" not in card
+
+
+@pytest.mark.parametrize("pretrained, expected", [(True, "**resnet50 pretrained**, seed 7"), (False, "**resnet50 scratch**")])
+def test_the_run_description_summarises_the_selected_model(pretrained, expected):
+    config = to_dict(TrainConfig(model="resnet50", pretrained=pretrained, seed=7))
+    text = run_description(facts(config=config))
+    assert expected in text and "Selected epoch **5**" in text and "accuracy 0.440 [0.340, 0.540]" in text
+    assert "sensitivity 0.875," in text
