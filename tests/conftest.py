@@ -104,18 +104,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_server(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
+def wait_for_server(url: str, process: subprocess.Popen, log_path: Path, *, health: str = "/health",
+                    timeout: float = 90.0) -> None:
+    """Returns once ``url + health`` answers 200; fails with the end of the server's log if it dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {process.returncode}")
+            raise RuntimeError(f"the server for {url} exited with {process.returncode}:\n"
+                               f"{log_path.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}{health}", timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
             time.sleep(0.5)
-    raise TimeoutError(f"mlflow server at {url} did not answer within {timeout} s")
+    raise TimeoutError(f"the server at {url} did not answer within {timeout} s")
+
+
+@contextlib.contextmanager
+def running_server(command: list[str], port: int, log_path: Path, *, cwd: Path, env: dict[str, str] | None = None,
+                   health: str = "/health", timeout: float = 90.0) -> Iterator[str]:
+    """A real server process on a loopback port, yielded once it answers; stopped (killed if need be) after."""
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+    try:
+        wait_for_server(url, process, log_path, health=health, timeout=timeout)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 @contextlib.contextmanager
@@ -123,24 +144,11 @@ def running_mlflow_server(root: Path, *extra: str, env: dict[str, str] | None = 
                           port: int | None = None) -> Iterator[str]:
     """A real ``mlflow server`` process on a (free) loopback port, sqlite backend, served artifacts."""
     port = port or free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_file = open(root / "server.log", "w")
-    process = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1", *extra],
-        stdout=log_file, stderr=subprocess.STDOUT, cwd=root, env=env,
-    )
-    try:
-        wait_for_server(url, process)
+    command = [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+               "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+               "--artifacts-destination", str(root / "artifacts"), "--workers", "1", *extra]
+    with running_server(command, port, root / "server.log", cwd=root, env=env) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log_file.close()
 
 
 @contextlib.contextmanager

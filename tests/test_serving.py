@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,7 +23,7 @@ from pipeline.cli import train as train_cli
 from pipeline.grading import PREDICTION_COLUMNS, PROBABILITY_COLUMNS
 from pipeline.steps.evaluate import TEST_PREDICTIONS
 from pipeline.tracking import registry
-from tests.conftest import VENV_BIN, free_port, scratch_dir, subprocess_env
+from tests.conftest import VENV_BIN, free_port, running_server, scratch_dir, subprocess_env
 
 pytestmark = pytest.mark.slow  # a training, a real tracking server and a real model server
 
@@ -54,30 +52,11 @@ def champion(mlflow_server, processed_dir, tmp_path_factory):
 def model_server(champion, mlflow_server):
     """`mlflow models serve -m models:/...@champion --env-manager local` on a free loopback port."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with open(champion["root"] / "serve.log", "w") as log:
-        process = subprocess.Popen(
-            [str(VENV_BIN / "mlflow"), "models", "serve", "-m", champion["uri"], "--env-manager", "local",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            env=subprocess_env(MLFLOW_TRACKING_URI=mlflow_server), stdout=log, stderr=subprocess.STDOUT,
-            cwd=champion["root"])
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, (champion["root"] / "serve.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the model server did not answer within 180 s"
-                time.sleep(1)
+    command = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", champion["uri"], "--env-manager", "local",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with running_server(command, port, champion["root"] / "serve.log", cwd=champion["root"], health="/ping",
+                        env=subprocess_env(MLFLOW_TRACKING_URI=mlflow_server), timeout=180) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def invoke(url: str, photos: list[bytes]) -> tuple[int, dict]:
