@@ -7,7 +7,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 DEMO_RAW ?= data/raw
 DEMO_DATA ?= data/processed
 
-.PHONY: install browser demo test ui server clean
+.PHONY: install browser postgres demo test ui server clean
 
 # pyproject.toml is the one list of dependencies; the project installs editable, with pytest.
 $(VENV)/.installed: pyproject.toml
@@ -25,11 +25,16 @@ demo: install
 	@echo
 	@echo "Results are in $(MLFLOW_TRACKING_URI) (artifacts under ./mlruns). Browse them with: make ui"
 
-# The HTML report is tested in a real headless Chromium (Debian's package).
+# The HTML report and the MLflow UI are tested in a real headless Chromium (Debian's package).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: install browser
+# The tests' tracking servers run on a throwaway PostgreSQL cluster (Debian's server binaries).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+test: install browser postgres
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 # The MLflow UI on the embedded store.
@@ -37,9 +42,15 @@ ui: install
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
 
 # A tracking server for several users or machines: loopback only unless you choose otherwise.
+# A lab's server keeps its runs in PostgreSQL: make server BACKEND_STORE_URI=postgresql://USER:PASSWORD@HOST:5432/mlflow
+BACKEND_STORE_URI ?= sqlite:///$(CURDIR)/mlflow-server.db
+ARTIFACTS_DESTINATION ?= $(CURDIR)/mlartifacts
+SERVER_HOST ?= 127.0.0.1
+SERVER_PORT ?= 5000
+SERVER_OPTIONS ?=  # e.g. --app-name basic-auth
 server: install
-	$(BIN)/mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow-server.db \
-		--artifacts-destination $(CURDIR)/mlartifacts
+	$(BIN)/mlflow server --host $(SERVER_HOST) --port $(SERVER_PORT) --backend-store-uri $(BACKEND_STORE_URI) \
+		--artifacts-destination $(ARTIFACTS_DESTINATION) $(SERVER_OPTIONS)
 
 clean:
 	rm -rf data mlruns mlartifacts mlflow.db mlflow-server.db

@@ -81,6 +81,9 @@ class StudyConfig:
     pretrained: list[bool] = field(default_factory=lambda: [True, False])
     skip_unavailable_weights: bool = False
     seeds: int = 1  # runs per configuration, with seeds train.seed, train.seed + 1, ...
+    # Trainings at once: 1 trains one after another in this process; N > 1 runs up to N train
+    # processes side by side (one per GPU where there are GPUs, sharing the cores on a CPU machine).
+    parallel: int = 1
     registered_model: str = "dr-resnet"
     champion_alias: str = "champion"
 
@@ -292,8 +295,9 @@ def validate_study_config(cfg: StudyConfig) -> None:
             raise ConfigError(f"models contains {model!r}, which is not supported; choose from {', '.join(SUPPORTED_MODELS)}")
     if not cfg.models or not cfg.pretrained:
         raise ConfigError("models and pretrained must each list at least one value")
-    if cfg.seeds < 1:
-        raise ConfigError(f"seeds={cfg.seeds} must be at least 1")
+    for name in ("seeds", "parallel"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}={getattr(cfg, name)} must be at least 1")
     validate_preprocess_config(cfg.preprocess)
     validate_train_config(cfg.train)
 

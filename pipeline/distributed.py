@@ -24,6 +24,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    node_rank: int = 0  # torchrun's --node-rank (GROUP_RANK): which machine of the job this is
 
     @property
     def enabled(self) -> bool:
@@ -33,13 +34,19 @@ class DistContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def is_node_main(self) -> bool:
+        """The first process of its machine: the one that reports the machine's system metrics."""
+        return self.local_rank == 0
+
 
 def context_from_env() -> DistContext:
     """The torchrun-provided rank (RANK/WORLD_SIZE/LOCAL_RANK), or a single process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistContext()
-    return DistContext(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    return DistContext(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")),
+                       int(os.environ.get("GROUP_RANK", "0")))
 
 
 def init_process_group(ctx: DistContext, device: torch.device) -> None:
@@ -62,6 +69,15 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def shard_indices(length: int, ctx: DistContext) -> list[int]:
     return list(range(ctx.rank, length, ctx.world_size))
+
+
+def broadcast_from_main(value: object, ctx: DistContext) -> object:
+    """Rank 0's ``value`` on every rank (a picklable object; the value itself without torchrun)."""
+    if not ctx.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def all_reduce_sum(values: list[float], ctx: DistContext) -> list[float]:

@@ -33,6 +33,11 @@ class EvalOutput:
     def metrics(self, prefix: str) -> dict[str, float]:
         return {f"{prefix}_loss": self.loss, f"{prefix}_accuracy": self.accuracy}
 
+    @property
+    def diverged(self) -> bool:
+        """Some outputs are NaN or infinite: argmax-based metrics then describe no real prediction."""
+        return not np.isfinite(self.probabilities).all()
+
 
 @dataclass
 class FitState:
@@ -152,8 +157,8 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
     history: list[dict[str, float]] = []
     if start is not None:
         history = list(start.history)
-        best = FitResult(start.best_epoch, history[start.best_epoch - 1][select_metric], start.best_state,
-                         start.best_test, start.best_val)
+        best = FitResult(start.best_epoch, float("nan") if start.best_val.diverged else history[start.best_epoch - 1][select_metric],
+                         start.best_state, start.best_test, start.best_val)
     for epoch in range((start.epoch if start else 0) + 1, epochs + 1):
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)  # a different shuffle each epoch, the same on every rank
@@ -172,11 +177,11 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
             metrics |= {f"val_{k}": v for k, v in epoch_metrics(val.targets, val.probabilities).items()}
             metrics |= {f"test_{k}": v for k, v in epoch_metrics(test.targets, test.probabilities).items()}
         history.append(metrics)
-        score = _score(metrics, select_metric)
-        # Ties go to the lower validation loss: the more confident of two equally good models.
-        if best is None or (score, -val.loss) > (_score(history[best.best_epoch - 1], select_metric),
-                                                 -history[best.best_epoch - 1]["val_loss"]):
-            best = FitResult(epoch, metrics[select_metric], copy.deepcopy(unwrap(model).state_dict()), test, val)
+        if best is None or _selection_key(metrics, val, select_metric) > _selection_key(
+                history[best.best_epoch - 1], best.best_val, select_metric):
+            # A diverged epoch's score is NaN: it never wins a comparison of runs either.
+            score = float("nan") if val.diverged else metrics[select_metric]
+            best = FitResult(epoch, score, copy.deepcopy(unwrap(model).state_dict()), test, val)
         log.info("epoch %d/%d %s", epoch, epochs, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if on_checkpoint is not None:
             on_checkpoint(FitState(epoch, history, best.best_epoch, best.best_state, best.best_test, best.best_val))
@@ -193,9 +198,14 @@ def ranking_score(value: float) -> float:
     return float("-inf") if np.isnan(value) else value
 
 
-def _score(metrics: dict[str, float], name: str) -> float:
+def _selection_key(metrics: dict[str, float], val: EvalOutput, name: str) -> tuple[float, float]:
+    """Higher is the better epoch: its select metric, ties to the lower validation loss (the more
+    confident of two equally good models). A diverged epoch (non-finite outputs, whose argmax
+    "predictions" may still score like a constant guess) ranks below every other."""
     if name not in metrics:
         raise ValueError(f"select_metric={name!r} is not among this epoch's metrics: {', '.join(sorted(metrics))}")
-    return ranking_score(metrics[name])
+    if val.diverged:
+        return float("-inf"), float("-inf")
+    return ranking_score(metrics[name]), ranking_score(-metrics["val_loss"])
 
 

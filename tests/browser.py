@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import subprocess
@@ -23,15 +24,15 @@ def chromium_binary() -> str:
     return binary
 
 
-def run_chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess:
-    """Headless chromium on a local page, isolated and offline, console messages on stderr."""
+def run_chromium(page: Path | str, profile: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Headless chromium on a local page (or a loopback URL), isolated, console messages on stderr."""
     command = [
         chromium_binary(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={profile}",
-        "--enable-logging=stderr", "--v=0", f"--window-size={WINDOW[0]},{WINDOW[1]}", *extra, page.as_uri(),
+        "--enable-logging=stderr", "--v=0", f"--window-size={WINDOW[0]},{WINDOW[1]}", *extra, page.as_uri() if isinstance(page, Path) else page,
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -63,3 +64,10 @@ def probed_title(dom: str) -> str:
     return match.group(1)
 
 
+
+
+def rendered_text(url: str, profile: Path, wait_ms: int = 20000) -> str:
+    """The visible text of a web app's page once its scripts have run (``wait_ms`` of virtual time)."""
+    dom = run_chromium(url, profile, f"--virtual-time-budget={wait_ms}", "--dump-dom").stdout
+    dom = re.sub(r"<(script|style)\b[^>]*>.*?</\1>", " ", dom, flags=re.S)
+    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom)))

@@ -141,11 +141,12 @@ def running_server(command: list[str], port: int, log_path: Path, *, cwd: Path, 
 
 @contextlib.contextmanager
 def running_mlflow_server(root: Path, *extra: str, env: dict[str, str] | None = None,
-                          port: int | None = None) -> Iterator[str]:
-    """A real ``mlflow server`` process on a (free) loopback port, sqlite backend, served artifacts."""
+                          port: int | None = None, backend_store_uri: str | None = None) -> Iterator[str]:
+    """A real ``mlflow server`` process on a (free) loopback port, served artifacts under ``root``;
+    its backend is ``backend_store_uri`` (a sqlite file under ``root`` by default)."""
     port = port or free_port()
     command = [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-               "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+               "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'server.db'}",
                "--artifacts-destination", str(root / "artifacts"), "--workers", "1", *extra]
     with running_server(command, port, root / "server.log", cwd=root, env=env) as url:
         yield url
@@ -162,10 +163,24 @@ def scratch_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory) -> Iterator[str]:
+    """One throwaway PostgreSQL cluster for the session (see tests/postgres.py); yields its base URI."""
+    from tests.postgres import postgres_cluster
+
+    with postgres_cluster(free_port()) as uri:
+        yield uri
+
+
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real server for one test module; its store and artifacts go when the module is done."""
-    with scratch_dir(tmp_path_factory, "mlflow_server") as root, running_mlflow_server(root) as url:
+def mlflow_server(postgres, tmp_path_factory, request):
+    """A real server for one test module, as a lab shares one: PostgreSQL backend (a fresh database
+    per module), served artifacts; its database stays with the cluster, its artifacts go with the module."""
+    from tests.postgres import create_database
+
+    database = create_database(postgres, "mlflow_" + request.module.__name__.rsplit(".", 1)[-1])
+    with (scratch_dir(tmp_path_factory, "mlflow_server") as root,
+          running_mlflow_server(root, backend_store_uri=database) as url):
         yield url
 
 

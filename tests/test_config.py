@@ -197,7 +197,8 @@ def test_preprocess_rule_boundary_is_accepted(values):
     ({"models": []}, "models and pretrained must each list at least one value"),
     ({"pretrained": []}, "models and pretrained must each list at least one value"),
     ({"seeds": 0}, "seeds=0 must be at least 1"),
-], ids=["unknown-model", "empty-models", "empty-pretrained", "seeds=0"])
+    ({"parallel": 0}, "parallel=0 must be at least 1"),
+], ids=["unknown-model", "empty-models", "empty-pretrained", "seeds=0", "parallel=0"])
 def test_study_rule_rejects_and_names_key_and_value(values, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate_study_config(StudyConfig(**values))
@@ -207,6 +208,7 @@ def test_study_rule_rejects_and_names_key_and_value(values, message):
     {"models": ["resnet50"]},
     {"pretrained": [False]},
     {"seeds": 1},
+    {"parallel": 1},
 ], ids=_case_id)
 def test_study_rule_boundary_is_accepted(values):
     validate_study_config(StudyConfig(**values))

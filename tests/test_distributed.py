@@ -14,7 +14,7 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pipeline.distributed import DistContext, gather_in_order, shard_indices
+from pipeline.distributed import DistContext, broadcast_from_main, context_from_env, gather_in_order, shard_indices
 
 # Lengths that do not divide evenly by 2 or 3, one that does, one shorter than the world (some
 # ranks get an empty part) and an empty dataset.
@@ -61,6 +61,9 @@ def _gather_worker(rank: int, store_dir: str, out_dir: str) -> None:
                         part = np.empty((0, 0), dtype=part.dtype)
                     whole = gather_in_order(part, length, ctx)
                     np.save(_result_path(Path(out_dir), world_size, rank, length, which), whole)
+            # What train does with the run id, which only rank 0 has.
+            received = broadcast_from_main(f"run of world {world_size}" if rank == 0 else None, ctx)
+            (Path(out_dir) / f"world{world_size}_rank{rank}_broadcast.txt").write_text(str(received))
         finally:
             dist.destroy_process_group()
 
@@ -85,6 +88,22 @@ def test_gather_in_order_restores_dataset_order_on_every_rank(gathered, world_si
                 got = np.load(_result_path(gathered, world_size, rank, length, which))
                 assert (got.dtype, got.shape) == (full.dtype, full.shape), where
                 np.testing.assert_array_equal(got, full, err_msg=where)
+
+
+@pytest.mark.parametrize("world_size", sorted(WORLD_SIZES))
+def test_every_rank_receives_rank_zeros_value(gathered, world_size):
+    for rank in range(world_size):
+        assert (gathered / f"world{world_size}_rank{rank}_broadcast.txt").read_text() == f"run of world {world_size}"
+
+
+def test_torchrun_environment_gives_rank_and_node(monkeypatch):
+    for name, value in {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "GROUP_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    ctx = context_from_env()
+    assert (ctx.rank, ctx.world_size, ctx.local_rank, ctx.node_rank) == (3, 4, 1, 1)
+    assert not ctx.is_main and not ctx.is_node_main
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert context_from_env() == DistContext()
 
 
 def test_gather_in_order_without_a_process_group_returns_its_input():

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -15,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.catalog import PER_EPOCH_METRICS, SUPPORTED_MODELS
 from pipeline.grading import PREDICTION_COLUMNS, PROBABILITY_COLUMNS, encode_photos
 from pipeline.tracking import tags
-from tests.conftest import mlflow_run, scratch_dir
+from tests.conftest import PROJECT_ROOT, free_port, mlflow_run, scratch_dir, subprocess_env
 
 pytestmark = pytest.mark.slow  # real `mlflow run` against a real server
 
@@ -30,6 +33,15 @@ def runs_by_step(client: MlflowClient, experiment: str) -> dict[str, list]:
     return grouped
 
 
+STUDY_ENV = {
+    # Tiny trainings last seconds: sample system metrics every second.
+    "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",
+    # One thread per training here and in the parallel study (which shares the cores out): oneDNN
+    # picks its kernels, and so its rounding, by thread count.
+    "OMP_NUM_THREADS": "1",
+}
+
+
 @pytest.fixture(scope="module")
 def study(mlflow_server, raw_dir, imagenet_weights, tmp_path_factory):
     """One whole study through `mlflow run . -e main`, all four configurations."""
@@ -37,9 +49,7 @@ def study(mlflow_server, raw_dir, imagenet_weights, tmp_path_factory):
         result = mlflow_run(mlflow_server, ["-e", "main", "--experiment-name", "e2e", "-P", "config=experiments/tiny.yaml",
                                             "-P", f"raw_dir={raw_dir}", "-P", f"data_dir={root / 'processed'}",
                                             "-P", f"checkpoint_dir={root / 'checkpoints'}"],
-                            TORCH_HOME=str(imagenet_weights["home"]),
-                            # Tiny trainings last seconds: sample system metrics every second.
-                            MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
+                            TORCH_HOME=str(imagenet_weights["home"]), **STUDY_ENV)
         client = MlflowClient(mlflow_server)
         yield client, runs_by_step(client, "e2e"), result, root / "checkpoints"
 
@@ -210,6 +220,31 @@ def test_torchrun_two_processes_make_one_complete_run(mlflow_server, processed_d
         assert logged == pytest.approx(intervals[name], abs=1e-9), name
 
 
+def test_two_torchrun_nodes_make_one_run_with_each_nodes_system_metrics(mlflow_server, processed_dir, tmp_path):
+    """Two machines as the README launches them, here two node launchers on loopback (static
+    rendezvous, one process each): one run, logged by global rank 0, both nodes' system metrics."""
+    experiment, port = "e2e-nodes", free_port()
+    env = subprocess_env(MLFLOW_TRACKING_URI=mlflow_server, MLFLOW_EXPERIMENT_NAME=experiment, **STUDY_ENV)
+    train = ["-m", "pipeline.cli.train", "--data_dir", str(processed_dir), "--image_size", "32", "--epochs", "2",
+             "--batch_size", "4", "--num_workers", "0", "--bootstrap_resamples", "0", "--checkpoint_artifact", "false",
+             "--checkpoint_dir", str(tmp_path)]
+    launchers = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={node}",
+                                   "--nproc-per-node=1", "--master-addr=127.0.0.1", f"--master-port={port}", *train],
+                                  cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for node in (0, 1)]
+    outputs = [launcher.communicate(timeout=600)[0] for launcher in launchers]
+    for launcher, output in zip(launchers, outputs):
+        assert launcher.returncode == 0, output[-4000:]
+
+    client = MlflowClient(mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["retina_flow.world_size"] == "2"
+    for metric in PER_EPOCH_METRICS:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2], metric
+    for node in ("node0", "node1"):
+        assert f"system/{node}/cpu_utilization_percentage" in run.data.metrics, sorted(run.data.metrics)
+
+
 def test_study_report_renders_in_chromium(study, tmp_path):
     """The compare run's HTML report, as logged, loads every image with no console errors."""
     from tests.browser import console_messages, probed_title, run_chromium, with_image_probe
@@ -227,6 +262,24 @@ def test_study_report_renders_in_chromium(study, tmp_path):
     assert probed_title(dom.stdout) == f"images {images}/{images}"
     for run in runs["train"]:
         assert run.info.run_id[:8] in page  # every train run is linked
+
+
+def test_the_mlflow_ui_shows_the_training_runs_and_the_study_runs_comparison(study, tmp_path):
+    """The two links `main` prints, opened in a browser that has never chosen a view."""
+    from tests.browser import rendered_text
+
+    _, runs, result, _ = study
+    runs_page = re.search(r"to browse the runs, open (\S+)", result.stdout).group(1)
+    shown = rendered_text(runs_page, tmp_path / "profile-runs")
+    assert "Runs - Experiment" in shown and "study" in shown, shown[:2000]
+    assert "Token Usage" not in shown and "Traces 0" not in shown  # not the GenAI overview
+
+    study_page = re.search(r"study run: (\S+)", result.stdout).group(1)
+    shown = rendered_text(study_page, tmp_path / "profile-study")
+    assert "Description retina-flow study : champion dr-resnet" in shown, shown[:3000]
+    for label in ("resnet18 pretrained", "resnet18 scratch", "resnet50 pretrained", "resnet50 scratch"):
+        assert label in shown
+    assert "System metrics" in shown and "Model metrics" in shown
 
 
 def test_gradcam_artifact_differs_between_grades(study, tmp_path):
@@ -257,8 +310,49 @@ def test_selection_score_is_the_best_epochs_validation_kappa(study):
     client, runs, _, _ = study
     for run in runs["train"]:
         history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_kappa")}
+        # An epoch whose outputs were NaN (a diverged model: NaN loss) is never chosen over another.
+        sound = {m.step for m in client.get_metric_history(run.info.run_id, "val_loss") if np.isfinite(m.value)}
         best_epoch = int(run.data.metrics["best_epoch"])
+        if best_epoch not in sound:
+            assert not sound and np.isnan(run.data.metrics["selection_score"])
+            continue
         assert run.data.metrics["selection_score"] == pytest.approx(history[best_epoch], nan_ok=True)
-        finite = [value for value in history.values() if not np.isnan(value)]
-        if finite:  # no epoch has a higher validation kappa than the chosen one
+        finite = [value for step, value in history.items() if step in sound and not np.isnan(value)]
+        if finite:  # no sound epoch has a higher validation kappa than the chosen one
             assert history[best_epoch] == max(finite)
+
+
+@pytest.fixture(scope="module")
+def parallel_study(study, mlflow_server, raw_dir, imagenet_weights, tmp_path_factory):
+    """The same study with the same seeds, its four trainings two at a time (`-P parallel=2`)."""
+    with scratch_dir(tmp_path_factory, "e2e-parallel") as root:
+        mlflow_run(mlflow_server, ["-e", "main", "--experiment-name", "e2e-parallel", "-P", "config=experiments/tiny.yaml",
+                                   "-P", f"raw_dir={raw_dir}", "-P", f"data_dir={root / 'processed'}",
+                                   "-P", f"checkpoint_dir={root / 'checkpoints'}", "-P", "parallel=2",
+                                   "-P", "registered_model=dr-resnet-parallel"],
+                   TORCH_HOME=str(imagenet_weights["home"]), **STUDY_ENV)
+        client = MlflowClient(mlflow_server)
+        yield runs_by_step(client, "e2e-parallel")
+
+
+def test_a_parallel_study_trains_side_by_side_and_gives_the_sequential_table(study, parallel_study, tmp_path):
+    client, sequential, _, _ = study
+    (main_run,) = parallel_study["main"]
+    assert main_run.info.status == "FINISHED"
+    train_runs = parallel_study["train"]
+    assert {(r.data.params["model"], r.data.params["pretrained"]) for r in train_runs} == GRID
+    for run in train_runs:
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == main_run.info.run_id
+        for metric in PER_EPOCH_METRICS:
+            assert sorted(m.step for m in client.get_metric_history(run.info.run_id, metric)) == [1, 2], metric
+        assert "system/cpu_utilization_percentage" in run.data.metrics
+    spans = sorted((r.info.start_time, r.info.end_time) for r in train_runs)
+    assert any(later_start < end for (_, end), (later_start, _) in zip(spans, spans[1:]))  # they overlapped
+
+    def table(runs):
+        (compare_run,) = runs["compare"]
+        folder = tmp_path / compare_run.info.run_id
+        folder.mkdir()
+        return pd.read_csv(client.download_artifacts(compare_run.info.run_id, "comparison/comparison.csv", str(folder)))
+
+    pd.testing.assert_frame_equal(table(parallel_study), table(sequential))

@@ -79,6 +79,40 @@ def test_fit_selects_on_validation_never_on_test():
     assert result.best_epoch > 1  # later epochs are better on validation, worse on test
 
 
+class DivergesAfter(Dummy):
+    """Outputs NaN once ``diverged`` is set, as a model whose weights blew up does."""
+
+    diverged = False
+
+    def forward(self, x):
+        out = super().forward(x)
+        return out * float("nan") if self.diverged else out
+
+
+@pytest.mark.parametrize("diverge_after", [1, 0], ids=["after-epoch-1", "from-the-start"])
+def test_a_diverged_epoch_is_never_selected(diverge_after):
+    """NaN outputs argmax to grade 0: on a validation set of grade-0 images that "scores" 100%."""
+    torch.manual_seed(0)
+    model = DivergesAfter()
+    model.diverged = diverge_after == 0
+    inputs, _ = separable_loader(shuffle=False).dataset.tensors
+    all_grade_0 = DataLoader(TensorDataset(inputs, torch.zeros(len(inputs), dtype=torch.long)), batch_size=16)
+    seen = []
+
+    def after_epoch(epoch, metrics):
+        seen.append(metrics)
+        model.diverged = model.diverged or epoch >= diverge_after
+
+    result = fit(model, train_loader=separable_loader(), val_loader=all_grade_0, test_loader=all_grade_0,
+                 criterion=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.05), accel=CPU,
+                 epochs=3, select_metric="val_accuracy", on_epoch_end=after_epoch)
+    assert [m["val_accuracy"] for m in seen[diverge_after:]] == [1.0] * (3 - diverge_after)  # what argmax claims
+    if diverge_after:
+        assert result.best_epoch == 1 and result.best_score == seen[0]["val_accuracy"] < 1.0
+    else:  # nothing to choose: the run's score is NaN, so it never wins a comparison of runs
+        assert result.best_epoch == 1 and result.best_score != result.best_score
+
+
 def test_best_state_is_a_snapshot_not_a_reference():
     torch.manual_seed(0)
     model = Dummy()

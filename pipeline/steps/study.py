@@ -20,7 +20,8 @@ from pipeline.models import ensure_pretrained_available, weights_cache_file
 from pipeline.steps.compare import run_compare
 from pipeline.steps.evaluate import run_evaluate
 from pipeline.steps.preprocess import run_preprocess
-from pipeline.steps.train import TrainOutcome, run_train
+from pipeline.steps.parallel import TrainJob, train_in_parallel
+from pipeline.steps.train import TrainOutcome, outcome_of_run, run_train
 from pipeline.tracking import artifacts, registry, runs, tags
 from pipeline.tracking.sink import metric_sink
 
@@ -103,9 +104,9 @@ def describe_champion(cfg: StudyConfig, version: str, champion: TrainOutcome) ->
     registry.describe(cfg.registered_model, version, heading + card, card)
 
 
-def train_grid(cfg: StudyConfig, skipped: set[str]) -> list[TrainOutcome]:
-    """Every (model, pretrained, seed) of the study not skipped, each a nested train run."""
-    trained = []
+def train_jobs(cfg: StudyConfig, skipped: set[str]) -> list[TrainJob]:
+    """Every (model, pretrained, seed) of the study not skipped, named as its run will be."""
+    jobs = []
     for model in cfg.models:
         for pretrained in cfg.pretrained:
             label = config_label(model, pretrained)
@@ -113,9 +114,21 @@ def train_grid(cfg: StudyConfig, skipped: set[str]) -> list[TrainOutcome]:
                 continue
             for seed in range(cfg.train.seed, cfg.train.seed + cfg.seeds):
                 name = label.replace(" ", "-") + (f"-seed{seed}" if cfg.seeds > 1 else "")
-                with runs.step_run("train", name, nested=True, system_metrics=True):
-                    trained.append(run_train(dataclasses.replace(cfg.train, model=model, pretrained=pretrained, seed=seed)))
-    if not trained:
+                jobs.append(TrainJob(name, dataclasses.replace(cfg.train, model=model, pretrained=pretrained, seed=seed)))
+    if not jobs:
         raise ConfigError("every configuration was skipped; nothing was trained")
+    return jobs
+
+
+def train_grid(cfg: StudyConfig, skipped: set[str]) -> list[TrainOutcome]:
+    """Trains the study's jobs, each a nested train run: one after another in this process, or
+    ``parallel`` at once in processes of their own."""
+    jobs = train_jobs(cfg, skipped)
+    if cfg.parallel > 1:
+        return [outcome_of_run(run_id) for run_id in train_in_parallel(jobs, cfg.parallel)]
+    trained = []
+    for job in jobs:
+        with runs.step_run("train", job.name, nested=True, system_metrics=True):
+            trained.append(run_train(job.config))
     return trained
 

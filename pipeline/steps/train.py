@@ -35,7 +35,14 @@ from pipeline.data.dataset import (
 )
 from pipeline.data.sampling import EpochSampler
 from pipeline.data.synthetic import render_fundus
-from pipeline.distributed import DistContext, context_from_env, destroy_process_group, init_process_group, shard_indices
+from pipeline.distributed import (
+    DistContext,
+    broadcast_from_main,
+    context_from_env,
+    destroy_process_group,
+    init_process_group,
+    shard_indices,
+)
 from pipeline.engine import EvalOutput, FitResult, FitState, fit
 from pipeline.errors import ConfigError, RetinaFlowError
 from pipeline.figures import figure_png, gradcam_figure
@@ -103,19 +110,21 @@ def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome
     seed_everything(cfg.seed)
     init_process_group(ctx, device)
     try:
-        setup = set_up(cfg, processed, accel, resume_from)
-        if setup.start is not None:
-            sink.log_missing_epochs(setup.start.history)
-            log.info("resuming %s after epoch %d of %d", run_id, setup.start.epoch, cfg.epochs)
-        result = fit(
-            setup.trained,
-            train_loader=setup.loaders["train"], val_loader=setup.loaders["val"], test_loader=setup.loaders["test"],
-            criterion=setup.criterion, optimizer=setup.optimizer, accel=accel, scaler=setup.scaler,
-            epochs=cfg.epochs, freeze_epochs=cfg.freeze_epochs, eval_lengths=setup.eval_lengths,
-            epoch_metrics=epoch_metrics, select_metric=cfg.select_metric, start=setup.start,
-            on_checkpoint=checkpoint_writer(cfg, checkpoint_path, setup) if ctx.is_main else None,
-            on_batch_end=faults.batch_hook_from_env(), on_epoch_end=sink.log_epoch,
-        )
+        # Every machine of a multi-node job reports its system metrics to rank 0's run.
+        with runs.node_system_metrics(broadcast_from_main(run_id, ctx), ctx):
+            setup = set_up(cfg, processed, accel, resume_from)
+            if setup.start is not None:
+                sink.log_missing_epochs(setup.start.history)
+                log.info("resuming %s after epoch %d of %d", run_id, setup.start.epoch, cfg.epochs)
+            result = fit(
+                setup.trained,
+                train_loader=setup.loaders["train"], val_loader=setup.loaders["val"], test_loader=setup.loaders["test"],
+                criterion=setup.criterion, optimizer=setup.optimizer, accel=accel, scaler=setup.scaler,
+                epochs=cfg.epochs, freeze_epochs=cfg.freeze_epochs, eval_lengths=setup.eval_lengths,
+                epoch_metrics=epoch_metrics, select_metric=cfg.select_metric, start=setup.start,
+                on_checkpoint=checkpoint_writer(cfg, checkpoint_path, setup) if ctx.is_main else None,
+                on_batch_end=faults.batch_hook_from_env(), on_epoch_end=sink.log_epoch,
+            )
     finally:
         destroy_process_group()
     if not ctx.is_main:
@@ -266,6 +275,13 @@ def log_selected_model(cfg: TrainConfig, model: nn.Module, result: FitResult, pr
     artifacts.log_text(model_card(facts), CARD_ARTIFACT)
     runs.set_tags({tags.NOTE: run_description(facts)})
     return TrainOutcome(run_id, model_uri, result.best_epoch, result.best_score, selected["selected_test_accuracy"])
+
+
+def outcome_of_run(run_id: str) -> TrainOutcome:
+    """What ``log_selected_model`` returned, read back from a train run another process finished."""
+    model_uri, metrics = readback.train_result(run_id)
+    return TrainOutcome(run_id, model_uri, int(metrics["best_epoch"]), metrics["selection_score"],
+                        metrics["selected_test_accuracy"])
 
 
 def choose_operating_point(val: EvalOutput, target_sensitivity: float) -> tuple[float, bool]:

@@ -27,6 +27,12 @@ def search_train_runs(experiment_ids: list[str], parent_run_id: str | None = Non
     return records
 
 
+def train_result(run_id: str) -> tuple[str, dict[str, float]]:
+    """A finished train run's logged model URI and its metrics (latest values)."""
+    run = MlflowClient().get_run(run_id)
+    return run.data.tags.get(tags.MODEL_URI, ""), run.data.metrics
+
+
 def input_dataset(run_id: str) -> tuple[str, str]:
     """(name, digest) of the dataset a run logged as its input; ("", "") when it logged none."""
     inputs = MlflowClient().get_run(run_id).inputs

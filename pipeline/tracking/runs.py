@@ -15,9 +15,10 @@ from typing import Any
 import mlflow
 import yaml
 from mlflow.entities import Run
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
-from pipeline.distributed import context_from_env
+from pipeline.distributed import DistContext, context_from_env
 from pipeline.errors import ConfigError, RetinaFlowError
 from pipeline.tracking import tags
 
@@ -30,6 +31,8 @@ LOCAL_UI = "http://127.0.0.1:5000"
 # MLflow 3.17's UI opens in its GenAI view in a browser that has not chosen one, whatever the
 # experiment's kind; links that ask for the model-training view open on runs, metrics and models.
 UI_VIEW = "?workflowType=machine_learning"
+# Set by the user, it names this machine's system metrics instead of torchrun's node rank.
+NODE_ID_VARIABLE = "MLFLOW_SYSTEM_METRICS_NODE_ID"
 
 
 def main_process_only(function: Callable) -> Callable:
@@ -123,9 +126,12 @@ def step_run(step: str, run_name: str | None = None, *, nested: bool = False, ru
     Args:
         system_metrics: log MLflow's system metrics (CPU, memory, disk, GPUs) while the run lasts.
     """
-    if not context_from_env().is_main:
+    ctx = context_from_env()
+    if not ctx.is_main:
         yield None
         return
+    if system_metrics and ctx.enabled and not os.environ.get(NODE_ID_VARIABLE):
+        mlflow.system_metrics.set_system_metrics_node_id(node_id(ctx))
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested,
                           tags={tags.STEP: step}, log_system_metrics=system_metrics) as run:
         try:
@@ -133,6 +139,43 @@ def step_run(step: str, run_name: str | None = None, *, nested: bool = False, ru
         except RetinaFlowError as exc:
             mlflow.set_tag(tags.ERROR, str(exc)[:5000])
             raise
+
+
+def create_child_run(name: str, step: str) -> str:
+    """A run nested under the active one, for another process to fill (it attaches through
+    ``MLFLOW_RUN_ID``, as under ``mlflow run``); returns its id."""
+    parent = mlflow.active_run()
+    run = MlflowClient().create_run(parent.info.experiment_id, run_name=name,
+                                    tags={tags.PARENT_RUN: parent.info.run_id, tags.STEP: step})
+    return run.info.run_id
+
+
+def fail_if_unfinished(run_id: str) -> None:
+    """Marks a run its process left behind RUNNING (killed, or died before it could end it) FAILED."""
+    client = MlflowClient()
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, "FAILED")
+
+
+def node_id(ctx: DistContext) -> str:
+    """How a machine of a torchrun job names its system metrics: ``system/node1/cpu_utilization_percentage``."""
+    return f"node{ctx.node_rank}"
+
+
+@contextlib.contextmanager
+def node_system_metrics(run_id: str | None, ctx: DistContext) -> Iterator[None]:
+    """The system metrics of this machine of a multi-node torchrun job, logged to the job's run by
+    the machine's first process while the block lasts. Rank 0's machine needs none: its run's own
+    monitor (``step_run(system_metrics=True)``) reports it."""
+    if ctx.is_main or not ctx.is_node_main or run_id is None:
+        yield
+        return
+    monitor = SystemMetricsMonitor(run_id, node_id=node_id(ctx), resume_logging=True)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 def active_run_id() -> str | None:
