@@ -92,9 +92,18 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     return shown.fillna("")
 
 
+# What a run description shows at a glance (the UI shows the first rows of a description); the
+# full table is the compare run's comparison.csv / report.html.
+SUMMARY_COLUMNS = ("configuration", "runs", "status", "best_val_epoch", "val_kappa", "test_accuracy_at_best_val",
+                   "test_kappa", "test_referable_auc", "test_referable_sensitivity", "test_referable_specificity")
+
+
 def markdown_table(table: pd.DataFrame) -> str:
-    """The display table as a markdown table (for the study run's description in the MLflow UI)."""
-    shown = display_table(table).astype(str)
+    """The table's summary columns in markdown (for the study run's description in the MLflow UI);
+    a configuration not run says only that: its reason is listed under the table."""
+    shown = display_table(table)
+    shown = shown[[c for c in SUMMARY_COLUMNS if c in shown.columns]].astype(str)
+    shown["status"] = shown["status"].str.split(":").str[0]
     rows = [list(shown.columns), ["---"] * len(shown.columns), *shown.to_numpy().tolist()]
     return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows)
 

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.compare import comparison_table, format_table, run_summary
+from pipeline.compare import comparison_table, format_table, markdown_table, run_summary
 from pipeline.records import TrainRunRecord
 
 
@@ -44,3 +44,14 @@ def test_several_runs_give_mean_and_std():
     assert row["test_accuracy_at_best_val_std"] == pytest.approx(0.1414, abs=1e-3)
 
 
+
+
+def test_the_markdown_summary_keeps_the_glance_columns_and_short_statuses():
+    records = [record("resnet18", False, [0.7, 0.72], [0.71, 0.73])]
+    table = comparison_table(records, ["resnet18"], [True, False], {"resnet18 pretrained": "no ImageNet weights (x.pth)"})
+    lines = markdown_table(table).splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header == ["configuration", "runs", "status", "best_val_epoch", "test_accuracy_at_best_val"]
+    assert "highest_test_accuracy" in table.columns  # left to the full table
+    assert lines[2].startswith("| resnet18 pretrained | 0 | not run |") and "x.pth" not in lines[2]
+    assert lines[3].startswith("| resnet18 scratch | 1 | ran | 2 | 0.730")
