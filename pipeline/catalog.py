@@ -40,7 +40,7 @@ EVAL_METRICS = ("loss", "accuracy", "kappa", "balanced_accuracy", "macro_f1",
 # Per-epoch metrics that measure speed, not the model: they differ between otherwise identical runs.
 SPEED_METRICS = ("train_images_per_sec",)
 # Logged by every train run with step = epoch (counting from 1).
-PER_EPOCH_METRICS = ("train_loss", "train_accuracy", *SPEED_METRICS,
+PER_EPOCH_METRICS = ("train_loss", "train_accuracy", "lr", *SPEED_METRICS,
                      *(f"{split}_{name}" for split in ("val", "test") for name in EVAL_METRICS))
 # Per-epoch validation metrics that can choose the best epoch and the champion; all: higher is better.
 SELECT_METRICS = ("val_kappa", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_referable_auc")
@@ -50,3 +50,7 @@ CURVE_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "te
 INTERVAL_METRICS = ("accuracy", "kappa", "referable_auc", "referable_sensitivity", "referable_specificity")
 # Of those, the ones the comparison table shows with their interval.
 TABLE_INTERVAL_METRICS = ("kappa", "referable_auc")
+
+# Training recipes: the labs' (sgd, constant) and the field's (adamw, cosine after a warm-up).
+OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("constant", "cosine", "step")

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from pipeline.catalog import SELECT_METRICS, SUPPORTED_MODELS
+from pipeline.catalog import LR_SCHEDULES, OPTIMIZERS, SELECT_METRICS, SUPPORTED_MODELS
 from pipeline.errors import ConfigError
 
 CLASS_WEIGHTINGS = ("none", "inverse", "sqrt_inverse")
@@ -47,8 +47,11 @@ class TrainConfig:
     weights_path: str = ""  # a local ImageNet state dict, for machines that cannot download
     epochs: int = 10
     batch_size: int = 16
-    lr: float = 0.001
-    momentum: float = 0.9
+    optimizer: str = "sgd"  # sgd (the labs', with momentum) | adamw
+    lr: float = 0.001  # the base lr: every epoch's under lr_schedule=constant
+    lr_schedule: str = "constant"  # constant | cosine | step (tenfold down after each third)
+    warmup_epochs: int = 0  # epochs of linear warm-up to lr before the schedule
+    momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0005
     image_size: int = 224
     freeze_epochs: int = 0
@@ -264,6 +267,12 @@ def validate_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"freeze_epochs={cfg.freeze_epochs} must be between 0 and epochs={cfg.epochs}")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise ConfigError(f"lr={cfg.lr} must be a positive number")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer={cfg.optimizer!r} is not supported; choose one of {', '.join(OPTIMIZERS)}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule={cfg.lr_schedule!r} is not supported; choose one of {', '.join(LR_SCHEDULES)}")
+    if not 0 <= cfg.warmup_epochs < cfg.epochs:
+        raise ConfigError(f"warmup_epochs={cfg.warmup_epochs} must be between 0 and epochs - 1 ({cfg.epochs - 1})")
     if cfg.num_workers < 0:
         raise ConfigError(f"num_workers={cfg.num_workers} must be 0 or more")
     if cfg.nproc < 1:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from pipeline.distributed import all_reduce_sum, gather_in_order, unwrap
 from pipeline.hardware import Accelerator
 from pipeline.models import head_of, set_backbone_trainable
+from pipeline.schedules import set_lr
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,8 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
         scaler: torch.amp.GradScaler | None = None, on_epoch_end: EpochCallback | None = None,
         epoch_metrics: MetricsFn | None = None, select_metric: str = "val_accuracy",
         start: FitState | None = None, on_checkpoint: Callable[[FitState], None] | None = None,
-        on_batch_end: Callable[[], None] | None = None) -> FitResult:
+        on_batch_end: Callable[[], None] | None = None,
+        lr_of_epoch: Callable[[int], float] | None = None) -> FitResult:
     """Trains for ``epochs`` and keeps the epoch with the best ``select_metric`` (a ``val_`` metric).
 
     Test metrics are measured every epoch (the course labs' curves) but never used to choose.
@@ -149,6 +151,8 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
             continues with the next epoch.
         on_checkpoint: called with the state after every epoch, before ``on_epoch_end`` logs it,
             so a crash between the two loses no metric (a resume re-logs from the checkpoint).
+        lr_of_epoch: the learning rate of each epoch (1-based), set before it trains; None keeps
+            the optimizer's. Either way the epoch's lr is logged as ``lr``.
     """
     if not select_metric.startswith("val_"):
         raise ValueError(f"select_metric={select_metric!r} must be a validation metric (val_...)")
@@ -162,6 +166,9 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
     for epoch in range((start.epoch if start else 0) + 1, epochs + 1):
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)  # a different shuffle each epoch, the same on every rank
+        if lr_of_epoch is not None:
+            set_lr(optimizer, lr_of_epoch(epoch))
+        lr = optimizer.param_groups[0]["lr"]
         frozen = epoch <= freeze_epochs
         set_backbone_trainable(unwrap(model), not frozen)
         train = train_one_epoch(model, train_loader, criterion, optimizer, accel, frozen_backbone=frozen, scaler=scaler,
@@ -170,7 +177,7 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
         test = evaluate(model, test_loader, criterion, accel, test_length)
         metrics = {
             "train_loss": train["loss"], "train_accuracy": train["accuracy"],
-            "train_images_per_sec": train["images_per_sec"],
+            "train_images_per_sec": train["images_per_sec"], "lr": lr,
             **val.metrics("val"), **test.metrics("test"),
         }
         if epoch_metrics is not None:

@@ -69,8 +69,9 @@ def test_fit_selects_on_validation_never_on_test():
                  optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), accel=CPU,
                  epochs=4, on_epoch_end=lambda epoch, metrics: seen.append((epoch, metrics)))
     assert [epoch for epoch, _ in seen] == [1, 2, 3, 4]
-    assert set(seen[0][1]) == {"train_loss", "train_accuracy", "train_images_per_sec", "val_loss", "val_accuracy",
-                               "test_loss", "test_accuracy"}
+    assert set(seen[0][1]) == {"train_loss", "train_accuracy", "train_images_per_sec", "lr", "val_loss",
+                               "val_accuracy", "test_loss", "test_accuracy"}
+    assert [metrics["lr"] for _, metrics in seen] == [0.05] * 4  # the optimizer's own, with no schedule
     # Highest validation accuracy; ties go to the lower validation loss.
     expected_epoch = max(seen, key=lambda item: (item[1]["val_accuracy"], -item[1]["val_loss"]))[0]
     assert result.best_epoch == expected_epoch
@@ -167,3 +168,14 @@ def test_bf16_autocast_stays_close_to_fp32(name):
     assert bf16.dtype == torch.float32  # probabilities are computed in fp32 whatever the autocast
     assert (bf16 - reference).abs().max() < 0.05
     assert torch.equal(bf16.argmax(dim=1), reference.argmax(dim=1))
+
+
+def test_fit_sets_and_logs_each_epochs_lr():
+    torch.manual_seed(0)
+    model = Dummy()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    seen = []
+    fit(model, train_loader=separable_loader(), val_loader=separable_loader(seed=1), test_loader=separable_loader(seed=2),
+        criterion=nn.CrossEntropyLoss(), optimizer=optimizer, accel=CPU, epochs=3,
+        lr_of_epoch=lambda epoch: 0.1 / epoch, on_epoch_end=lambda epoch, metrics: seen.append(metrics["lr"]))
+    assert seen == [0.1, 0.05, 0.1 / 3] and optimizer.param_groups[0]["lr"] == 0.1 / 3

@@ -7,6 +7,7 @@ runs it; only rank 0 logs to MLflow and writes the checkpoint.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import random
@@ -52,6 +53,7 @@ from pipeline.grading import Grader, GraderSpec
 from pipeline.metrics import epoch_metrics, metrics_with_intervals, operating_threshold
 from pipeline.model_card import CARD_ARTIFACT, CardFacts, model_card, run_description
 from pipeline.models import build_model, last_conv_stage
+from pipeline.schedules import build_optimizer, epoch_lr
 from pipeline.steps.evaluate import log_test_evaluation, metric_scalars
 from pipeline.tracking import artifacts, readback, registry, runs, tags
 from pipeline.tracking.sink import MetricSink, NullSink, metric_sink
@@ -124,6 +126,8 @@ def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome
                 epoch_metrics=epoch_metrics, select_metric=cfg.select_metric, start=setup.start,
                 on_checkpoint=checkpoint_writer(cfg, checkpoint_path, setup) if ctx.is_main else None,
                 on_batch_end=faults.batch_hook_from_env(), on_epoch_end=sink.log_epoch,
+                lr_of_epoch=functools.partial(epoch_lr, base_lr=cfg.lr, epochs=cfg.epochs, schedule=cfg.lr_schedule,
+                                              warmup_epochs=cfg.warmup_epochs),
             )
     finally:
         destroy_process_group()
@@ -176,7 +180,8 @@ def set_up(cfg: TrainConfig, processed: ProcessedDataset, accel: Accelerator,
             find_unused_parameters=cfg.freeze_epochs > 0)
     if cfg.compile:
         trained = torch.compile(trained)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if accel.amp_dtype == torch.float16 and accel.device.type == "cuda" else None
     train_grades = processed.split("train")["grade"].to_numpy()
     weights = class_weights(train_grades, cfg.class_weighting)
