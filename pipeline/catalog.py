@@ -54,3 +54,5 @@ TABLE_INTERVAL_METRICS = ("kappa", "referable_auc")
 # Training recipes: the labs' (sgd, constant) and the field's (adamw, cosine after a warm-up).
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "step")
+# Test-time augmentation: none, or the mean grade probabilities over the four flips of a photo.
+TTA_MODES = ("none", "flips")

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from pipeline.catalog import LR_SCHEDULES, OPTIMIZERS, SELECT_METRICS, SUPPORTED_MODELS
+from pipeline.catalog import LR_SCHEDULES, OPTIMIZERS, SELECT_METRICS, SUPPORTED_MODELS, TTA_MODES
 from pipeline.errors import ConfigError
 
 CLASS_WEIGHTINGS = ("none", "inverse", "sqrt_inverse")
@@ -56,6 +56,7 @@ class TrainConfig:
     image_size: int = 224
     freeze_epochs: int = 0
     rotation_degrees: float = 20.0
+    tta: str = "none"  # none | flips: validation, test, evaluate, predict and serving average the four flips
     seed: int = 0
     num_workers: int = 2
     device: str = "auto"
@@ -267,6 +268,8 @@ def validate_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"freeze_epochs={cfg.freeze_epochs} must be between 0 and epochs={cfg.epochs}")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise ConfigError(f"lr={cfg.lr} must be a positive number")
+    if cfg.tta not in TTA_MODES:
+        raise ConfigError(f"tta={cfg.tta!r} is not supported; choose one of {', '.join(TTA_MODES)}")
     if cfg.optimizer not in OPTIMIZERS:
         raise ConfigError(f"optimizer={cfg.optimizer!r} is not supported; choose one of {', '.join(OPTIMIZERS)}")
     if cfg.lr_schedule not in LR_SCHEDULES:

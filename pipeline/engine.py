@@ -136,7 +136,7 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
         epoch_metrics: MetricsFn | None = None, select_metric: str = "val_accuracy",
         start: FitState | None = None, on_checkpoint: Callable[[FitState], None] | None = None,
         on_batch_end: Callable[[], None] | None = None,
-        lr_of_epoch: Callable[[int], float] | None = None) -> FitResult:
+        lr_of_epoch: Callable[[int], float] | None = None, evaluated: nn.Module | None = None) -> FitResult:
     """Trains for ``epochs`` and keeps the epoch with the best ``select_metric`` (a ``val_`` metric).
 
     Test metrics are measured every epoch (the course labs' curves) but never used to choose.
@@ -153,6 +153,8 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
             so a crash between the two loses no metric (a resume re-logs from the checkpoint).
         lr_of_epoch: the learning rate of each epoch (1-based), set before it trains; None keeps
             the optimizer's. Either way the epoch's lr is logged as ``lr``.
+        evaluated: what validation and test run through (``model`` with test-time augmentation,
+            say); ``model`` itself by default.
     """
     if not select_metric.startswith("val_"):
         raise ValueError(f"select_metric={select_metric!r} must be a validation metric (val_...)")
@@ -173,8 +175,8 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
         set_backbone_trainable(unwrap(model), not frozen)
         train = train_one_epoch(model, train_loader, criterion, optimizer, accel, frozen_backbone=frozen, scaler=scaler,
                                 on_batch_end=on_batch_end)
-        val = evaluate(model, val_loader, criterion, accel, val_length)
-        test = evaluate(model, test_loader, criterion, accel, test_length)
+        val = evaluate(evaluated or model, val_loader, criterion, accel, val_length)
+        test = evaluate(evaluated or model, test_loader, criterion, accel, test_length)
         metrics = {
             "train_loss": train["loss"], "train_accuracy": train["accuracy"],
             "train_images_per_sec": train["images_per_sec"], "lr": lr,

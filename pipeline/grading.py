@@ -42,6 +42,7 @@ class GraderSpec:
     image_size: int  # the network's input side, px
     cache_size: int  # the processed cache's side: new photos are prepared through it
     referable_threshold: float = DEFAULT_REFERABLE_THRESHOLD  # referable when P(grade >= 2) reaches it
+    tta: str = "none"  # test-time augmentation (models.with_tta), as at validation
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -53,7 +54,7 @@ class Grader:
     def __init__(self, network: nn.Module, spec: GraderSpec) -> None:
         self.network = network  # the plain torchvision module (logits), for research
         self.spec = spec
-        self._served = serving_model(network.float().cpu())
+        self._served = serving_model(network.float().cpu(), spec.tta)
 
     @classmethod
     def from_state_dict(cls, spec: GraderSpec, state: dict[str, torch.Tensor]) -> Grader:

@@ -10,7 +10,7 @@ from torch import nn
 from torchvision import models
 from torchvision.transforms import v2
 
-from pipeline.catalog import IMAGENET_WEIGHTS, NUM_GRADES, SUPPORTED_MODELS
+from pipeline.catalog import IMAGENET_WEIGHTS, NUM_GRADES, SUPPORTED_MODELS, TTA_MODES
 from pipeline.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.errors import ConfigError, WeightsUnavailableError
 
@@ -101,6 +101,36 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
             param.requires_grad_(trainable)
 
 
-def serving_model(model: nn.Module) -> nn.Module:
-    """[0, 1] RGB batch -> 5 grade probabilities: normalisation and softmax travel with the weights."""
-    return nn.Sequential(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD), model, nn.Softmax(dim=1)).eval()
+# Image dims flipped by each of the four flip combinations of a (N, C, H, W) batch.
+FLIPS = ((), (3,), (2,), (2, 3))
+
+
+class FlipAveraged(nn.Module):
+    """Test-time augmentation: the log of the mean grade probabilities over the four flips.
+
+    Its outputs stand in for logits: their softmax is that mean, so losses, metrics and the
+    served softmax need no change.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.stack([torch.softmax(self.model(images.flip(dims) if dims else images).float(), dim=1)
+                                     for dims in FLIPS]).mean(dim=0)
+        # Clamped: a probability that underflowed to 0 would give an infinite loss.
+        return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log()
+
+
+def with_tta(model: nn.Module, tta: str) -> nn.Module:
+    """``model`` as evaluated and served: itself (``none``), or averaged over flips (``flips``)."""
+    if tta not in TTA_MODES:
+        raise ConfigError(f"tta={tta!r} is not supported; choose one of {', '.join(TTA_MODES)}")
+    return FlipAveraged(model) if tta == "flips" else model
+
+
+def serving_model(model: nn.Module, tta: str = "none") -> nn.Module:
+    """[0, 1] RGB batch -> 5 grade probabilities: normalisation, test-time augmentation and softmax
+    travel with the weights."""
+    return nn.Sequential(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD), with_tta(model, tta), nn.Softmax(dim=1)).eval()

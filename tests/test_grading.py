@@ -68,3 +68,10 @@ def test_an_all_black_photo_is_refused_not_graded(grader):
 def test_a_request_without_the_image_column_says_what_to_send(grader):
     with pytest.raises(DataError, match="no 'image' column .*it has photo"):
         grade_request(grader, pd.DataFrame({"photo": ["x"]}))
+
+
+def test_a_grader_with_flip_tta_serves_the_mean_over_flips(grader):
+    flipping = Grader(grader.network, GraderSpec("resnet18", 32, 64, referable_threshold=0.4, tta="flips"))
+    images = (torch.rand(2, 3, 32, 32) * 255).to(torch.uint8)
+    expected = np.mean([grader.probabilities(x) for x in (images, images.flip(3), images.flip(2), images.flip(2, 3))], axis=0)
+    assert np.allclose(flipping.probabilities(images), expected, atol=1e-6)

@@ -5,6 +5,7 @@ from pipeline.catalog import SUPPORTED_MODELS
 from pipeline.errors import ConfigError, WeightsUnavailableError
 from pipeline.models import (
     build_model,
+    with_tta,
     ensure_pretrained_available,
     serving_model,
     set_backbone_trainable,
@@ -89,3 +90,20 @@ def test_serving_model_returns_probabilities(name):
         probabilities = served(torch.rand(3, 3, 32, 32))
     assert probabilities.shape == (3, 5)
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_flip_tta_is_the_mean_of_the_four_flipped_predictions():
+    torch.manual_seed(0)
+    network = build_model("resnet18", pretrained=False).eval()
+    images = torch.rand(3, 3, 32, 32)
+    flipped = [images, images.flip(3), images.flip(2), images.flip(2, 3)]  # as is, left-right, up-down, both
+    with torch.no_grad():
+        expected = torch.stack([torch.softmax(network(x), dim=1) for x in flipped]).mean(dim=0)
+        averaged = torch.softmax(with_tta(network, "flips")(images), dim=1)
+        plain = torch.softmax(network(images), dim=1)
+    assert torch.allclose(averaged, expected, atol=1e-6)
+    assert not torch.allclose(averaged, plain, atol=1e-4)  # the flips do change this network's answer
+    assert torch.allclose(averaged.sum(dim=1), torch.ones(3), atol=1e-6)
+    assert with_tta(network, "none") is network
+    with pytest.raises(ConfigError, match="tta='rotations' is not supported; choose one of none, flips"):
+        with_tta(network, "rotations")

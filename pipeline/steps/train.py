@@ -52,7 +52,7 @@ from pipeline.hardware import Accelerator, resolve_device, resolve_precision
 from pipeline.grading import Grader, GraderSpec
 from pipeline.metrics import epoch_metrics, metrics_with_intervals, operating_threshold
 from pipeline.model_card import CARD_ARTIFACT, CardFacts, model_card, run_description
-from pipeline.models import build_model, last_conv_stage
+from pipeline.models import build_model, last_conv_stage, with_tta
 from pipeline.schedules import build_optimizer, epoch_lr
 from pipeline.steps.evaluate import log_test_evaluation, metric_scalars
 from pipeline.tracking import artifacts, readback, registry, runs, tags
@@ -128,6 +128,7 @@ def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome
                 on_batch_end=faults.batch_hook_from_env(), on_epoch_end=sink.log_epoch,
                 lr_of_epoch=functools.partial(epoch_lr, base_lr=cfg.lr, epochs=cfg.epochs, schedule=cfg.lr_schedule,
                                               warmup_epochs=cfg.warmup_epochs),
+                evaluated=with_tta(setup.trained, cfg.tta),
             )
     finally:
         destroy_process_group()
@@ -268,7 +269,7 @@ def log_selected_model(cfg: TrainConfig, model: nn.Module, result: FitResult, pr
     log_gradcam(model, processed, test_rows, cfg.image_size, device)
     artifacts.log_state_dict({k: v.detach().cpu() for k, v in result.best_state.items()},
                              f"{CHECKPOINT_FOLDER}/{BEST_WEIGHTS}")
-    grader = Grader(model, GraderSpec(cfg.model, cfg.image_size, processed.image_size, threshold))
+    grader = Grader(model, GraderSpec(cfg.model, cfg.image_size, processed.image_size, threshold, cfg.tta))
     model_uri, _ = registry.log_grader(grader, example_photos(processed.image_size))
     run_id = runs.active_run_id()
     dataset_name, dataset_digest = readback.input_dataset(run_id)
