@@ -10,43 +10,56 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
+from pipeline.data import arrays, augment
 from pipeline.data.preprocess import MANIFEST, METADATA, PhotoSource, cache_image, load_rgb
 from pipeline.errors import DataError
+
+PROCESSED_SPLITS = ("train", "val", "test")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class TrainPreset:
-    """Flips and rotation: a fundus has no canonical orientation once left and right eyes mix.
+    """Resize, then flips and rotation (see ``data.augment``), to a uint8 (3, size, size) tensor.
 
-    Everything runs on the PIL image (PIL rotates ~8x faster than the tensor path) and the result
-    is a uint8 tensor: workers ship a quarter of the bytes, and ``normalize_batch`` converts and
-    normalises whole batches on the training device.
+    The loader applies them on the PIL image (PIL rotates ~8x faster than the tensor path) and
+    ships uint8: workers send a quarter of float32's bytes, and ``normalize_batch`` converts and
+    normalises whole batches on the training device. With ``on_device`` the loader only draws
+    them: it returns ``(image, draws)`` and ``augment.augment_batch`` applies the draws to whole
+    batches on the training device.
+
+    Takes a PIL image (the JPEG cache) or a uint8 (3, size, size) tensor (the uint8 cache).
     """
 
-    def __init__(self, image_size: int, rotation_degrees: float = 20.0) -> None:
-        self.transforms = v2.Compose([
-            v2.Resize(image_size, antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RandomVerticalFlip(),
-            v2.RandomRotation(rotation_degrees, fill=0),
-            v2.ToImage(),
-        ])
+    def __init__(self, image_size: int, rotation_degrees: float = 20.0, *, on_device: bool = False) -> None:
+        self.resize = v2.Resize(image_size, antialias=True)
+        self.rotation_degrees = rotation_degrees
+        self.on_device = on_device
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        return self.transforms(img)
+    def __call__(self, img: Image.Image | torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        img = self.resize(img)
+        draws = augment.draw(self.rotation_degrees)
+        if self.on_device:
+            return _as_tensor(img), draws
+        pil = F.to_pil_image(img) if isinstance(img, torch.Tensor) else img
+        return F.pil_to_tensor(augment.augment_image(pil, draws))
 
 
 class EvalPreset:
-    """Resize only, to a uint8 (3, size, size) tensor."""
+    """Resize only, to a uint8 (3, size, size) tensor; from a PIL image or a uint8 tensor."""
 
     def __init__(self, image_size: int) -> None:
-        self.transforms = v2.Compose([v2.Resize(image_size, antialias=True), v2.ToImage()])
+        self.resize = v2.Resize(image_size, antialias=True)
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        return self.transforms(img)
+    def __call__(self, img: Image.Image | torch.Tensor) -> torch.Tensor:
+        return _as_tensor(self.resize(img))
+
+
+def _as_tensor(img: Image.Image | torch.Tensor) -> torch.Tensor:
+    return img if isinstance(img, torch.Tensor) else F.pil_to_tensor(img)
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:
@@ -114,19 +127,25 @@ class ProcessedDataset:
 
 
 class FundusDataset(Dataset):
-    """(image tensor, grade) pairs of one split of a processed dataset."""
+    """(image tensor, grade) pairs of one split of a processed dataset, or (image, grade, draws)
+    triples when the transform leaves the augmentation to the training device.
 
-    def __init__(self, root: Path, rows: pd.DataFrame, transform) -> None:
+    The pixels come from the JPEG files, decoded on every access, or with ``array`` from that
+    split's uint8 cache (``data.arrays``; the same pixels, already at the training size).
+    """
+
+    def __init__(self, root: Path, rows: pd.DataFrame, transform, array: Path | None = None) -> None:
         self.root = root
         self.files = rows["file"].tolist()
         self.grades = torch.tensor(rows["grade"].to_numpy(), dtype=torch.long)
         self.ids = rows["id"].tolist()
         self.transform = transform
+        self.array = None if array is None else arrays.ArrayImages(array, len(self.files))
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
         """``key`` is an index, or ``(index, sample_seed)`` from ``EpochSampler``: then the random
         augmentation of this image is a function of that seed alone."""
         index, sample_seed = key if isinstance(key, tuple) else (key, None)
@@ -136,8 +155,12 @@ class FundusDataset(Dataset):
             torch.manual_seed(sample_seed)
             return self._load(index)
 
-    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(load_rgb(self.root / self.files[index])), self.grades[index]
+    def _load(self, index: int) -> tuple[torch.Tensor, ...]:
+        pixels = self.array[index] if self.array is not None else load_rgb(self.root / self.files[index])
+        out = self.transform(pixels)
+        if isinstance(out, tuple):  # (image, draws): augmented on the training device
+            return out[0], self.grades[index], out[1]
+        return out, self.grades[index]
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int, seed: int,
@@ -162,15 +185,37 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers
 
 
 def split_dataset(processed: ProcessedDataset, split: str, image_size: int, *, train: bool,
-                  rotation_degrees: float = 20.0) -> FundusDataset:
-    """One split with the train or eval preset; refuses to upsample a smaller cache."""
+                  rotation_degrees: float = 20.0, array: Path | None = None,
+                  augment_on_device: bool = False) -> FundusDataset:
+    """One split with the train or eval preset; refuses to upsample a smaller cache.
+
+    Args:
+        array: the split's uint8 cache (``build_uint8_cache``) to read instead of the JPEGs.
+        augment_on_device: the training split yields (image, grade, draws) and leaves the flips
+            and rotation to ``augment.augment_batch`` on the training device.
+    """
+    _check_size(processed, image_size)
+    transform = TrainPreset(image_size, rotation_degrees, on_device=augment_on_device) if train else EvalPreset(image_size)
+    return FundusDataset(processed.root, processed.split(split), transform, array)
+
+
+def build_uint8_cache(processed: ProcessedDataset, image_size: int, num_workers: int = 0,
+                      splits: tuple[str, ...] = PROCESSED_SPLITS) -> dict[str, Path]:
+    """The uint8 cache of each split at ``image_size``, built from the JPEG cache where missing
+    (see ``data.arrays``): the eval preset's pixels, which the JPEG path augments every epoch."""
+    _check_size(processed, image_size)
+    rows = {split: processed.split(split) for split in splits}
+    return arrays.build_arrays(
+        processed.root, {split: FundusDataset(processed.root, r, EvalPreset(image_size)) for split, r in rows.items()},
+        {split: r["id"].tolist() for split, r in rows.items()}, image_size, num_workers)
+
+
+def _check_size(processed: ProcessedDataset, image_size: int) -> None:
     if image_size > processed.image_size:
         raise DataError(
             f"image_size={image_size} is larger than the processed dataset's {processed.image_size} px "
             f"({processed.root}); run preprocess with image_size={image_size} or train smaller"
         )
-    transform = TrainPreset(image_size, rotation_degrees) if train else EvalPreset(image_size)
-    return FundusDataset(processed.root, processed.split(split), transform)
 
 
 def photo_input(source: PhotoSource, cache_size: int, image_size: int) -> torch.Tensor:
