@@ -26,7 +26,6 @@ from pipeline.config import TrainConfig, to_dict, validate_train_config
 from pipeline.data.augment import augment_batch
 from pipeline.data.balance import balanced_weights, class_weights
 from pipeline.data.dataset import (
-    PROCESSED_SPLITS,
     EvalPreset,
     FundusDataset,
     ProcessedDataset,
@@ -36,6 +35,7 @@ from pipeline.data.dataset import (
     split_dataset,
     to_unit_float,
 )
+from pipeline.data.preprocess import PROCESSED_SPLITS
 from pipeline.data.sampling import EpochSampler
 from pipeline.data.synthetic import render_fundus
 from pipeline.distributed import DistContext, context_from_env, destroy_process_group, init_process_group, shard_indices
