@@ -21,6 +21,8 @@ from pipeline.catalog import LR_SCHEDULES, OPTIMIZERS, SELECT_METRICS, SUPPORTED
 from pipeline.errors import ConfigError
 
 CLASS_WEIGHTINGS = ("none", "inverse", "sqrt_inverse")
+CACHE_FORMATS = ("jpeg", "uint8")
+AUGMENT_DEVICES = ("loader", "model")
 BAD_IMAGE_POLICIES = ("error", "skip")
 # Five stride-2 stages take a ResNet input down by 32x; below that the last stage sees < 1 pixel.
 MIN_IMAGE_SIZE = 32
@@ -59,6 +61,12 @@ class TrainConfig:
     tta: str = "none"  # none | flips: validation, test, evaluate, predict and serving average the four flips
     seed: int = 0
     num_workers: int = 2
+    # jpeg: decode the processed JPEGs every epoch; uint8: decode them once, at image_size, into
+    # memory-mapped arrays beside the manifest (image_size^2 x 3 bytes per image), and read those.
+    cache_format: str = "jpeg"
+    # loader: flips and rotation in the loader workers (PIL); model: on whole uint8 batches on the
+    # training device (the same per-image draws), leaving the workers only the reading.
+    augment_device: str = "loader"
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto avoids bf16 on CPUs without native support
     channels_last: bool = True
@@ -282,6 +290,10 @@ def validate_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"nproc={cfg.nproc} must be at least 1")
     if cfg.select_metric not in SELECT_METRICS:
         raise ConfigError(f"select_metric={cfg.select_metric!r} is not supported; choose one of {', '.join(SELECT_METRICS)}")
+    if cfg.cache_format not in CACHE_FORMATS:
+        raise ConfigError(f"cache_format={cfg.cache_format!r} is not supported; choose one of {', '.join(CACHE_FORMATS)}")
+    if cfg.augment_device not in AUGMENT_DEVICES:
+        raise ConfigError(f"augment_device={cfg.augment_device!r} is not supported; choose one of {', '.join(AUGMENT_DEVICES)}")
     if cfg.class_weighting not in CLASS_WEIGHTINGS:
         raise ConfigError(f"class_weighting={cfg.class_weighting!r} is not supported; choose one of {', '.join(CLASS_WEIGHTINGS)}")
     if cfg.bootstrap_resamples < 0:

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 MetricsFn = Callable[[np.ndarray, np.ndarray], dict[str, float]]
+# (uint8 images on the training device, the loader's per-image draws) -> augmented uint8 images
+DeviceAugment = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -65,8 +67,13 @@ class FitResult:
 def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     accel: Accelerator, *, frozen_backbone: bool = False,
                     scaler: torch.amp.GradScaler | None = None,
-                    on_batch_end: Callable[[], None] | None = None) -> dict[str, float]:
-    """One pass over ``loader``; returns ``loss``, ``accuracy`` and ``images_per_sec`` (all ranks)."""
+                    on_batch_end: Callable[[], None] | None = None,
+                    augment: DeviceAugment | None = None) -> dict[str, float]:
+    """One pass over ``loader``; returns ``loss``, ``accuracy`` and ``images_per_sec`` (all ranks).
+
+    With ``augment`` the loader yields (images, targets, draws) and the images are augmented on
+    the device, before normalisation; otherwise it yields (images, targets).
+    """
     model.train()
     if frozen_backbone:
         # A frozen backbone must also keep its BatchNorm statistics, or the "frozen" features drift.
@@ -74,8 +81,11 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
         head_of(unwrap(model)).train()
     total_loss, correct, seen = 0.0, 0, 0
     started = time.perf_counter()
-    for images, targets in loader:
-        images, targets = accel.inputs(images), targets.to(accel.device, non_blocking=True)
+    for batch in loader:
+        images, targets = batch[0], batch[1].to(accel.device, non_blocking=True)
+        if augment is not None:
+            images = augment(images.to(accel.device, non_blocking=True), batch[2])
+        images = accel.inputs(images)
         with accel.autocast():
             logits = model(images)
             loss = criterion(logits, targets)
@@ -135,7 +145,7 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
         scaler: torch.amp.GradScaler | None = None, on_epoch_end: EpochCallback | None = None,
         epoch_metrics: MetricsFn | None = None, select_metric: str = "val_accuracy",
         start: FitState | None = None, on_checkpoint: Callable[[FitState], None] | None = None,
-        on_batch_end: Callable[[], None] | None = None,
+        on_batch_end: Callable[[], None] | None = None, augment: DeviceAugment | None = None,
         lr_of_epoch: Callable[[int], float] | None = None, evaluated: nn.Module | None = None) -> FitResult:
     """Trains for ``epochs`` and keeps the epoch with the best ``select_metric`` (a ``val_`` metric).
 
@@ -151,6 +161,7 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
             continues with the next epoch.
         on_checkpoint: called with the state after every epoch, before ``on_epoch_end`` logs it,
             so a crash between the two loses no metric (a resume re-logs from the checkpoint).
+        augment: applies the training loader's per-image draws on the device (see ``train_one_epoch``).
         lr_of_epoch: the learning rate of each epoch (1-based), set before it trains; None keeps
             the optimizer's. Either way the epoch's lr is logged as ``lr``.
         evaluated: what validation and test run through (``model`` with test-time augmentation,
@@ -174,7 +185,7 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
         frozen = epoch <= freeze_epochs
         set_backbone_trainable(unwrap(model), not frozen)
         train = train_one_epoch(model, train_loader, criterion, optimizer, accel, frozen_backbone=frozen, scaler=scaler,
-                                on_batch_end=on_batch_end)
+                                on_batch_end=on_batch_end, augment=augment)
         val = evaluate(evaluated or model, val_loader, criterion, accel, val_length)
         test = evaluate(evaluated or model, test_loader, criterion, accel, test_length)
         metrics = {

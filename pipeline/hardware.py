@@ -29,8 +29,9 @@ class Accelerator:
         images = images.to(self.device, non_blocking=True)
         if images.dtype == torch.uint8:
             images = normalize_batch(images)
-        # channels_last lets oneDNN / cuDNN pick NHWC kernels, which are faster for convolutions.
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+        # channels_last lets oneDNN / cuDNN pick NHWC kernels, which are faster for convolutions; the
+        # loader's batches already come that way, so only the other choice may cost a copy.
+        return images.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:

@@ -134,6 +134,8 @@ TRAIN_REJECTIONS = [
     ({"warmup_epochs": -1}, "warmup_epochs=-1 must be between 0 and epochs - 1 (9)"),
     ({"select_metric": "val_loss"}, "select_metric='val_loss' is not supported; choose one of val_kappa, "),
     ({"class_weighting": "balanced"}, "class_weighting='balanced' is not supported; choose one of none, inverse, sqrt_inverse"),
+    ({"cache_format": "png"}, "cache_format='png' is not supported; choose one of jpeg, uint8"),
+    ({"augment_device": "gpu"}, "augment_device='gpu' is not supported; choose one of loader, model"),
     ({"bootstrap_resamples": -1}, "bootstrap_resamples=-1 must be 0 (no intervals) or more"),
     ({"referable_target_sensitivity": 0.0}, "referable_target_sensitivity=0.0 must be in (0, 1]"),
     ({"referable_target_sensitivity": 1.01}, "referable_target_sensitivity=1.01 must be in (0, 1]"),
@@ -161,6 +163,8 @@ def test_train_rule_rejects_and_names_key_and_value(values, message):
     *({"select_metric": metric} for metric in ("val_kappa", "val_accuracy", "val_balanced_accuracy",
                                                "val_macro_f1", "val_referable_auc")),
     *({"class_weighting": weighting} for weighting in ("none", "inverse", "sqrt_inverse")),
+    *({"cache_format": cache_format} for cache_format in ("jpeg", "uint8")),
+    *({"augment_device": place} for place in ("loader", "model")),
 ], ids=_case_id)
 def test_train_rule_boundary_is_accepted(values):
     validate_train_config(TrainConfig(**values))

@@ -6,6 +6,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline.catalog import SUPPORTED_MODELS
+from pipeline.data.dataset import normalize_batch
 from pipeline.engine import evaluate, fit, train_one_epoch
 from pipeline.hardware import Accelerator
 from pipeline.models import build_model
@@ -139,6 +140,38 @@ def test_frozen_epochs_change_only_the_head(name):
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"fc.weight", "fc.bias"}  # BatchNorm statistics too stay as they were
     assert all(p.requires_grad for p in model.parameters())  # unfrozen again for the next phase
+
+
+class Recorder(nn.Module):
+    """A linear model over a 2x2 RGB image that keeps the inputs it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 5)
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.fc(x.flatten(1))
+
+
+def test_device_augmentation_gets_the_loaders_draws_before_normalisation():
+    images = torch.randint(0, 256, (6, 3, 2, 2), dtype=torch.uint8)
+    draws = torch.rand(6, 3, dtype=torch.float64)
+    loader = DataLoader(TensorDataset(images, torch.arange(6) % 5, draws), batch_size=3)
+    calls = []
+
+    def flip_all(batch: torch.Tensor, batch_draws: torch.Tensor) -> torch.Tensor:
+        calls.append((batch.clone(), batch_draws.clone()))
+        return batch.flip(-1)
+
+    model = Recorder()
+    train_one_epoch(model, loader, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), CPU,
+                    augment=flip_all)
+    assert [len(b) for b, _ in calls] == [3, 3]
+    assert torch.equal(torch.cat([b for b, _ in calls]), images)  # uint8, as the loader made them
+    assert torch.equal(torch.cat([d for _, d in calls]), draws)  # each image with its own draws
+    assert torch.equal(torch.cat(model.inputs), normalize_batch(images.flip(-1)))  # then normalised
 
 
 def resnet_outputs(name: str, accel: Accelerator, train_steps: int = 0) -> torch.Tensor:

@@ -143,6 +143,35 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(case, mode, reference
         assert torch.equal(final["model"][key], expected), key  # bit-exact on CPU
 
 
+def test_uint8_cache_and_device_augmentation_resume_bit_identically(processed_dir, tmp_path):
+    """cache_format=uint8 with augment_device=model: killed mid-epoch and resumed, the same weights to the bit."""
+    data = Path(shutil.copytree(processed_dir / "64px", tmp_path / "data"))  # the arrays go beside its manifest
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    flags = ["--cache_format", "uint8", "--augment_device", "model", "--checkpoint_artifact", "false",
+             "--keep_checkpoint", "true"]
+    finals = {}
+    for name in ("reference", "crash"):
+        (tmp_path / name).mkdir()
+        checkpoints = tmp_path / name / "checkpoints"
+        if name == "crash":
+            per_epoch = batches_per_epoch(data)
+            kill_at = random.Random(20261124).randrange(per_epoch + 1, per_epoch * EPOCHS)
+            killed = train(store, name, data, checkpoints, *flags, kill_at=kill_at)
+            assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+            flags = [*flags, "--resume", only_run(MlflowClient(store), name).info.run_id]
+        result = train(store, name, data, checkpoints, *flags)
+        assert result.returncode == 0, result.stderr[-3000:]
+        run = only_run(MlflowClient(store), name)
+        assert run.data.params["cache_format"] == "uint8" and run.data.params["augment_device"] == "model"
+        finals[name] = (histories(MlflowClient(store), run.info.run_id),
+                        checkpoint.load(checkpoints / run.info.run_id / checkpoint.LAST)["model"])
+    assert (data / "uint8" / "32px" / "train.npy").is_file()
+    for metric, values in finals["reference"][0].items():
+        assert finals["crash"][0][metric] == values, (metric, finals["crash"][0][metric], values)
+    for key, expected in finals["reference"][1].items():
+        assert torch.equal(finals["crash"][1][key], expected), key
+
+
 def test_killed_in_the_first_epoch_leaves_nothing_to_resume_and_says_so(processed_dir, tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     killed = train(store, "early", processed_dir, tmp_path / "checkpoints", kill_at=2)

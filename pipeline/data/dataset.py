@@ -8,10 +8,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
-from pipeline.data.preprocess import MANIFEST, METADATA, PhotoSource, cache_image, load_rgb
+from pipeline.data import arrays, augment
+from pipeline.data.preprocess import MANIFEST, METADATA, PROCESSED_SPLITS, PhotoSource, cache_image, load_rgb
 from pipeline.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -19,34 +21,43 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class TrainPreset:
-    """Flips and rotation: a fundus has no canonical orientation once left and right eyes mix.
+    """Resize, then flips and rotation (see ``data.augment``), to a uint8 (3, size, size) tensor.
 
-    Everything runs on the PIL image (PIL rotates ~8x faster than the tensor path) and the result
-    is a uint8 tensor: workers ship a quarter of the bytes, and ``normalize_batch`` converts and
-    normalises whole batches on the training device.
+    The loader applies them on the PIL image (PIL rotates ~8x faster than the tensor path) and
+    ships uint8: workers send a quarter of float32's bytes, and ``normalize_batch`` converts and
+    normalises whole batches on the training device. With ``on_device`` the loader only draws
+    them: it returns ``(image, draws)`` and ``augment.augment_batch`` applies the draws to whole
+    batches on the training device.
+
+    Takes a PIL image (the JPEG cache) or a uint8 (3, size, size) tensor (the uint8 cache).
     """
 
-    def __init__(self, image_size: int, rotation_degrees: float = 20.0) -> None:
-        self.transforms = v2.Compose([
-            v2.Resize(image_size, antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RandomVerticalFlip(),
-            v2.RandomRotation(rotation_degrees, fill=0),
-            v2.ToImage(),
-        ])
+    def __init__(self, image_size: int, rotation_degrees: float = 20.0, *, on_device: bool = False) -> None:
+        self.resize = v2.Resize(image_size, antialias=True)
+        self.rotation_degrees = rotation_degrees
+        self.on_device = on_device
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        return self.transforms(img)
+    def __call__(self, img: Image.Image | torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        img = self.resize(img)
+        draws = augment.draw(self.rotation_degrees)
+        if self.on_device:
+            return _as_tensor(img), draws
+        pil = F.to_pil_image(img) if isinstance(img, torch.Tensor) else img
+        return F.pil_to_tensor(augment.augment_image(pil, draws))
 
 
 class EvalPreset:
-    """Resize only, to a uint8 (3, size, size) tensor."""
+    """Resize only, to a uint8 (3, size, size) tensor; from a PIL image or a uint8 tensor."""
 
     def __init__(self, image_size: int) -> None:
-        self.transforms = v2.Compose([v2.Resize(image_size, antialias=True), v2.ToImage()])
+        self.resize = v2.Resize(image_size, antialias=True)
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        return self.transforms(img)
+    def __call__(self, img: Image.Image | torch.Tensor) -> torch.Tensor:
+        return _as_tensor(self.resize(img))
+
+
+def _as_tensor(img: Image.Image | torch.Tensor) -> torch.Tensor:
+    return img if isinstance(img, torch.Tensor) else F.pil_to_tensor(img)
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:
@@ -57,10 +68,17 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
 def normalize_batch(images: torch.Tensor) -> torch.Tensor:
     """uint8 (or [0, 1] float) images -> ImageNet-normalised float32, on whatever device they are."""
     scale = 255.0 if images.dtype == torch.uint8 else 1.0
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * scale
-    inverse_std = 1.0 / (torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * scale)
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device) * scale
+    inverse_std = 1.0 / (torch.tensor(IMAGENET_STD, device=images.device) * scale)
     # One conversion and two in-place passes: this runs on every batch in the training process.
-    return images.to(torch.float32, copy=True).sub_(mean).mul_(inverse_std)
+    out = images.to(torch.float32, copy=True)
+    if out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous():
+        # Channels interleave in memory: per-channel constants broadcast over an innermost dimension of 3
+        # do not vectorise (1.6x slower on a CPU), so go a row of pixels at a time, constants repeated.
+        rows = out.permute(0, 2, 3, 1).view(-1, out.shape[-1] * 3)
+        rows.sub_(mean.repeat(out.shape[-1])).mul_(inverse_std.repeat(out.shape[-1]))
+        return out
+    return out.sub_(mean.view(1, 3, 1, 1)).mul_(inverse_std.view(1, 3, 1, 1))
 
 
 def _is_dataset(folder: Path) -> bool:
@@ -114,35 +132,60 @@ class ProcessedDataset:
 
 
 class FundusDataset(Dataset):
-    """(image tensor, grade) pairs of one split of a processed dataset."""
+    """(image tensor, grade) pairs of one split of a processed dataset, or (image, grade, draws)
+    triples when the transform leaves the augmentation to the training device.
 
-    def __init__(self, root: Path, rows: pd.DataFrame, transform) -> None:
+    The pixels come from the JPEG files, decoded on every access, or with ``array`` from that
+    split's uint8 cache (``data.arrays``; the same pixels, already at the training size).
+    """
+
+    def __init__(self, root: Path, rows: pd.DataFrame, transform, array: Path | None = None) -> None:
         self.root = root
         self.files = rows["file"].tolist()
         self.grades = torch.tensor(rows["grade"].to_numpy(), dtype=torch.long)
         self.ids = rows["id"].tolist()
         self.transform = transform
+        self.array = None if array is None else arrays.ArrayImages(array, len(self.files))
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
         """``key`` is an index, or ``(index, sample_seed)`` from ``EpochSampler``: then the random
         augmentation of this image is a function of that seed alone."""
         index, sample_seed = key if isinstance(key, tuple) else (key, None)
         if sample_seed is None:
             return self._load(index)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
+            # The CPU generator alone, which the draws use: torch.manual_seed would also seed every
+            # accelerator's generator (a lazy call that records a stack trace, ~0.5 ms an image).
+            torch.default_generator.manual_seed(sample_seed)
             return self._load(index)
 
-    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(load_rgb(self.root / self.files[index])), self.grades[index]
+    def _load(self, index: int) -> tuple[torch.Tensor, ...]:
+        pixels = self.array[index] if self.array is not None else load_rgb(self.root / self.files[index])
+        out = self.transform(pixels)
+        if isinstance(out, tuple):  # (image, draws): augmented on the training device
+            return out[0], self.grades[index], out[1]
+        return out, self.grades[index]
+
+
+def collate_channels_last(batch: list[tuple]) -> list:
+    """``default_collate``, with (C, H, W) images (an item's first part) stacked in channels_last memory.
+
+    The presets' images are (C, H, W) views of (H, W, C) memory, PIL's and the uint8 cache's
+    layout: stacked as they lie, a batch is a plain copy where an NCHW stack transposes every
+    image (~15x slower at 512 px, in the workers), and a channels_last model takes it as it is.
+    """
+    if not (isinstance(batch[0][0], torch.Tensor) and batch[0][0].ndim == 3):
+        return default_collate(batch)
+    images, *rest = default_collate([(item[0].permute(1, 2, 0), *item[1:]) for item in batch])
+    return [images.permute(0, 3, 1, 2), *rest]
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int, seed: int,
                 sampler: Sampler | None = None, training: bool = False) -> DataLoader:
-    """Seeded loader; pinned memory on CUDA and workers kept alive between epochs.
+    """Seeded loader; pinned memory on CUDA, workers kept alive between epochs, channels_last batches.
 
     A training loader drops a last batch of a single image: BatchNorm cannot train on one.
     """
@@ -156,21 +199,44 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers
         drop_last=training and per_epoch % batch_size == 1 and per_epoch > 1,
         num_workers=num_workers,
         generator=generator,
+        collate_fn=collate_channels_last,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
     )
 
 
 def split_dataset(processed: ProcessedDataset, split: str, image_size: int, *, train: bool,
-                  rotation_degrees: float = 20.0) -> FundusDataset:
-    """One split with the train or eval preset; refuses to upsample a smaller cache."""
+                  rotation_degrees: float = 20.0, array: Path | None = None,
+                  augment_on_device: bool = False) -> FundusDataset:
+    """One split with the train or eval preset; refuses to upsample a smaller cache.
+
+    Args:
+        array: the split's uint8 cache (``build_uint8_cache``) to read instead of the JPEGs.
+        augment_on_device: the training split yields (image, grade, draws) and leaves the flips
+            and rotation to ``augment.augment_batch`` on the training device.
+    """
+    _check_size(processed, image_size)
+    transform = TrainPreset(image_size, rotation_degrees, on_device=augment_on_device) if train else EvalPreset(image_size)
+    return FundusDataset(processed.root, processed.split(split), transform, array)
+
+
+def build_uint8_cache(processed: ProcessedDataset, image_size: int, num_workers: int = 0,
+                      splits: tuple[str, ...] = PROCESSED_SPLITS) -> dict[str, Path]:
+    """The uint8 cache of each split at ``image_size``, built from the JPEG cache where missing
+    (see ``data.arrays``): the eval preset's pixels, which the JPEG path augments every epoch."""
+    _check_size(processed, image_size)
+    rows = {split: processed.split(split) for split in splits}
+    return arrays.build_arrays(
+        processed.root, {split: FundusDataset(processed.root, r, EvalPreset(image_size)) for split, r in rows.items()},
+        {split: r["id"].tolist() for split, r in rows.items()}, image_size, num_workers)
+
+
+def _check_size(processed: ProcessedDataset, image_size: int) -> None:
     if image_size > processed.image_size:
         raise DataError(
             f"image_size={image_size} is larger than the processed dataset's {processed.image_size} px "
             f"({processed.root}); run preprocess with image_size={image_size} or train smaller"
         )
-    transform = TrainPreset(image_size, rotation_degrees) if train else EvalPreset(image_size)
-    return FundusDataset(processed.root, processed.split(split), transform)
 
 
 def photo_input(source: PhotoSource, cache_size: int, image_size: int) -> torch.Tensor:

@@ -48,6 +48,17 @@ SAME_GRADE_PROBABILITY = 0.6
 _SHARES_TOLERANCE = 0.02
 # The smooth background is computed at most at this size (longest side) and upscaled.
 _WORK_MAX_SIDE = 900
+# Photos this large (longest side) stand for what a fundus camera writes: per-pixel sensor noise
+# and the camera's JPEG settings. Smaller ones stand for downscaled copies, where the noise has
+# averaged out, and stay as cheap to render and as small as tests need them.
+CAMERA_MIN_SIDE = 1024
+# Sensor noise in grey levels: a luminance part shared by the channels and a per-channel (chroma)
+# part. With the camera's JPEG settings it gives 3888x2592 files of ~2 MB (real EyePACS: 1-4 MB).
+_SENSOR_LUMA_NOISE = 2.5
+_SENSOR_CHROMA_NOISE = 1.0
+CAMERA_JPEG_QUALITY = 95
+CAMERA_SUBSAMPLING = "4:2:2"  # what most fundus cameras (Canon, Topcon) write: half-width chroma
+COPY_JPEG_QUALITY = 90  # a downscaled copy, re-saved at the usual library default quality
 
 
 class SyntheticDataError(ValueError):
@@ -598,7 +609,39 @@ def render_fundus(grade: int, eye: str, size: tuple[int, int], rng: np.random.Ge
     gain_img = Image.fromarray(gain, mode="L")
     img = ImageChops.multiply(img, Image.merge("RGB", (gain_img, gain_img, gain_img)))
     # Real fundus photos are never razor sharp.
-    return img.filter(ImageFilter.GaussianBlur(max(0.5, d * 0.0011)))
+    img = img.filter(ImageFilter.GaussianBlur(max(0.5, d * 0.0011)))
+    # The sensor's noise comes after the optics' blur; it is what makes real files 1-4 MB.
+    return _add_sensor_noise(img, rng) if is_camera_size((width, height)) else img
+
+
+def is_camera_size(size: tuple[int, int]) -> bool:
+    """Whether a photo of ``size`` is rendered as a camera writes it (sensor noise, camera JPEG)."""
+    return max(size) >= CAMERA_MIN_SIDE
+
+
+def _add_sensor_noise(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Gaussian luminance and chroma noise, drawn from ``rng`` in float32 (half the cost of float64)."""
+    pixels = np.asarray(img, dtype=np.float32)
+    luma = rng.standard_normal(pixels.shape[:2], dtype=np.float32)
+    luma *= _SENSOR_LUMA_NOISE
+    chroma = rng.standard_normal(pixels.shape, dtype=np.float32)
+    chroma *= _SENSOR_CHROMA_NOISE
+    pixels += luma[..., None]
+    pixels += chroma
+    pixels += 0.5  # round, not truncate, on the way back to uint8
+    np.clip(pixels, 0, 255, out=pixels)
+    return Image.fromarray(pixels.astype(np.uint8), mode="RGB")
+
+
+def save_photo(img: Image.Image, path: str | Path, quality: int | None = None) -> None:
+    """Writes a rendered photo as JPEG: with the camera's settings at camera sizes, unless
+    ``quality`` is given."""
+    if quality is not None:
+        img.save(path, format="JPEG", quality=quality)
+    elif is_camera_size(img.size):
+        img.save(path, format="JPEG", quality=CAMERA_JPEG_QUALITY, subsampling=CAMERA_SUBSAMPLING)
+    else:
+        img.save(path, format="JPEG", quality=COPY_JPEG_QUALITY)
 
 
 # --------------------------------------------------------------------------------------------
@@ -639,11 +682,11 @@ def _patient_grades(n_patients: int, shares: np.ndarray, rng: np.random.Generato
     return np.stack([left, right], axis=1)
 
 
-def _render_task(task: tuple[str, int, str, tuple[int, int], int, int, int]) -> None:
+def _render_task(task: tuple[str, int, str, tuple[int, int], int, int, int | None]) -> None:
     """Worker entry point: renders one image and writes it (top level so it pickles)."""
     path, grade, eye, size, seed, index, quality = task
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
-    render_fundus(grade, eye, size, rng).save(path, format="JPEG", quality=quality)
+    save_photo(render_fundus(grade, eye, size, rng), path, quality)
 
 
 def generate_eyepacs_layout(
@@ -654,7 +697,7 @@ def generate_eyepacs_layout(
     size: tuple[int, int] = (512, 384),
     grade_shares: Sequence[float] = EYEPACS_GRADE_SHARES,
     seed: int = 0,
-    jpeg_quality: int = 90,
+    jpeg_quality: int | None = None,
     workers: int = 1,
 ) -> dict[str, int]:
     """Writes the Kaggle EyePACS course-lab layout and returns the image count per split.
@@ -664,14 +707,16 @@ def generate_eyepacs_layout(
     ``<patient>_right``; train and test patients are disjoint.  The output depends only on the
     arguments other than ``workers``: image ``i`` is rendered from ``SeedSequence(seed,
     spawn_key=(i,))``, so any worker count produces byte-identical files.
+
+    ``jpeg_quality`` None writes as a camera does at camera sizes (longest side >=
+    ``CAMERA_MIN_SIDE``: sensor noise, q95 with 4:2:2 chroma, ~2 MB at 3888x2592) and q90 below.
     """
     train_patients = _check_count("train_patients", train_patients)
     test_patients = _check_count("test_patients", test_patients)
     width, height = _check_size(size)
     shares = _validate_shares(grade_shares)
     seed = _check_count("seed", seed, minimum=0)
-    jpeg_quality = _check_count("jpeg_quality", jpeg_quality)
-    if jpeg_quality > 100:
+    if jpeg_quality is not None and _check_count("jpeg_quality", jpeg_quality) > 100:
         raise SyntheticDataError(f"jpeg_quality must be in 1..100, got {jpeg_quality!r}")
     workers = _check_count("workers", workers)
 
@@ -689,7 +734,7 @@ def generate_eyepacs_layout(
         "test": np.sort(patient_numbers[order[train_patients:]]),
     }
 
-    tasks: list[tuple[str, int, str, tuple[int, int], int, int, int]] = []
+    tasks: list[tuple[str, int, str, tuple[int, int], int, int, int | None]] = []
     counts: dict[str, int] = {}
     for split, patients in splits.items():
         grades = _patient_grades(len(patients), shares, rng)
@@ -722,7 +767,7 @@ def generate_eyepacs_layout(
                 pass
     (out / SYNTHETIC_MARKER).write_text(json.dumps({
         "generator": "retina-flow synthetic fundus generator (pipeline/data/synthetic.py)",
-        "size": [width, height], "grade_shares": [float(s) for s in shares], "seed": seed, "counts": counts,
+        "size": [width, height], "camera_format": is_camera_size((width, height)), "grade_shares": [float(s) for s in shares], "seed": seed, "counts": counts,
     }, indent=2))
     logger.info("Synthetic EyePACS layout written: %s", counts)
     return counts

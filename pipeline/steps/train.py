@@ -24,16 +24,19 @@ from torch.utils.data import DataLoader, Subset
 from pipeline import checkpoint, faults
 from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, NUM_GRADES, config_label
 from pipeline.config import TrainConfig, to_dict, validate_train_config
+from pipeline.data.augment import augment_batch
 from pipeline.data.balance import balanced_weights, class_weights
 from pipeline.data.dataset import (
     EvalPreset,
     FundusDataset,
     ProcessedDataset,
+    build_uint8_cache,
     make_loader,
     normalize_batch,
     split_dataset,
     to_unit_float,
 )
+from pipeline.data.preprocess import PROCESSED_SPLITS
 from pipeline.data.sampling import EpochSampler
 from pipeline.data.synthetic import render_fundus
 from pipeline.distributed import (
@@ -126,6 +129,7 @@ def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome
                 epoch_metrics=epoch_metrics, select_metric=cfg.select_metric, start=setup.start,
                 on_checkpoint=checkpoint_writer(cfg, checkpoint_path, setup) if ctx.is_main else None,
                 on_batch_end=faults.batch_hook_from_env(), on_epoch_end=sink.log_epoch,
+                augment=augment_batch if cfg.augment_device == "model" else None,
                 lr_of_epoch=functools.partial(epoch_lr, base_lr=cfg.lr, epochs=cfg.epochs, schedule=cfg.lr_schedule,
                                               warmup_epochs=cfg.warmup_epochs),
                 evaluated=with_tta(setup.trained, cfg.tta),
@@ -165,10 +169,11 @@ def log_run_inputs(cfg: TrainConfig, processed: ProcessedDataset, accel: Acceler
 def set_up(cfg: TrainConfig, processed: ProcessedDataset, accel: Accelerator,
            resume_from: dict | None) -> TrainingSetup:
     """Model, optimizer, loss scaler, criterion and loaders; restored from ``resume_from`` if given."""
+    arrays = build_uint8_cache(processed, cfg.image_size, cfg.num_workers) if cfg.cache_format == "uint8" else {}
     datasets = {
-        "train": split_dataset(processed, "train", cfg.image_size, train=True, rotation_degrees=cfg.rotation_degrees),
-        "val": split_dataset(processed, "val", cfg.image_size, train=False),
-        "test": split_dataset(processed, "test", cfg.image_size, train=False),
+        split: split_dataset(processed, split, cfg.image_size, train=split == "train", array=arrays.get(split),
+                             rotation_degrees=cfg.rotation_degrees, augment_on_device=cfg.augment_device == "model")
+        for split in PROCESSED_SPLITS
     }
     # A resumed run takes every weight from its checkpoint, so it needs no ImageNet file.
     model = accel.prepare(build_model(cfg.model, pretrained=cfg.pretrained and resume_from is None,

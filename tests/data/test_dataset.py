@@ -2,7 +2,7 @@ import shutil
 
 import pytest
 import torch
-
+from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
 from pipeline.data.dataset import (
@@ -11,6 +11,7 @@ from pipeline.data.dataset import (
     EvalPreset,
     ProcessedDataset,
     TrainPreset,
+    collate_channels_last,
     make_loader,
     normalize_batch,
     split_dataset,
@@ -38,6 +39,13 @@ def test_normalize_batch_equals_torchvisions_normalize():
     assert to_unit_float(unit) is unit  # [0, 1] floats pass through
 
 
+def test_normalize_batch_keeps_channels_last_and_its_values():
+    images = torch.randint(0, 256, (2, 3, 5, 7), dtype=torch.uint8)
+    interleaved = normalize_batch(images.contiguous(memory_format=torch.channels_last))
+    assert interleaved.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(interleaved, normalize_batch(images))
+
+
 def test_eval_split_resizes(processed_dir):
     image, _ = split_dataset(ProcessedDataset(processed_dir), "test", 48, train=False)[0]
     assert image.shape == (3, 48, 48) and image.dtype == torch.uint8
@@ -59,6 +67,18 @@ def test_loader_batches(processed_dir):
     loader = make_loader(split_dataset(processed, "val", 32, train=False), 4, shuffle=False, num_workers=0, seed=0)
     images, grades = next(iter(loader))
     assert images.shape[1:] == (3, 32, 32) and images.dtype == torch.uint8 and grades.dtype == torch.long
+
+
+def test_batches_are_stacked_channels_last_with_the_same_values(processed_dir):
+    """The presets' images lie in (H, W, C) memory: stacked as they lie, a batch is a plain copy."""
+    train = split_dataset(ProcessedDataset(processed_dir), "train", 32, train=True)
+    items = [train[(index, index)] for index in range(4)]
+    images, grades = collate_channels_last(items)
+    expected_images, expected_grades = default_collate(items)
+    assert images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
+    assert torch.equal(images, expected_images) and torch.equal(grades, expected_grades)
+    rows = [(torch.tensor([1.0]), 0), (torch.tensor([2.0]), 1)]  # not images: as default_collate has them
+    assert all(torch.equal(a, b) for a, b in zip(collate_channels_last(rows), default_collate(rows)))
 
 
 def test_refuses_to_upsample_the_cache(processed_dir):

@@ -68,6 +68,40 @@ def test_reduced_scale_decode_matches_full_decode(tmp_path, raw_dir):
     assert difference < 6, difference
 
 
+def test_a_fundus_small_in_its_frame_is_decoded_at_the_next_scale_not_in_full(tmp_path, monkeypatch):
+    # A disc of diameter 300 in a 1024x768 frame: at 1/4 scale (256x192, what the frame alone
+    # allows for 128 px) the disc is 75 px, too small; 1/2 scale keeps it at 150 px.
+    yy, xx = np.mgrid[0:768, 0:1024]
+    pixels = np.zeros((768, 1024, 3), np.uint8)
+    pixels[((xx - 500) ** 2 + (yy - 400) ** 2) <= 150 ** 2] = (190, 80, 40)
+    path = tmp_path / "small_disc.jpeg"
+    Image.fromarray(pixels).save(path, quality=95)
+    decoded = []
+    real_decode = preprocess_module._decode
+
+    def recording(source, at_least):
+        img, size = real_decode(source, at_least)
+        decoded.append(img.size)
+        return img, size
+
+    monkeypatch.setattr(preprocess_module, "_decode", recording)
+    image, source_size = crop_and_resize(path, 128)
+    assert decoded == [(256, 192), (512, 384)] and source_size == (1024, 768)
+    full = load_rgb(path).crop(fundus_box(load_rgb(path))).resize((128, 128), Image.Resampling.BICUBIC)
+    assert np.abs(np.asarray(image, float) - np.asarray(full, float)).mean() < 3
+
+
+def test_the_disc_threshold_is_the_99th_percentile_of_the_grey_levels():
+    """Read off the histogram, as np.percentile would sort it: 5 % of the pixels at 200 make the
+    level 20, so a patch at 25 counts as fundus and one at 15 does not."""
+    pixels = np.zeros((100, 100, 3), np.uint8)
+    pixels[:10, :50] = 200  # the bright 5 % set the 99th percentile
+    pixels[40:60, 60:80] = 25
+    pixels[40:60, 85:95] = 15
+    left, _, right, _ = fundus_box(Image.fromarray(pixels))
+    assert (left, right) == (0, 80)
+
+
 @pytest.mark.parametrize("mode, fmt", [("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "PNG"), ("P", "PNG")])
 def test_other_image_modes_and_png_content_are_converted(tmp_path, raw_dir, mode, fmt):
     path = tmp_path / "odd.jpeg"  # PNG content behind a .jpeg name happens in scraped data sets

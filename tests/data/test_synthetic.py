@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, JpegImagePlugin
 
 from pipeline.data.synthetic import (
     EYEPACS_GRADE_SHARES,
     UNIFORM_GRADE_SHARES,
+    CAMERA_JPEG_QUALITY,
+    COPY_JPEG_QUALITY,
     _patient_grades,
     generate_eyepacs_layout,
     render_fundus,
+    save_photo,
 )
 
 SIZE = (128, 96)
@@ -186,6 +190,40 @@ def test_wide_frame_size_and_aperture() -> None:
     assert im.size == (300, 200)
     # Wide frames keep black margins left and right of the round fundus.
     assert a[:, :5].max() <= 8 and a[:, -5:].max() <= 8
+
+
+def _grain(im: Image.Image) -> float:
+    """Pixel-to-pixel noise in the black corner, where the scene itself is flat."""
+    corner = np.asarray(im, dtype=np.float32)[:48, :48, 1]
+    return float(np.diff(corner, axis=1).std())
+
+
+def _quantization_at(quality: int, subsampling: str = "4:2:0") -> dict:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buffer, format="JPEG", quality=quality, subsampling=subsampling)
+    return Image.open(buffer).quantization
+
+
+def test_camera_sized_photos_are_written_as_a_camera_writes_them(tmp_path: Path) -> None:
+    """Sensor noise and q95 with 4:2:2 chroma: real-sized files, so benchmarks decode what users will."""
+    photo = render_fundus(2, "left", (2592, 1944), np.random.default_rng(0))
+    assert _grain(photo) > 2  # sensor noise even in the black surround
+    save_photo(photo, tmp_path / "camera.jpeg")
+    with Image.open(tmp_path / "camera.jpeg") as written:
+        assert JpegImagePlugin.get_sampling(written) == 1  # 4:2:2
+        assert written.quantization == _quantization_at(CAMERA_JPEG_QUALITY, "4:2:2")
+    assert 1e6 < (tmp_path / "camera.jpeg").stat().st_size < 4e6  # real EyePACS photos: 1-4 MB
+
+
+def test_small_photos_stay_noise_free_downscaled_copies(tmp_path: Path) -> None:
+    photo = render_fundus(2, "left", (512, 384), np.random.default_rng(0))
+    assert _grain(photo) == 0
+    save_photo(photo, tmp_path / "copy.jpeg")
+    with Image.open(tmp_path / "copy.jpeg") as written:
+        assert written.quantization == _quantization_at(COPY_JPEG_QUALITY)
+    save_photo(photo, tmp_path / "asked.jpeg", quality=70)  # an explicit quality wins
+    with Image.open(tmp_path / "asked.jpeg") as written:
+        assert written.quantization == _quantization_at(70)
 
 
 def test_default_shares_are_a_distribution() -> None:
