@@ -176,6 +176,11 @@ def node_system_metrics(run_id: str | None, ctx: DistContext) -> Iterator[None]:
         yield
     finally:
         monitor.finish()
+        # The monitor logs a sample only once a sampling interval has passed; a node whose part
+        # ended sooner would report nothing, so every node logs its state at the end once more.
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
 
 
 def active_run_id() -> str | None:
