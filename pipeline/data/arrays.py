@@ -7,9 +7,8 @@ both paths see the very same pixels. They live in ``<dataset>/uint8/<size>px/`` 
 dataset when preprocess replaces it; a ``<split>.json`` beside each array lists the image ids it
 holds, in order, and an array that does not match the manifest is rebuilt.
 
-Disk and RAM: S x S x 3 bytes per image (150 MB per 1,000 images at 224 px, 786 MB at 512 px,
-against ~64 MB for the 512 px JPEG cache); an epoch reads every page, so the file should fit in
-the page cache, which all loader workers (and parallel runs) share.
+Disk and RAM: S x S x 3 bytes per image (README, "The data path"); an epoch reads every page, so
+the files should fit in the page cache, which all loader workers (and parallel runs) share.
 """
 
 from __future__ import annotations
