@@ -7,9 +7,8 @@ both paths see the very same pixels. They live in ``<dataset>/uint8/<size>px/`` 
 dataset when preprocess replaces it; a ``<split>.json`` beside each array lists the image ids it
 holds, in order, and an array that does not match the manifest is rebuilt.
 
-Disk and RAM: S x S x 3 bytes per image (150 MB per 1,000 images at 224 px, 786 MB at 512 px,
-against ~64 MB for the 512 px JPEG cache); an epoch reads every page, so the file should fit in
-the page cache, which all loader workers (and parallel runs) share.
+Disk and RAM: S x S x 3 bytes per image (README, "The data path"); an epoch reads every page, so
+the files should fit in the page cache, which all loader workers (and parallel runs) share.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from pipeline.errors import DataError
 
@@ -36,6 +35,7 @@ BUILD_BATCH = 64
 
 
 def array_folder(root: Path, image_size: int) -> Path:
+    """One folder per training size, as the JPEG caches have one per cache size."""
     return root / FOLDER / f"{image_size}px"
 
 
@@ -58,7 +58,7 @@ class ArrayImages:
     def __getitem__(self, index: int) -> torch.Tensor:
         if self._array is None:
             self._array = self._open()
-        # A private copy: torch refuses to wrap the read-only mapping, and the batch needs one anyway.
+        # A private copy: torch will not safely wrap a read-only mapping, and the batch copies anyway.
         return torch.from_numpy(np.array(self._array[index])).permute(2, 0, 1)
 
     def _open(self) -> np.ndarray:
@@ -75,7 +75,7 @@ class ArrayImages:
         return {"path": self.path, "count": self.count, "_array": None}
 
 
-def build_arrays(root: Path, splits: dict[str, torch.utils.data.Dataset], ids: dict[str, list[str]],
+def build_arrays(root: Path, splits: dict[str, Dataset], ids: dict[str, list[str]],
                  image_size: int, num_workers: int = 0) -> dict[str, Path]:
     """Writes the uint8 array of each split that lacks a current one; returns every split's path.
 
@@ -115,7 +115,7 @@ def _is_current(path: Path, ids: list[str]) -> bool:
         return False
 
 
-def _write(path: Path, dataset: torch.utils.data.Dataset, ids: list[str], image_size: int, num_workers: int) -> None:
+def _write(path: Path, dataset: Dataset, ids: list[str], image_size: int, num_workers: int) -> None:
     """Decodes every image of ``dataset`` into a new array, written under a temporary name and
     renamed into place, so a reader never maps a half-written file."""
     started = time.perf_counter()

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -96,6 +97,19 @@ def test_a_current_array_is_reused_and_a_stale_one_rebuilt(dataset):
     index.write_text(json.dumps({**record, "ids": record["ids"][::-1]}))  # another manifest's order
     assert build_uint8_cache(dataset, SIZE)["val"].stat().st_ino != built
     assert json.loads(index.read_text())["ids"] == record["ids"]
+
+
+def test_runs_that_ask_at_once_build_once_and_read_whole_arrays(dataset):
+    """Parallel trainings (here threads of one process, which share a pid and so would share a
+    temporary file name) wait on the lock: one builds, the others find the arrays current."""
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda _: build_uint8_cache(dataset, SIZE), range(3)))
+    assert results[0] == results[1] == results[2]
+    for split, path in results[0].items():
+        from_array = split_dataset(dataset, split, SIZE, train=False, array=path)
+        from_jpeg = split_dataset(dataset, split, SIZE, train=False)
+        assert all(torch.equal(from_array[i][0], from_jpeg[i][0]) for i in range(len(from_jpeg)))
+    assert not [p.name for p in path.parent.iterdir() if "partial" in p.name]
 
 
 def test_an_array_that_does_not_fit_its_split_names_the_file(dataset):
