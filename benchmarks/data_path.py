@@ -36,6 +36,7 @@ from pipeline.data.dataset import (
     normalize_batch,
 )
 from pipeline.data.preprocess import preprocess
+from pipeline.hardware import keep_batch_memory
 
 PATHS = [  # (name, cache_format, augment_device)
     ("labs' loader", None, "loader"),
@@ -132,6 +133,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="train's default")
     parser.add_argument("--raw", default="", help="a folder to keep (and reuse) the generated photos in")
     args = parser.parse_args()
+    keep_batch_memory()  # as train does: the loaders' batches reuse memory
     width, height = (int(v) for v in args.photo.split("x"))
     sizes = [int(s) for s in args.sizes.split(",")]
     worker_counts = [int(w) for w in args.workers.split(",")] if args.workers else sorted({1, os.cpu_count() or 1})

@@ -24,7 +24,7 @@ from pipeline.data.dataset import ProcessedDataset, build_uint8_cache, make_load
 from pipeline.data.preprocess import preprocess
 from pipeline.data.synthetic import UNIFORM_GRADE_SHARES, generate_eyepacs_layout
 from pipeline.engine import DeviceAugment, train_one_epoch
-from pipeline.hardware import Accelerator, resolve_device, resolve_precision
+from pipeline.hardware import Accelerator, keep_batch_memory, resolve_device, resolve_precision
 from pipeline.models import build_model
 
 PATHS = ("jpeg/loader", "jpeg/model", "uint8/loader", "uint8/model")  # cache_format/augment_device
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=defaults.num_workers, help="train's default worker count")
     parser.add_argument("--cache", type=int, default=512, help="processed cache size the loader decodes")
     args = parser.parse_args()
+    keep_batch_memory()  # as train does: the loaders' batches reuse memory
     sizes = [int(s) for s in args.sizes.split(",")]
     paths = [tuple(path.split("/")) for path in args.paths.split(",")]
     images = args.batches * args.batch_size

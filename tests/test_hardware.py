@@ -44,3 +44,12 @@ def test_inputs_normalise_uint8_batches_and_pass_floats_through():
     assert accel.inputs(images).dtype == torch.float32 and accel.inputs(images).min() < 0
     floats = torch.rand(2, 3, 4, 4)
     assert torch.equal(accel.inputs(floats), floats)
+
+
+def test_batch_memory_is_kept_for_reuse_on_glibc():
+    """What loaders and benchmarks call; on glibc both thresholds apply (mallopt answers 1)."""
+    import platform
+
+    from pipeline.hardware import keep_batch_memory
+
+    assert keep_batch_memory() is (platform.libc_ver()[0] == "glibc")

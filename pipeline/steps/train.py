@@ -51,7 +51,7 @@ from pipeline.engine import EvalOutput, FitResult, FitState, fit
 from pipeline.errors import ConfigError, RetinaFlowError
 from pipeline.figures import figure_png, gradcam_figure
 from pipeline.gradcam import grad_cam
-from pipeline.hardware import Accelerator, resolve_device, resolve_precision
+from pipeline.hardware import Accelerator, keep_batch_memory, resolve_device, resolve_precision
 from pipeline.grading import Grader, GraderSpec
 from pipeline.metrics import epoch_metrics, metrics_with_intervals, operating_threshold
 from pipeline.model_card import CARD_ARTIFACT, CardFacts, model_card, run_description
@@ -107,6 +107,7 @@ def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome
     ctx = context_from_env()
     device = resolve_device(cfg.device, ctx.local_rank)
     accel = Accelerator(device, resolve_precision(cfg.precision, device), cfg.channels_last, ctx)
+    keep_batch_memory()  # before the loader workers fork: they inherit it
     processed = ProcessedDataset(cfg.data_dir, cfg.image_size)
     log_run_inputs(cfg, processed, accel, resumed=resume_from is not None)
     sink = metric_sink()
