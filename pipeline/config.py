@@ -260,10 +260,15 @@ def section_option_names(section: str) -> list[str]:
     return [f.name for f in dataclasses.fields(_SECTION_TYPES[section])]
 
 
+def require_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Fails naming the key, its value and the valid choices when ``value`` is not one of them."""
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not supported; choose one of {', '.join(choices)}")
+
+
 def validate_train_config(cfg: TrainConfig) -> None:
     """Rejects values no run could succeed with, before any data is read."""
-    if cfg.model not in SUPPORTED_MODELS:
-        raise ConfigError(f"model={cfg.model!r} is not supported; choose one of {', '.join(SUPPORTED_MODELS)}")
+    require_choice("model", cfg.model, SUPPORTED_MODELS)
     if cfg.image_size < MIN_IMAGE_SIZE:
         raise ConfigError(
             f"image_size={cfg.image_size} is too small for {cfg.model}: its five stride-2 stages need "
@@ -276,26 +281,19 @@ def validate_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"freeze_epochs={cfg.freeze_epochs} must be between 0 and epochs={cfg.epochs}")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise ConfigError(f"lr={cfg.lr} must be a positive number")
-    if cfg.tta not in TTA_MODES:
-        raise ConfigError(f"tta={cfg.tta!r} is not supported; choose one of {', '.join(TTA_MODES)}")
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"optimizer={cfg.optimizer!r} is not supported; choose one of {', '.join(OPTIMIZERS)}")
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise ConfigError(f"lr_schedule={cfg.lr_schedule!r} is not supported; choose one of {', '.join(LR_SCHEDULES)}")
+    require_choice("tta", cfg.tta, TTA_MODES)
+    require_choice("optimizer", cfg.optimizer, OPTIMIZERS)
+    require_choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
     if not 0 <= cfg.warmup_epochs < cfg.epochs:
         raise ConfigError(f"warmup_epochs={cfg.warmup_epochs} must be between 0 and epochs - 1 ({cfg.epochs - 1})")
     if cfg.num_workers < 0:
         raise ConfigError(f"num_workers={cfg.num_workers} must be 0 or more")
     if cfg.nproc < 1:
         raise ConfigError(f"nproc={cfg.nproc} must be at least 1")
-    if cfg.select_metric not in SELECT_METRICS:
-        raise ConfigError(f"select_metric={cfg.select_metric!r} is not supported; choose one of {', '.join(SELECT_METRICS)}")
-    if cfg.cache_format not in CACHE_FORMATS:
-        raise ConfigError(f"cache_format={cfg.cache_format!r} is not supported; choose one of {', '.join(CACHE_FORMATS)}")
-    if cfg.augment_device not in AUGMENT_DEVICES:
-        raise ConfigError(f"augment_device={cfg.augment_device!r} is not supported; choose one of {', '.join(AUGMENT_DEVICES)}")
-    if cfg.class_weighting not in CLASS_WEIGHTINGS:
-        raise ConfigError(f"class_weighting={cfg.class_weighting!r} is not supported; choose one of {', '.join(CLASS_WEIGHTINGS)}")
+    require_choice("select_metric", cfg.select_metric, SELECT_METRICS)
+    require_choice("cache_format", cfg.cache_format, CACHE_FORMATS)
+    require_choice("augment_device", cfg.augment_device, AUGMENT_DEVICES)
+    require_choice("class_weighting", cfg.class_weighting, CLASS_WEIGHTINGS)
     if cfg.bootstrap_resamples < 0:
         raise ConfigError(f"bootstrap_resamples={cfg.bootstrap_resamples} must be 0 (no intervals) or more")
     if not 0 < cfg.referable_target_sensitivity <= 1:
@@ -303,8 +301,7 @@ def validate_train_config(cfg: TrainConfig) -> None:
 
 
 def validate_preprocess_config(cfg: PreprocessConfig) -> None:
-    if cfg.on_bad_image not in BAD_IMAGE_POLICIES:
-        raise ConfigError(f"on_bad_image={cfg.on_bad_image!r} is not supported; choose one of {', '.join(BAD_IMAGE_POLICIES)}")
+    require_choice("on_bad_image", cfg.on_bad_image, BAD_IMAGE_POLICIES)
     if not 0 <= cfg.max_bad_fraction < 1:
         raise ConfigError(f"max_bad_fraction={cfg.max_bad_fraction} must be in [0, 1)")
     if cfg.image_size < MIN_IMAGE_SIZE:

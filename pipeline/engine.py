@@ -174,7 +174,7 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
     history: list[dict[str, float]] = []
     if start is not None:
         history = list(start.history)
-        best = FitResult(start.best_epoch, float("nan") if start.best_val.diverged else history[start.best_epoch - 1][select_metric],
+        best = FitResult(start.best_epoch, _selected_score(history[start.best_epoch - 1], start.best_val, select_metric),
                          start.best_state, start.best_test, start.best_val)
     for epoch in range((start.epoch if start else 0) + 1, epochs + 1):
         if hasattr(train_loader.sampler, "set_epoch"):
@@ -199,9 +199,8 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
         history.append(metrics)
         if best is None or _selection_key(metrics, val, select_metric) > _selection_key(
                 history[best.best_epoch - 1], best.best_val, select_metric):
-            # A diverged epoch's score is NaN: it never wins a comparison of runs either.
-            score = float("nan") if val.diverged else metrics[select_metric]
-            best = FitResult(epoch, score, copy.deepcopy(unwrap(model).state_dict()), test, val)
+            best = FitResult(epoch, _selected_score(metrics, val, select_metric),
+                             copy.deepcopy(unwrap(model).state_dict()), test, val)
         log.info("epoch %d/%d %s", epoch, epochs, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if on_checkpoint is not None:
             on_checkpoint(FitState(epoch, history, best.best_epoch, best.best_state, best.best_test, best.best_val))
@@ -216,6 +215,12 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
 def ranking_score(value: float) -> float:
     """A selection score to rank by, higher is better: NaN (e.g. an AUC on a one-class set) never wins."""
     return float("-inf") if np.isnan(value) else value
+
+
+def _selected_score(metrics: dict[str, float], val: EvalOutput, name: str) -> float:
+    """The run's score when this epoch is its best: NaN for a diverged one, which never wins a
+    comparison of runs either."""
+    return float("nan") if val.diverged else metrics[name]
 
 
 def _selection_key(metrics: dict[str, float], val: EvalOutput, name: str) -> tuple[float, float]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pipeline.config import require_choice
 from pipeline.data.dataset import normalize_batch
 from pipeline.distributed import DistContext
 from pipeline.errors import ConfigError
@@ -85,8 +86,7 @@ def cpu_has_native_bf16() -> bool:
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device``; None means fp32 without autocast."""
-    if name not in PRECISIONS:
-        raise ConfigError(f"precision={name!r} is not supported; choose one of {', '.join(PRECISIONS)}")
+    require_choice("precision", name, PRECISIONS)
     if name == "fp32":
         return None
     if name == "auto":

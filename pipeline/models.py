@@ -11,6 +11,7 @@ from torchvision import models
 from torchvision.transforms import v2
 
 from pipeline.catalog import IMAGENET_WEIGHTS, NUM_GRADES, SUPPORTED_MODELS, TTA_MODES
+from pipeline.config import require_choice
 from pipeline.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.errors import ConfigError, WeightsUnavailableError
 
@@ -125,8 +126,7 @@ class FlipAveraged(nn.Module):
 
 def with_tta(model: nn.Module, tta: str) -> nn.Module:
     """``model`` as evaluated and served: itself (``none``), or averaged over flips (``flips``)."""
-    if tta not in TTA_MODES:
-        raise ConfigError(f"tta={tta!r} is not supported; choose one of {', '.join(TTA_MODES)}")
+    require_choice("tta", tta, TTA_MODES)
     return FlipAveraged(model) if tta == "flips" else model
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import torch
 
 from pipeline.catalog import LR_SCHEDULES, OPTIMIZERS
+from pipeline.config import require_choice
 
 STEP_DECAY = 0.1  # step: the lr falls tenfold after each third of the epochs after the warm-up
 STEP_PHASES = 3
@@ -21,11 +22,10 @@ STEP_PHASES = 3
 def build_optimizer(name: str, parameters: Iterable[torch.nn.Parameter], *, lr: float, momentum: float,
                     weight_decay: float) -> torch.optim.Optimizer:
     """``sgd``: SGD with momentum (the labs'); ``adamw``: AdamW (decoupled weight decay; no momentum term)."""
+    require_choice("optimizer", name, OPTIMIZERS)
     if name == "adamw":
         return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"optimizer={name!r} is not supported; choose one of {', '.join(OPTIMIZERS)}")
+    return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def epoch_lr(epoch: int, *, base_lr: float, epochs: int, schedule: str, warmup_epochs: int = 0) -> float:
@@ -36,8 +36,7 @@ def epoch_lr(epoch: int, *, base_lr: float, epochs: int, schedule: str, warmup_e
     ``constant`` ``base_lr``; ``cosine`` ``base_lr * (1 + cos(pi * t / T)) / 2``;
     ``step`` ``base_lr * 0.1 ** floor(3 * t / T)``.
     """
-    if schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule={schedule!r} is not supported; choose one of {', '.join(LR_SCHEDULES)}")
+    require_choice("lr_schedule", schedule, LR_SCHEDULES)
     if epoch <= warmup_epochs:
         return base_lr * epoch / (warmup_epochs + 1)
     position, length = epoch - warmup_epochs - 1, epochs - warmup_epochs

@@ -165,6 +165,10 @@ def test_train_rule_rejects_and_names_key_and_value(values, message):
     *({"class_weighting": weighting} for weighting in ("none", "inverse", "sqrt_inverse")),
     *({"cache_format": cache_format} for cache_format in ("jpeg", "uint8")),
     *({"augment_device": place} for place in ("loader", "model")),
+    *({"optimizer": name} for name in ("sgd", "adamw")),
+    *({"lr_schedule": schedule} for schedule in ("constant", "cosine", "step")),
+    *({"tta": mode} for mode in ("none", "flips")),
+    {"epochs": 5, "warmup_epochs": 4},
 ], ids=_case_id)
 def test_train_rule_boundary_is_accepted(values):
     validate_train_config(TrainConfig(**values))

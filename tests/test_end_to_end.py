@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.catalog import PER_EPOCH_METRICS, SUPPORTED_MODELS
 from pipeline.grading import PREDICTION_COLUMNS, PROBABILITY_COLUMNS, encode_photos
 from pipeline.tracking import tags
-from tests.conftest import PROJECT_ROOT, free_port, mlflow_run, scratch_dir, subprocess_env
+from tests.conftest import PROJECT_ROOT, free_port, mlflow_run, scratch_dir, subprocess_env, train_command
 
 pytestmark = pytest.mark.slow  # real `mlflow run` against a real server
 
@@ -225,9 +225,8 @@ def test_two_torchrun_nodes_make_one_run_with_each_nodes_system_metrics(mlflow_s
     rendezvous, one process each): one run, logged by global rank 0, both nodes' system metrics."""
     experiment, port = "e2e-nodes", free_port()
     env = subprocess_env(MLFLOW_TRACKING_URI=mlflow_server, MLFLOW_EXPERIMENT_NAME=experiment, **STUDY_ENV)
-    train = ["-m", "pipeline.cli.train", "--data_dir", str(processed_dir), "--image_size", "32", "--epochs", "2",
-             "--batch_size", "4", "--num_workers", "0", "--bootstrap_resamples", "0", "--checkpoint_artifact", "false",
-             "--checkpoint_dir", str(tmp_path)]
+    # Each node runs the module torchrun is given, so the interpreter at the command's head goes.
+    _, *train = train_command(processed_dir, "resnet18", "false", "--checkpoint_dir", str(tmp_path))
     launchers = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={node}",
                                    "--nproc-per-node=1", "--master-addr=127.0.0.1", f"--master-port={port}", *train],
                                   cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from pipeline.errors import ConfigError
 from pipeline.schedules import build_optimizer, epoch_lr
 
 
@@ -35,9 +36,9 @@ def test_warm_up_rises_linearly_then_the_schedule_starts_at_the_base_lr(schedule
 
 
 def test_unknown_schedule_and_optimizer_name_the_choices():
-    with pytest.raises(ValueError, match="constant, cosine, step"):
+    with pytest.raises(ConfigError, match="lr_schedule='linear' is not supported; choose one of constant, cosine, step"):
         epoch_lr(1, base_lr=0.1, epochs=2, schedule="linear")
-    with pytest.raises(ValueError, match="sgd, adamw"):
+    with pytest.raises(ConfigError, match="optimizer='adam' is not supported; choose one of sgd, adamw"):
         build_optimizer("adam", [torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9, weight_decay=0)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -13,17 +12,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.catalog import PER_EPOCH_METRICS
-from tests.conftest import PROJECT_ROOT, free_port, running_mlflow_server, subprocess_env
+from tests.conftest import PROJECT_ROOT, free_port, running_mlflow_server, subprocess_env, train_command
 
 pytestmark = pytest.mark.slow  # a real mlflow server, parallel and restarted trainings
 
 CONFIGURATIONS = [("resnet18", "false"), ("resnet18", "true"), ("resnet50", "false"), ("resnet50", "true")]
-
-
-def train_command(processed_dir, model, pretrained, *extra):
-    return [sys.executable, "-m", "pipeline.cli.train", "--data_dir", str(processed_dir), "--model", model,
-            "--pretrained", pretrained, "--image_size", "32", "--epochs", "2", "--batch_size", "8",
-            "--num_workers", "0", "--bootstrap_resamples", "0", "--checkpoint_artifact", "false", *extra]
 
 
 def test_four_trainings_in_parallel_against_one_server(mlflow_server, processed_dir, imagenet_weights, tmp_path):
