@@ -56,3 +56,8 @@ OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "step")
 # Test-time augmentation: none, or the mean grade probabilities over the four flips of a photo.
 TTA_MODES = ("none", "flips")
+# The network's last layer: one logit per grade (the labs'), or cumulative P(grade >= k), k = 1..4.
+HEADS = ("classification", "ordinal")
+# How probabilities become a grade: the most probable one (the labs'), or cut points on the
+# expected grade fitted for quadratic weighted kappa on validation.
+DECISIONS = ("argmax", "kappa_thresholds")

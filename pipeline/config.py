@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from pipeline.catalog import LR_SCHEDULES, OPTIMIZERS, SELECT_METRICS, SUPPORTED_MODELS, TTA_MODES
+from pipeline.catalog import DECISIONS, HEADS, LR_SCHEDULES, OPTIMIZERS, SELECT_METRICS, SUPPORTED_MODELS, TTA_MODES
 from pipeline.errors import ConfigError
 
 CLASS_WEIGHTINGS = ("none", "inverse", "sqrt_inverse")
@@ -47,6 +47,12 @@ class TrainConfig:
     model: str = "resnet18"
     pretrained: bool = False
     weights_path: str = ""  # a local ImageNet state dict, for machines that cannot download
+    head: str = "classification"  # classification (5 logits) | ordinal (cumulative P(grade >= k))
+    # argmax | kappa_thresholds: cut points on the expected grade, fitted for QWK on validation
+    decision: str = "argmax"
+    # Blend each eye's probabilities with the same patient's other eye's (weight fitted on
+    # validation) wherever both photos are graded together: evaluate, predict; not single photos.
+    fuse_eyes: bool = False
     epochs: int = 10
     batch_size: int = 16
     optimizer: str = "sgd"  # sgd (the labs', with momentum) | adamw
@@ -282,6 +288,8 @@ def validate_train_config(cfg: TrainConfig) -> None:
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise ConfigError(f"lr={cfg.lr} must be a positive number")
     require_choice("tta", cfg.tta, TTA_MODES)
+    require_choice("head", cfg.head, HEADS)
+    require_choice("decision", cfg.decision, DECISIONS)
     require_choice("optimizer", cfg.optimizer, OPTIMIZERS)
     require_choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
     if not 0 <= cfg.warmup_epochs < cfg.epochs:

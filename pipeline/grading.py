@@ -2,8 +2,9 @@
 and the served model.
 
 A grader is the trained network plus the facts needed to use it: the size of the processed cache
-it learnt from (a new photo is prepared through that same cache encoding), its input size and the
-operating point of the referable-DR call.
+it learnt from (a new photo is prepared through that same cache encoding), its input size, the
+operating point of the referable-DR call, and how probabilities become a grade (argmax or cut
+points on the expected grade, and the fellow eye's weight where both eyes are graded together).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import base64
 import binascii
 import logging
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,6 +25,7 @@ from tqdm import tqdm
 from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, NUM_GRADES
 from pipeline.data.dataset import RawPhotoDataset, photo_input, to_unit_float
 from pipeline.data.preprocess import PhotoSource
+from pipeline.decision import CutPoints, fuse_eyes, predicted_grades
 from pipeline.errors import DataError
 from pipeline.metrics import referable_probability
 from pipeline.models import build_model, serving_model
@@ -43,9 +46,18 @@ class GraderSpec:
     cache_size: int  # the processed cache's side: new photos are prepared through it
     referable_threshold: float = DEFAULT_REFERABLE_THRESHOLD  # referable when P(grade >= 2) reaches it
     tta: str = "none"  # test-time augmentation (models.with_tta), as at validation
+    head: str = "classification"  # the network's head (models.build_model)
+    cut_points: CutPoints | None = None  # decision=kappa_thresholds (see ``decision``); None: argmax
+    fuse_weight: float = 0.0  # the fellow eye's weight where a patient's two photos are graded together
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> GraderSpec:
+        """A spec from ``to_dict``'s JSON; graders logged before a field existed get its default."""
+        cut_points = values.get("cut_points")
+        return cls(**{**values, "cut_points": None if cut_points is None else tuple(cut_points)})
 
 
 class Grader:
@@ -58,7 +70,7 @@ class Grader:
 
     @classmethod
     def from_state_dict(cls, spec: GraderSpec, state: dict[str, torch.Tensor]) -> Grader:
-        network = build_model(spec.model, pretrained=False)
+        network = build_model(spec.model, pretrained=False, head=spec.head)
         network.load_state_dict(state)
         return cls(network, spec)
 
@@ -75,18 +87,34 @@ class Grader:
             targets.append(np.asarray(batch_targets))
         return np.concatenate(targets), np.concatenate(probabilities)
 
-    def grade_photos(self, sources: list[PhotoSource], *, batch_size: int = 32, num_workers: int = 0) -> pd.DataFrame:
-        """The prediction columns for new photos (files or their bytes), in order."""
+    def fused(self, probabilities: np.ndarray, patients: np.ndarray | None) -> np.ndarray:
+        """``probabilities`` with each eye blended with its fellow's (``fuse_weight``), where the
+        photos' ``patients`` are known; as they are otherwise."""
+        if patients is None or not self.spec.fuse_weight:
+            return probabilities
+        return fuse_eyes(probabilities, patients, self.spec.fuse_weight)
+
+    def decide(self, probabilities: np.ndarray, patients: np.ndarray | None = None) -> pd.DataFrame:
+        """The prediction columns of probability rows (fused by patient when ``patients`` is given)."""
+        return predictions_frame(self.fused(probabilities, patients), self.spec.referable_threshold,
+                                 self.spec.cut_points)
+
+    def grade_photos(self, sources: list[PhotoSource], *, patients: np.ndarray | None = None, batch_size: int = 32,
+                     num_workers: int = 0) -> pd.DataFrame:
+        """The prediction columns for new photos (files or their bytes), in order; with ``patients``
+        each eye's grade also draws on its fellow eye's photo (``fuse_weight``)."""
         dataset = RawPhotoDataset(sources, self.spec.cache_size, self.spec.image_size)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
         _, probabilities = self.probabilities_of(loader, progress="predict")
-        return predictions_frame(probabilities, self.spec.referable_threshold)
+        return self.decide(probabilities, patients)
 
 
-def predictions_frame(probabilities: np.ndarray, referable_threshold: float) -> pd.DataFrame:
-    """``predicted_grade``, ``p_grade_0``..``p_grade_4``, ``p_referable`` and ``referable`` per row."""
+def predictions_frame(probabilities: np.ndarray, referable_threshold: float,
+                      cut_points: CutPoints | None = None) -> pd.DataFrame:
+    """``predicted_grade`` (argmax, or by ``cut_points``), ``p_grade_0``..``p_grade_4``,
+    ``p_referable`` and ``referable`` per row."""
     referable = referable_probability(probabilities)
-    frame = pd.DataFrame({"predicted_grade": probabilities.argmax(axis=1)})
+    frame = pd.DataFrame({"predicted_grade": predicted_grades(probabilities, cut_points)})
     for column, values in zip(PROBABILITY_COLUMNS, probabilities.T):
         frame[column] = values.astype(np.float64)
     frame["p_referable"] = referable.astype(np.float64)
@@ -120,7 +148,8 @@ def grade_request(grader: Grader, request: pd.DataFrame) -> pd.DataFrame:
         images = [_prepared(start + offset, text, grader.spec)
                   for offset, text in enumerate(texts[start:start + SERVED_BATCH_SIZE])]
         chunks.append(grader.probabilities(torch.stack(images)))
-    return predictions_frame(np.concatenate(chunks), grader.spec.referable_threshold)
+    # One photo, one eye: the served model never fuses (a request's rows need not be one patient's).
+    return grader.decide(np.concatenate(chunks))
 
 
 def _prepared(row: int, text: object, spec: GraderSpec) -> torch.Tensor:

@@ -24,15 +24,18 @@ from sklearn.metrics import (
 )
 
 from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, GRADES, REFERABLE_GRADE
+from pipeline.decision import CutPoints, predicted_grades
 
 log = logging.getLogger(__name__)
 
 MetricFn = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 
 
-def classification_metrics(targets: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    """Accuracy, quadratic weighted kappa (the EyePACS metric), balanced accuracy and macro-F1."""
-    predictions = probabilities.argmax(axis=1)
+def classification_metrics(targets: np.ndarray, probabilities: np.ndarray,
+                           cut_points: CutPoints | None = None) -> dict[str, float]:
+    """Accuracy, quadratic weighted kappa (the EyePACS metric), balanced accuracy and macro-F1 of
+    the grades argmax (or ``cut_points``, see ``decision``) gives."""
+    predictions = predicted_grades(probabilities, cut_points)
     return {
         "accuracy": float(accuracy_score(targets, predictions)),
         "kappa": float(cohen_kappa_score(targets, predictions, labels=list(GRADES), weights="quadratic")),
@@ -92,10 +95,11 @@ def referable_metrics(targets: np.ndarray, probabilities: np.ndarray,
     }
 
 
-def per_grade_metrics(targets: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+def per_grade_metrics(targets: np.ndarray, probabilities: np.ndarray,
+                      cut_points: CutPoints | None = None) -> dict[str, float]:
     """``precision_grade_{k}`` and ``recall_grade_{k}`` for every grade; 0 where undefined."""
     precision, recall, _, _ = precision_recall_fscore_support(
-        targets, probabilities.argmax(axis=1), labels=list(GRADES), zero_division=0)
+        targets, predicted_grades(probabilities, cut_points), labels=list(GRADES), zero_division=0)
     metrics: dict[str, float] = {}
     for grade in GRADES:
         metrics[f"precision_grade_{grade}"] = float(precision[grade])
@@ -103,12 +107,13 @@ def per_grade_metrics(targets: np.ndarray, probabilities: np.ndarray) -> dict[st
     return metrics
 
 
-def all_metrics(targets: np.ndarray, probabilities: np.ndarray,
-                threshold: float = DEFAULT_REFERABLE_THRESHOLD) -> dict[str, float]:
-    """Grading, referable-DR (called at ``threshold``) and per-grade metrics in one flat dict."""
-    return (classification_metrics(targets, probabilities)
+def all_metrics(targets: np.ndarray, probabilities: np.ndarray, threshold: float = DEFAULT_REFERABLE_THRESHOLD,
+                cut_points: CutPoints | None = None) -> dict[str, float]:
+    """Grading (grades by argmax or ``cut_points``), referable-DR (called at ``threshold``) and
+    per-grade metrics in one flat dict."""
+    return (classification_metrics(targets, probabilities, cut_points)
             | referable_metrics(targets, probabilities, threshold)
-            | per_grade_metrics(targets, probabilities))
+            | per_grade_metrics(targets, probabilities, cut_points))
 
 
 def operating_threshold(targets: np.ndarray, probabilities: np.ndarray, target_sensitivity: float) -> float:
@@ -219,13 +224,13 @@ def epoch_metrics(targets: np.ndarray, probabilities: np.ndarray) -> dict[str, f
 
 
 def metrics_with_intervals(targets: np.ndarray, probabilities: np.ndarray, patients: np.ndarray, *,
-                           threshold: float, resamples: int, seed: int
+                           threshold: float, resamples: int, seed: int, cut_points: CutPoints | None = None
                            ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
-    """Every metric (referable DR called at ``threshold``) and, with ``resamples`` > 0, its 95%
-    interval from a bootstrap over patients."""
-    metrics = all_metrics(targets, probabilities, threshold)
+    """Every metric (referable DR called at ``threshold``, grades by argmax or ``cut_points``) and,
+    with ``resamples`` > 0, its 95% interval from a bootstrap over patients."""
+    metrics = all_metrics(targets, probabilities, threshold, cut_points)
     if not resamples:
         return metrics, {}
     intervals = bootstrap_intervals(targets, probabilities, groups=patients, n_resamples=resamples, seed=seed,
-                                    metric_fn=functools.partial(all_metrics, threshold=threshold))
+                                    metric_fn=functools.partial(all_metrics, threshold=threshold, cut_points=cut_points))
     return metrics, intervals

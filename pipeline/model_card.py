@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.decision import CutPoints
+
 from pipeline.catalog import GRADE_NAMES, IMAGENET_WEIGHTS, INTERVAL_METRICS, REFERABLE_GRADE, config_label
 from pipeline.data.preprocess import CACHE_JPEG_QUALITY
 from pipeline.grading import PREDICTION_COLUMNS
@@ -41,6 +43,8 @@ class CardFacts:
     referable_threshold: float
     operating_point_chosen: bool  # False: validation could not choose one, the default was used
     cache_size: int
+    cut_points: CutPoints | None = None  # decision=kappa_thresholds and they beat argmax on validation
+    fuse_weight: float = 0.0  # the fellow eye's weight (fuse_eyes)
 
 
 def with_interval(metrics: dict[str, float], name: str) -> str:
@@ -54,6 +58,40 @@ def with_interval(metrics: dict[str, float], name: str) -> str:
 
 def _initialisation(cfg: dict[str, Any]) -> str:
     return f"pretrained on ImageNet (`{IMAGENET_WEIGHTS[cfg['model']]}`)" if cfg["pretrained"] else "trained from scratch"
+
+
+def _head(cfg: dict[str, Any]) -> str:
+    if cfg.get("head") == "ordinal":
+        return "ordinal head (cumulative link: P(grade >= k), k = 1..4, turned into 5 grade probabilities)"
+    return "5-grade classification head"
+
+
+def _training(cfg: dict[str, Any]) -> str:
+    optimizer = (f"SGD momentum {cfg['momentum']}" if cfg.get("optimizer", "sgd") == "sgd" else "AdamW")
+    schedule = cfg.get("lr_schedule", "constant")
+    warmup = f" after {cfg['warmup_epochs']} warm-up epoch(s)" if cfg.get("warmup_epochs") else ""
+    return (f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, {optimizer}, lr {cfg['lr']} ({schedule}{warmup}), "
+            f"weight decay {cfg['weight_decay']}, augmentation `{cfg.get('augment', 'lab')}`, "
+            f"class weighting `{cfg['class_weighting']}`, seed {cfg['seed']}")
+
+
+def _decision(facts: CardFacts) -> list[str]:
+    cfg = facts.config
+    lines = []
+    if facts.cut_points is not None:
+        lines.append("- Grade: cut points on the expected grade (sum of k * p_k) fitted for quadratic weighted kappa "
+                     "on validation: grade >= k from " + ", ".join(f"{c:.3f}" for c in facts.cut_points) + ".")
+    elif cfg.get("decision") == "kappa_thresholds":
+        lines.append("- Grade: the most probable one (argmax): no cut points beat it on validation.")
+    else:
+        lines.append("- Grade: the most probable one (argmax).")
+    if cfg.get("tta", "none") != "none":
+        lines.append(f"- Test-time augmentation `{cfg['tta']}`: the mean probabilities over the four flips of a photo.")
+    if cfg.get("fuse_eyes"):
+        lines.append(f"- Both eyes: where a patient's two photos are graded together (evaluate, predict), each eye's "
+                     f"probabilities are blended with the other eye's at weight **{facts.fuse_weight:.2f}** "
+                     "(chosen on validation). The served model grades one photo alone.")
+    return lines
 
 
 def model_card(facts: CardFacts) -> str:
@@ -71,9 +109,8 @@ def model_card(facts: CardFacts) -> str:
         "",
         "## Configuration",
         f"- Network: torchvision `{cfg['model']}`, {_initialisation(cfg)}, "
-        f"5-grade head; input {cfg['image_size']} px",
-        f"- Training: {cfg['epochs']} epochs, batch {cfg['batch_size']}, SGD lr {cfg['lr']} momentum {cfg['momentum']} "
-        f"weight decay {cfg['weight_decay']}, class weighting `{cfg['class_weighting']}`, seed {cfg['seed']}",
+        f"{_head(cfg)}; input {cfg['image_size']} px",
+        f"- Training: {_training(cfg)}",
         f"- Train run: `{facts.run_id}`",
         "",
         "## Training data",
@@ -94,6 +131,7 @@ def model_card(facts: CardFacts) -> str:
            "of the validation set." if facts.operating_point_chosen else
            "the default, because none could be chosen on validation (no referable eye there, or the model's "
            "outputs were not finite)."),
+        *_decision(facts),
         "",
         "## Performance (95% intervals: patient-level bootstrap)",
         "",

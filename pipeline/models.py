@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as nnf
 from torchvision import models
 from torchvision.transforms import v2
 
-from pipeline.catalog import IMAGENET_WEIGHTS, NUM_GRADES, SUPPORTED_MODELS, TTA_MODES
+from pipeline.catalog import HEADS, IMAGENET_WEIGHTS, NUM_GRADES, SUPPORTED_MODELS, TTA_MODES
 from pipeline.config import require_choice
 from pipeline.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.errors import ConfigError, WeightsUnavailableError
@@ -67,9 +68,14 @@ def ensure_pretrained_available(model_name: str, weights_path: str = "") -> None
         load_imagenet_state_dict(model_name, weights_path)
 
 
-def build_model(model_name: str, *, pretrained: bool, weights_path: str = "", num_classes: int = NUM_GRADES) -> nn.Module:
-    """A torchvision ResNet with its ImageNet head replaced by a ``num_classes`` layer."""
+def build_model(model_name: str, *, pretrained: bool, weights_path: str = "", head: str = "classification") -> nn.Module:
+    """A torchvision ResNet with its ImageNet head replaced by a 5-grade ``head`` (``catalog.HEADS``).
+
+    Either head's outputs are logits of the five grades (the ordinal head's are log-probabilities,
+    see ``OrdinalHead``): cross-entropy, softmax, argmax, TTA and Grad-CAM take both alike.
+    """
     imagenet_weights(model_name)  # rejects unknown names with the valid choices
+    require_choice("head", head, HEADS)
     model = models.get_model(model_name, weights=None)
     if pretrained:
         state = load_imagenet_state_dict(model_name, weights_path)
@@ -80,8 +86,41 @@ def build_model(model_name: str, *, pretrained: bool, weights_path: str = "", nu
             raise WeightsUnavailableError(f"{source} does not hold {model_name} ImageNet weights: {exc}") from None
     elif weights_path:
         log.warning("weights_path=%s is ignored because pretrained=false", weights_path)
-    setattr(model, HEAD, nn.Linear(head_of(model).in_features, num_classes))
+    features = head_of(model).in_features
+    setattr(model, HEAD, OrdinalHead(features) if head == "ordinal" else nn.Linear(features, NUM_GRADES))
     return model
+
+
+class OrdinalHead(nn.Module):
+    """A cumulative link (proportional odds) head: P(grade >= k) = sigmoid(w.x + b_k), k = 1..4.
+
+    One score per image and four ordered cut points: b_1 > b_2 > b_3 > b_4 by construction (each
+    below the last by a softplus), so the cumulative probabilities fall with k and every grade gets
+    P(grade >= k) - P(grade >= k + 1) >= 0, summing to 1. ``forward`` returns the log of those five
+    probabilities: cross-entropy on them is the model's likelihood, and their softmax is themselves.
+    """
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(in_features, 1)
+        self.first_cut = nn.Parameter(torch.zeros(1))
+        # Softplus(0.54) ~ 1: the cut points start one logit apart.
+        self.cut_gaps = nn.Parameter(torch.full((NUM_GRADES - 2,), 0.54))
+
+    def cumulative_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits of P(grade >= k), k = 1..4, shape (N, 4), falling along k."""
+        cuts = torch.cat([self.first_cut, self.first_cut - torch.cumsum(nnf.softplus(self.cut_gaps), dim=0)])
+        # fp32 whatever the autocast: the differences of probabilities below lose bf16's few digits.
+        return self.score(features).float() + cuts.float()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        upper = self.cumulative_logits(features)  # a_1 > ... > a_4
+        # log p_0 = log(1 - s(a_1)) = logsigmoid(-a_1); log p_4 = logsigmoid(a_4); between them
+        # s(a_k) - s(a_k+1) = s(a_k) s(-a_k+1) (1 - exp(a_k+1 - a_k)), all in log space: no
+        # difference of two nearly equal probabilities, so no catastrophic cancellation.
+        gaps = (upper[:, 1:] - upper[:, :-1]).clamp_max(-torch.finfo(torch.float32).eps)
+        middle = nnf.logsigmoid(upper[:, :-1]) + nnf.logsigmoid(-upper[:, 1:]) + torch.log(-torch.expm1(gaps))
+        return torch.cat([nnf.logsigmoid(-upper[:, :1]), middle, nnf.logsigmoid(upper[:, -1:])], dim=1)
 
 
 def head_of(model: nn.Module) -> nn.Module:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.data.eyepacs import read_image_list, resolve_image_dir
+from pipeline.data.eyepacs import patient_of, read_image_list, resolve_image_dir
 from pipeline.errors import DataError
 from pipeline.grading import Grader
 
@@ -27,8 +27,14 @@ def list_inputs(source: str | Path) -> pd.DataFrame:
 
 
 def predict_photos(grader: Grader, inputs: pd.DataFrame, *, batch_size: int = 32, num_workers: int = 0) -> pd.DataFrame:
-    """``id`` and the grader's prediction columns for every photo of ``inputs`` (``list_inputs``)."""
-    frame = grader.grade_photos(list(inputs["path"]), batch_size=batch_size, num_workers=num_workers)
+    """``id`` and the grader's prediction columns for every photo of ``inputs`` (``list_inputs``).
+
+    Photos named ``<patient>_left|right`` are one patient's two eyes: a grader that fuses eyes
+    grades each with its fellow's help when both are among the inputs.
+    """
+    patients = inputs["id"].map(patient_of).to_numpy()
+    frame = grader.grade_photos(list(inputs["path"]), patients=patients, batch_size=batch_size,
+                                num_workers=num_workers)
     frame.insert(0, "id", inputs["id"].to_numpy())
     return frame
 

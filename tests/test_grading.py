@@ -1,7 +1,9 @@
 """The grader: one preparation path for a photo, and the served model's request contract."""
 
 import base64
+import dataclasses
 import io
+import json
 
 import numpy as np
 import pandas as pd
@@ -13,6 +15,7 @@ from pipeline.data.dataset import EvalPreset, ProcessedDataset, photo_input
 from pipeline.data.preprocess import cache_image, load_rgb
 from pipeline.errors import DataError
 from pipeline.grading import PREDICTION_COLUMNS, Grader, GraderSpec, encode_photos, grade_request
+from pipeline.predict import list_inputs, predict_photos
 from pipeline.models import build_model
 
 
@@ -75,3 +78,31 @@ def test_a_grader_with_flip_tta_serves_the_mean_over_flips(grader):
     images = (torch.rand(2, 3, 32, 32) * 255).to(torch.uint8)
     expected = np.mean([grader.probabilities(x) for x in (images, images.flip(3), images.flip(2), images.flip(2, 3))], axis=0)
     assert np.allclose(flipping.probabilities(images), expected, atol=1e-6)
+
+
+def test_a_spec_logged_before_the_recipes_loads_with_the_labs_decision():
+    old = {"model": "resnet18", "image_size": 32, "cache_size": 64, "referable_threshold": 0.4, "tta": "none"}
+    spec = GraderSpec.from_dict(old)
+    assert (spec.head, spec.cut_points, spec.fuse_weight) == ("classification", None, 0.0)
+    new = GraderSpec("resnet18", 32, 64, 0.4, "flips", "ordinal", (0.5, 1.4, 2.6, 3.5), 0.3)
+    assert GraderSpec.from_dict(json.loads(json.dumps(new.to_dict()))) == new
+
+
+def test_predict_fuses_a_patients_two_eyes_and_the_served_model_grades_one(grader, raw_dir, tmp_path):
+    """With fuse_weight w, predict gives each eye (1 - w) of its own probabilities and w of its
+    fellow's; an eye without its fellow among the inputs, and every photo sent to the served
+    model, is graded alone."""
+    inputs = list_inputs(raw_dir / "images").head(5)  # sorted: 4 photos of two patients, then one eye
+    patients = inputs["id"].str.rsplit("_", n=1).str[0]
+    assert patients.value_counts().sort_index().tolist()[:2] == [2, 2] and patients.iloc[4] != patients.iloc[3]
+    fusing = Grader(grader.network, dataclasses.replace(grader.spec, fuse_weight=0.25))
+    alone = predict_photos(grader, inputs)
+    fused = predict_photos(fusing, inputs)
+    columns = [f"p_grade_{k}" for k in range(5)]
+    own, fellow = alone[columns].to_numpy(), alone[columns].to_numpy()[[1, 0, 3, 2, 4]]
+    expected = 0.75 * own + 0.25 * fellow
+    expected[4] = own[4]
+    assert fused[columns].to_numpy() == pytest.approx(expected, abs=1e-6)
+    assert not np.allclose(fused[columns].to_numpy()[:4], own[:4], atol=1e-4)  # the two eyes do differ
+    served = grade_request(fusing, encode_photos([path.read_bytes() for path in inputs["path"]]))
+    assert served[columns].to_numpy() == pytest.approx(own, abs=1e-5)

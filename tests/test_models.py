@@ -4,6 +4,7 @@ import torch
 from pipeline.catalog import SUPPORTED_MODELS
 from pipeline.errors import ConfigError, WeightsUnavailableError
 from pipeline.models import (
+    OrdinalHead,
     build_model,
     with_tta,
     ensure_pretrained_available,
@@ -107,3 +108,51 @@ def test_flip_tta_is_the_mean_of_the_four_flipped_predictions():
     assert with_tta(network, "none") is network
     with pytest.raises(ConfigError, match="tta='rotations' is not supported; choose one of none, flips"):
         with_tta(network, "rotations")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_an_ordinal_network_gives_valid_grade_probabilities(name):
+    torch.manual_seed(0)
+    model = build_model(name, pretrained=False, head="ordinal").eval()
+    assert isinstance(model.fc, OrdinalHead)
+    with torch.no_grad():
+        probabilities = serving_model(model)(torch.rand(4, 3, 32, 32))
+    assert probabilities.shape == (4, 5)
+    assert (probabilities >= 0).all() and torch.allclose(probabilities.sum(dim=1), torch.ones(4), atol=1e-5)
+    set_backbone_trainable(model, False)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        "fc.score.weight", "fc.score.bias", "fc.first_cut", "fc.cut_gaps"}
+
+
+@pytest.mark.parametrize("scale", [0.1, 3.0, 40.0])  # from near-uniform to saturated sigmoids
+def test_ordinal_probabilities_are_the_differences_of_the_cumulative_outputs(scale):
+    torch.manual_seed(0)
+    head = OrdinalHead(8)
+    with torch.no_grad():
+        head.cut_gaps.copy_(torch.tensor([-2.0, 0.5, 3.0]))  # gaps from tiny to wide
+    features = torch.randn(64, 8) * scale
+    with torch.no_grad():
+        probabilities = torch.exp(head(features)).double()
+        cumulative = torch.sigmoid(head.cumulative_logits(features).double())  # P(grade >= k), k = 1..4
+    assert torch.isfinite(probabilities).all() and (probabilities >= 0).all()
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(64, dtype=torch.float64), atol=1e-5)
+    assert (cumulative[:, 1:] <= cumulative[:, :-1]).all()  # falls with k
+    at_least = probabilities.flip(1).cumsum(1).flip(1)[:, 1:]  # sum of p_j over j >= k
+    assert torch.allclose(at_least, cumulative, atol=1e-5)
+
+
+def test_the_ordinal_head_learns_through_its_cut_points():
+    """Cross-entropy on its outputs is the likelihood of the cumulative model: a few steps on
+    features that order the grades fit them, and every parameter gets a gradient."""
+    torch.manual_seed(0)
+    grades = torch.arange(5).repeat(40)
+    features = grades[:, None].float() + 0.3 * torch.randn(200, 1)
+    head = OrdinalHead(1)
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.1)
+    for _ in range(300):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(head(features), grades)
+        loss.backward()
+        optimizer.step()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    assert (head(features).argmax(dim=1) == grades).float().mean() > 0.9

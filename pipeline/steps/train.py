@@ -39,6 +39,7 @@ from pipeline.data.dataset import (
 from pipeline.data.preprocess import PROCESSED_SPLITS
 from pipeline.data.sampling import EpochSampler
 from pipeline.data.synthetic import render_fundus
+from pipeline.decision import CutPoints, fit_cut_points, fit_fuse_weight, fuse_eyes
 from pipeline.distributed import (
     DistContext,
     broadcast_from_main,
@@ -178,7 +179,7 @@ def set_up(cfg: TrainConfig, processed: ProcessedDataset, accel: Accelerator,
     }
     # A resumed run takes every weight from its checkpoint, so it needs no ImageNet file.
     model = accel.prepare(build_model(cfg.model, pretrained=cfg.pretrained and resume_from is None,
-                                      weights_path=cfg.weights_path if resume_from is None else ""))
+                                      weights_path=cfg.weights_path if resume_from is None else "", head=cfg.head))
     trained = model
     if accel.dist.enabled:
         # Frozen-head epochs leave backbone parameters without gradients, which DDP must be told.
@@ -252,16 +253,21 @@ def log_selected_model(cfg: TrainConfig, model: nn.Module, result: FitResult, pr
     model.load_state_dict(result.best_state)
     # fp32 weights in the default memory format: what Grad-CAM and the served model take.
     model = model.float().to(memory_format=torch.contiguous_format)
-    threshold, chosen = choose_operating_point(result.best_val, cfg.referable_target_sensitivity)
-    test, test_rows, val_rows = result.best_test, processed.split("test"), processed.split("val")
+    test_rows, val_rows = processed.split("test"), processed.split("val")
+    val_patients, test_patients = val_rows["patient"].to_numpy(), test_rows["patient"].to_numpy()
+    fuse_weight, cut_points = fit_decision(cfg, result.best_val, val_patients)
+    val_probabilities = fuse_eyes(result.best_val.probabilities, val_patients, fuse_weight)
+    test_probabilities = fuse_eyes(result.best_test.probabilities, test_patients, fuse_weight)
+    threshold, chosen = choose_operating_point(result.best_val.targets, val_probabilities,
+                                               cfg.referable_target_sensitivity)
     best = result.history[result.best_epoch - 1]
     selected = log_test_evaluation(
-        test.targets, test.probabilities, test_rows["patient"].to_numpy(), prefix="selected_test_",
+        result.best_test.targets, test_probabilities, test_patients, prefix="selected_test_",
         title=f"{config_label(cfg.model, cfg.pretrained)}: test set, epoch {result.best_epoch} (best {cfg.select_metric})",
-        threshold=threshold, resamples=cfg.bootstrap_resamples, seed=cfg.seed)
+        threshold=threshold, resamples=cfg.bootstrap_resamples, seed=cfg.seed, cut_points=cut_points)
     validation = metric_scalars(*metrics_with_intervals(
-        result.best_val.targets, result.best_val.probabilities, val_rows["patient"].to_numpy(), threshold=threshold,
-        resamples=cfg.bootstrap_resamples, seed=cfg.seed), prefix="selected_val_")
+        result.best_val.targets, val_probabilities, val_patients, threshold=threshold,
+        resamples=cfg.bootstrap_resamples, seed=cfg.seed, cut_points=cut_points), prefix="selected_val_")
     sink.log_summary({
         "best_epoch": result.best_epoch,
         f"best_{cfg.select_metric}": result.best_score,
@@ -269,13 +275,15 @@ def log_selected_model(cfg: TrainConfig, model: nn.Module, result: FitResult, pr
         "best_val_accuracy": best["val_accuracy"],
         "highest_test_accuracy": max(h["test_accuracy"] for h in result.history),
         "referable_threshold": threshold,
+        **decision_metrics(cfg, fuse_weight, cut_points),
         **selected,
         **validation,
     })
     log_gradcam(model, processed, test_rows, cfg.image_size, device)
     artifacts.log_state_dict({k: v.detach().cpu() for k, v in result.best_state.items()},
                              f"{CHECKPOINT_FOLDER}/{BEST_WEIGHTS}")
-    grader = Grader(model, GraderSpec(cfg.model, cfg.image_size, processed.image_size, threshold, cfg.tta))
+    grader = Grader(model, GraderSpec(cfg.model, cfg.image_size, processed.image_size, threshold, cfg.tta, cfg.head,
+                                      cut_points, fuse_weight))
     model_uri, _ = registry.log_grader(grader, example_photos(processed.image_size))
     run_id = runs.active_run_id()
     dataset_name, dataset_digest = readback.input_dataset(run_id)
@@ -283,7 +291,8 @@ def log_selected_model(cfg: TrainConfig, model: nn.Module, result: FitResult, pr
         run_id=run_id, config=to_dict(cfg), dataset_name=dataset_name, dataset_digest=dataset_digest,
         grade_counts=processed.metadata["counts"], synthetic=processed.metadata.get("synthetic"),
         best_epoch=result.best_epoch, selection_score=result.best_score, metrics=selected | validation,
-        referable_threshold=threshold, operating_point_chosen=chosen, cache_size=processed.image_size)
+        referable_threshold=threshold, operating_point_chosen=chosen, cache_size=processed.image_size,
+        cut_points=cut_points, fuse_weight=fuse_weight)
     artifacts.log_text(model_card(facts), CARD_ARTIFACT)
     runs.set_tags({tags.NOTE: run_description(facts)})
     return TrainOutcome(run_id, model_uri, result.best_epoch, result.best_score, selected["selected_test_accuracy"])
@@ -296,10 +305,30 @@ def outcome_of_run(run_id: str) -> TrainOutcome:
                         metrics["selected_test_accuracy"])
 
 
-def choose_operating_point(val: EvalOutput, target_sensitivity: float) -> tuple[float, bool]:
+def fit_decision(cfg: TrainConfig, val: EvalOutput, val_patients: np.ndarray) -> tuple[float, CutPoints | None]:
+    """How the selected model decides, fitted on its validation predictions: the fellow eye's
+    weight (``fuse_eyes``), then on the fused probabilities the cut points (``kappa_thresholds``)."""
+    weight = fit_fuse_weight(val.targets, val.probabilities, val_patients) if cfg.fuse_eyes else 0.0
+    if cfg.decision != "kappa_thresholds":
+        return weight, None
+    return weight, fit_cut_points(val.targets, fuse_eyes(val.probabilities, val_patients, weight))
+
+
+def decision_metrics(cfg: TrainConfig, fuse_weight: float, cut_points: CutPoints | None) -> dict[str, float]:
+    """``fuse_weight`` and ``threshold_1``..``threshold_4`` as the run's metrics, where asked for;
+    the thresholds are NaN when validation kept argmax (no cut points beat it there)."""
+    metrics = {"fuse_weight": fuse_weight} if cfg.fuse_eyes else {}
+    if cfg.decision == "kappa_thresholds":
+        cuts = cut_points or (float("nan"),) * (NUM_GRADES - 1)
+        metrics |= {f"threshold_{k}": cut for k, cut in enumerate(cuts, start=1)}
+    return metrics
+
+
+def choose_operating_point(targets: np.ndarray, probabilities: np.ndarray, target_sensitivity: float
+                           ) -> tuple[float, bool]:
     """The referable threshold chosen on validation (see ``metrics.operating_threshold``), and
     whether it was: without a referable eye or finite outputs it falls back on the default."""
-    threshold = operating_threshold(val.targets, val.probabilities, target_sensitivity)
+    threshold = operating_threshold(targets, probabilities, target_sensitivity)
     if np.isnan(threshold):
         log.warning("no operating point can be chosen on validation (no referable eye, or the model diverged); "
                     "using P(grade >= 2) >= %g", DEFAULT_REFERABLE_THRESHOLD)

@@ -26,7 +26,7 @@ class GraderModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         with open(context.artifacts[SPEC_ARTIFACT]) as file:
-            spec = GraderSpec(**json.load(file))
+            spec = GraderSpec.from_dict(json.load(file))
         state = torch.load(context.artifacts[WEIGHTS_ARTIFACT], map_location="cpu", weights_only=True)
         self.grader = Grader.from_state_dict(spec, state)
 

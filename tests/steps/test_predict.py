@@ -12,25 +12,29 @@ from pipeline.models import build_model
 from pipeline.tracking import registry
 
 
-def fixed_grader(probabilities: list[float], threshold: float) -> Grader:
+def fixed_grader(probabilities: list[float], threshold: float, cut_points: tuple[float, ...] | None = None) -> Grader:
     """A real resnet18 whose head ignores the image: zero weights, log-probabilities as biases."""
     network = build_model("resnet18", pretrained=False)
     with torch.no_grad():
         network.fc.weight.zero_()
         network.fc.bias.copy_(torch.log(torch.tensor(probabilities)))
-    return Grader(network, GraderSpec("resnet18", image_size=32, cache_size=64, referable_threshold=threshold))
+    return Grader(network, GraderSpec("resnet18", image_size=32, cache_size=64, referable_threshold=threshold,
+                                      cut_points=cut_points))
 
 
-@pytest.mark.parametrize("probabilities, threshold, grade, p_referable, referable", [
-    ([0.10, 0.30, 0.25, 0.20, 0.15], 0.5, 1, 0.60, True),  # most likely grade 1, yet 0.25 + 0.20 + 0.15 referable
-    ([0.10, 0.30, 0.25, 0.20, 0.15], 0.65, 1, 0.60, False),  # the same, at a stricter operating point
-    ([0.45, 0.15, 0.20, 0.10, 0.10], 0.3, 0, 0.40, True),
+@pytest.mark.parametrize("probabilities, threshold, cut_points, grade, p_referable, referable", [
+    ([0.10, 0.30, 0.25, 0.20, 0.15], 0.5, None, 1, 0.60, True),  # most likely grade 1, yet 0.25 + 0.20 + 0.15 referable
+    ([0.10, 0.30, 0.25, 0.20, 0.15], 0.65, None, 1, 0.60, False),  # the same, at a stricter operating point
+    ([0.45, 0.15, 0.20, 0.10, 0.10], 0.3, None, 0, 0.40, True),
+    # kappa_thresholds: the expected grade 0.3 + 0.5 + 0.6 + 0.6 = 2.0 reaches two of these cut points
+    ([0.10, 0.30, 0.25, 0.20, 0.15], 0.5, (0.4, 1.9, 2.1, 3.0), 2, 0.60, True),
+    ([0.10, 0.30, 0.25, 0.20, 0.15], 0.5, (0.4, 1.9, 2.0, 3.0), 3, 0.60, True),  # reaching a cut point counts
 ])
-def test_predict_columns_from_a_known_grader(probabilities, threshold, grade, p_referable, referable, raw_dir,
-                                             sqlite_tracking, tmp_path):
+def test_predict_columns_from_a_known_grader(probabilities, threshold, cut_points, grade, p_referable, referable,
+                                             raw_dir, sqlite_tracking, tmp_path):
     photo = next((raw_dir / "images").iterdir()).read_bytes()
     with mlflow.start_run():
-        uri, _ = registry.log_grader(fixed_grader(probabilities, threshold), [photo, photo])
+        uri, _ = registry.log_grader(fixed_grader(probabilities, threshold, cut_points), [photo, photo])
     output = tmp_path / "predictions.csv"
     assert predict_cli.main(["--model_uri", uri, "--input", str(raw_dir / "test_img.csv"), "--output", str(output)]) == 0
     frame = pd.read_csv(output, dtype={"id": str})
