@@ -6,6 +6,8 @@ No heavy imports: the config, the data readers and the tracking package all read
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 # --- Grades -------------------------------------------------------------------------------------
 
 NUM_GRADES = 5  # 0 none, 1 mild, 2 moderate, 3 severe, 4 proliferative DR
@@ -27,9 +29,27 @@ IMAGENET_WEIGHTS = {
 SUPPORTED_MODELS = tuple(IMAGENET_WEIGHTS)
 
 
-def config_label(model: str, pretrained: bool) -> str:
+# The course labs' training recipe: the train defaults. Labels leave it unsaid, so the labs' study
+# reads as it always has; any other recipe (experiments/field.yaml's ``field``) is named in them.
+LAB_RECIPE = "lab"
+
+
+def config_label(model: str, pretrained: bool, recipe: str = LAB_RECIPE) -> str:
     """How a configuration of the study is named in tables, figures, tags and run names."""
-    return f"{model} {'pretrained' if pretrained else 'scratch'}"
+    label = f"{model} {'pretrained' if pretrained else 'scratch'}"
+    return label if recipe == LAB_RECIPE else f"{label} {recipe}"
+
+
+class Configuration(NamedTuple):
+    """A cell of the study's grid: depth x ImageNet pretraining x training recipe."""
+
+    model: str
+    pretrained: bool
+    recipe: str = LAB_RECIPE
+
+    @property
+    def label(self) -> str:
+        return config_label(self.model, self.pretrained, self.recipe)
 
 
 # --- Metrics ------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""The pretrain x depth comparison table, from train-run records (``figures`` draws the curves)."""
+"""The comparison table of the study's configurations (depth x pretraining x recipe), from train-run
+records (``figures`` draws the curves)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.catalog import TABLE_INTERVAL_METRICS, config_label
+from pipeline.catalog import TABLE_INTERVAL_METRICS, Configuration
 from pipeline.records import TrainRunRecord
 
 
@@ -36,43 +37,43 @@ def _interval(record: TrainRunRecord, name: str) -> tuple[float, float] | None:
     return None if low is None or high is None else (low, high)
 
 
-def comparison_table(records: list[TrainRunRecord], models: list[str], pretrained_values: list[bool],
+def comparison_table(records: list[TrainRunRecord], configurations: list[Configuration],
                      not_run: dict[str, str] | None = None) -> pd.DataFrame:
-    """One row per configuration of the grid; several runs (seeds) of one give mean and std.
+    """One row per configuration, in order; several runs (seeds) of one give mean and std.
 
     Args:
         not_run: reason per configuration label for configurations the study skipped.
     """
     not_run = not_run or {}
     rows = []
-    for model in models:
-        for pretrained in pretrained_values:
-            label = config_label(model, pretrained)
-            runs = [r for r in records if r.configuration == (model, pretrained)]
-            summaries = [run_summary(r) for r in runs]
-            row: dict[str, object] = {"configuration": label, "model": model, "pretrained": pretrained, "runs": len(summaries)}
-            if not summaries:
-                row["status"] = f"not run: {not_run.get(label, 'no finished train run found')}"
-                rows.append(row)
-                continue
-            row["status"] = "ran"
-            frame = pd.DataFrame(summaries)
-            for column in frame.columns:
-                row[column] = float(frame[column].mean())
-                if len(frame) > 1:
-                    row[f"{column}_std"] = float(frame[column].std(ddof=1))
-            # One run: its bootstrap CI; several: the std above is the run-to-run spread.
-            intervals = {name: _interval(runs[0], name) for name in TABLE_INTERVAL_METRICS} if len(runs) == 1 else {}
-            for name, interval in intervals.items():
-                if interval is not None:
-                    row[f"test_{name}_ci_low"], row[f"test_{name}_ci_high"] = interval
+    for configuration in configurations:
+        runs = [r for r in records if r.configuration == configuration]
+        summaries = [run_summary(r) for r in runs]
+        row: dict[str, object] = {"configuration": configuration.label, "model": configuration.model,
+                                  "pretrained": configuration.pretrained, "recipe": configuration.recipe,
+                                  "runs": len(summaries)}
+        if not summaries:
+            row["status"] = f"not run: {not_run.get(configuration.label, 'no finished train run found')}"
             rows.append(row)
+            continue
+        row["status"] = "ran"
+        frame = pd.DataFrame(summaries)
+        for column in frame.columns:
+            row[column] = float(frame[column].mean())
+            if len(frame) > 1:
+                row[f"{column}_std"] = float(frame[column].std(ddof=1))
+        # One run: its bootstrap CI; several: the std above is the run-to-run spread.
+        intervals = {name: _interval(runs[0], name) for name in TABLE_INTERVAL_METRICS} if len(runs) == 1 else {}
+        for name, interval in intervals.items():
+            if interval is not None:
+                row[f"test_{name}_ci_low"], row[f"test_{name}_ci_high"] = interval
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """Rounded, with ``mean ±std`` or ``value [low, high]`` cells: for the console and the report."""
-    shown = table.drop(columns=["model", "pretrained"]).copy()
+    shown = table.drop(columns=["model", "pretrained", "recipe"]).copy()
     for column in list(shown.columns):
         if column.endswith(("_std", "_ci_low", "_ci_high")):
             continue

@@ -17,7 +17,17 @@ from typing import Any, TypeVar
 
 import yaml
 
-from pipeline.catalog import DECISIONS, HEADS, LR_SCHEDULES, OPTIMIZERS, SELECT_METRICS, SUPPORTED_MODELS, TTA_MODES
+from pipeline.catalog import (
+    DECISIONS,
+    HEADS,
+    LAB_RECIPE,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    SELECT_METRICS,
+    SUPPORTED_MODELS,
+    TTA_MODES,
+    Configuration,
+)
 from pipeline.errors import ConfigError
 
 CLASS_WEIGHTINGS = ("none", "inverse", "sqrt_inverse")
@@ -89,6 +99,22 @@ class TrainConfig:
     checkpoint_artifact: bool = True  # also log last.pt to the run every epoch (resume on another machine)
     keep_checkpoint: bool = False  # keep the local last.pt once the run has finished (removed by default)
     resume: str = ""  # a train run id to continue, or "auto": the latest unfinished run of this configuration
+    # The training recipe's name, for the study's tables (a study sets it per recipe; see RecipeConfig).
+    recipe: str = LAB_RECIPE
+
+
+# Set per configuration by the study's grid, never by a recipe.
+GRID_KEYS = ("model", "pretrained", "seed", "recipe")
+
+
+@dataclass
+class RecipeConfig:
+    """A training recipe of the study: the ``train`` keys in which it differs from the ``train``
+    section, trained for every model (and ``pretrained`` value) of the study."""
+
+    name: str = LAB_RECIPE
+    pretrained: list[bool] = field(default_factory=list)  # empty: the study's ``pretrained`` values
+    train: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,6 +123,8 @@ class StudyConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     models: list[str] = field(default_factory=lambda: list(SUPPORTED_MODELS))
     pretrained: list[bool] = field(default_factory=lambda: [True, False])
+    # The labs' recipe alone by default; experiments/field.yaml adds the field's beside it.
+    recipes: list[RecipeConfig] = field(default_factory=lambda: [RecipeConfig()])
     skip_unavailable_weights: bool = False
     seeds: int = 1  # runs per configuration, with seeds train.seed, train.seed + 1, ...
     # Trainings at once: 1 trains one after another in this process; N > 1 runs up to N train
@@ -132,7 +160,12 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
             value = [part for part in (p.strip() for p in value.split(",")) if part]
         if not isinstance(value, list):
             raise ConfigError(f"{name}={value!r} must be a list")
+        if dataclasses.is_dataclass(item_type):
+            return [_build(item_type, _mapping(item, f"{name}[{index}]"), prefix=f"{name}[{index}].")
+                    for index, item in enumerate(value)]
         return [_coerce(item, item_type, name) for item in value]
+    if origin is dict:
+        return dict(_mapping(value, name))  # checked by whoever reads it (see recipe_train_config)
     if annotation is bool:
         return parse_bool(value, name)
     if annotation is int:
@@ -155,6 +188,12 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
             raise ConfigError(f"{name}={value!r} must be a string")
         return str(value)
     raise TypeError(f"unsupported config annotation {annotation!r} for {name}")
+
+
+def _mapping(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a mapping of keys, got {value!r}")
+    return value
 
 
 def coerce_int(value: Any, name: str, minimum: int | None = None) -> int:
@@ -327,8 +366,30 @@ def validate_study_config(cfg: StudyConfig) -> None:
     for name in ("seeds", "parallel"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)} must be at least 1")
+    names = [recipe.name for recipe in cfg.recipes]
+    if not names or len(set(names)) < len(names) or not all(names):
+        raise ConfigError(f"recipes must name at least one recipe, each once and non-empty; got {names}")
     validate_preprocess_config(cfg.preprocess)
     validate_train_config(cfg.train)
+    for recipe in cfg.recipes:
+        validate_train_config(recipe_train_config(cfg.train, recipe))
+
+
+def recipe_train_config(train: TrainConfig, recipe: RecipeConfig) -> TrainConfig:
+    """The ``train`` section with ``recipe``'s keys over it, named after it; unknown keys and the
+    grid's own keys (``GRID_KEYS``) are errors naming the recipe."""
+    where = f"recipes[{recipe.name}].train"
+    grid = sorted(set(recipe.train) & set(GRID_KEYS))
+    if grid:
+        raise ConfigError(f"{where} sets {', '.join(grid)}, which the study's grid sets per configuration "
+                          "(models, pretrained, seeds)")
+    return _build(TrainConfig, {**to_dict(train), **recipe.train, "recipe": recipe.name}, prefix=f"{where}.")
+
+
+def study_configurations(cfg: StudyConfig) -> list[Configuration]:
+    """Every cell of the study's grid, recipe by recipe, then depth, then pretraining."""
+    return [Configuration(model, pretrained, recipe.name) for recipe in cfg.recipes for model in cfg.models
+            for pretrained in (recipe.pretrained or cfg.pretrained)]
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
-from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, GRADE_NAMES, REFERABLE_GRADE  # noqa: E402
+from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, GRADE_NAMES, LAB_RECIPE, REFERABLE_GRADE, Configuration  # noqa: E402
 from pipeline.metrics import referable_metrics, referable_probability, referable_targets  # noqa: E402
 from pipeline.records import TrainRunRecord  # noqa: E402
 
@@ -104,20 +104,24 @@ def _series(records: list[TrainRunRecord], metric: str) -> tuple[np.ndarray, np.
     return np.array(epochs), values.mean(axis=0), std
 
 
-def curves_figure(records: list[TrainRunRecord], models: list[str], pretrained_values: list[bool],
+def curves_figure(records: list[TrainRunRecord], configurations: list[Configuration],
                   metrics: tuple[str, ...], ylabel: str) -> Figure:
-    """Per depth, the given per-epoch metrics with and without pretraining (bands: run-to-run std)."""
+    """Per depth, the given per-epoch metrics of each configuration of it (pretrained solid, scratch
+    dashed; another recipe than the labs' with square markers; bands: run-to-run std)."""
+    models = list(dict.fromkeys(configuration.model for configuration in configurations))
     figure, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), squeeze=False, layout="constrained")
     for axis, model in zip(axes[0], models):
-        for pretrained in pretrained_values:
-            runs = [r for r in records if r.configuration == (model, pretrained)]
+        for configuration in (c for c in configurations if c.model == model):
+            runs = [r for r in records if r.configuration == configuration]
             for metric in metrics:
                 series = _series(runs, metric)
                 if series is None:
                     continue
                 epochs, mean, std = series
-                label = f"{metric.replace('_', ' ')} ({'pretrained' if pretrained else 'scratch'})"
-                line, = axis.plot(epochs, mean, marker="o", linestyle="-" if pretrained else "--", label=label)
+                setting = configuration.label.removeprefix(f"{model} ")
+                line, = axis.plot(epochs, mean, marker="o" if configuration.recipe == LAB_RECIPE else "s",
+                                  linestyle="-" if configuration.pretrained else "--",
+                                  label=f"{metric.replace('_', ' ')} ({setting})")
                 if len(runs) > 1:
                     axis.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         axis.set_title(model)

@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline.decision import CutPoints
 
-from pipeline.catalog import GRADE_NAMES, IMAGENET_WEIGHTS, INTERVAL_METRICS, REFERABLE_GRADE, config_label
+from pipeline.catalog import GRADE_NAMES, IMAGENET_WEIGHTS, INTERVAL_METRICS, LAB_RECIPE, REFERABLE_GRADE, config_label
 from pipeline.data.preprocess import CACHE_JPEG_QUALITY
 from pipeline.grading import PREDICTION_COLUMNS
 
@@ -97,7 +97,7 @@ def _decision(facts: CardFacts) -> list[str]:
 def model_card(facts: CardFacts) -> str:
     """The card as markdown."""
     cfg = facts.config
-    label = config_label(cfg["model"], cfg["pretrained"])
+    label = config_label(cfg["model"], cfg["pretrained"], cfg.get("recipe", LAB_RECIPE))
     lines = [f"# retina-flow DR grader: {label}", ""]
     if facts.synthetic is not None:
         lines += ["> **Trained and evaluated on synthetic photos** made by retina-flow's generator "
@@ -168,7 +168,7 @@ def run_description(facts: CardFacts) -> str:
     cfg = facts.config
     metrics = facts.metrics
     return "\n".join([
-        f"**{config_label(cfg['model'], cfg['pretrained'])}**, seed {cfg['seed']}: {cfg['epochs']} epochs at "
+        f"**{config_label(cfg['model'], cfg['pretrained'], cfg.get('recipe', LAB_RECIPE))}**, seed {cfg['seed']}: {cfg['epochs']} epochs at "
         f"{cfg['image_size']} px, batch {cfg['batch_size']}, lr {cfg['lr']}.",
         "",
         f"Selected epoch **{facts.best_epoch}** by `{cfg['select_metric']}` on validation ({facts.selection_score:.3f}). "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.catalog import LAB_RECIPE, Configuration
 from pipeline.config import parse_bool
 
 
@@ -23,6 +24,7 @@ class TrainRunRecord:
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(epoch, value)]
 
     @property
-    def configuration(self) -> tuple[str, bool]:
-        """(model, pretrained): the cell of the study's grid this run belongs to."""
-        return self.params["model"], parse_bool(self.params["pretrained"], "pretrained")
+    def configuration(self) -> Configuration:
+        """The cell of the study's grid this run belongs to (runs logged before recipes: the labs')."""
+        return Configuration(self.params["model"], parse_bool(self.params["pretrained"], "pretrained"),
+                             self.params.get("recipe", LAB_RECIPE))

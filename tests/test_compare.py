@@ -1,14 +1,20 @@
 import pytest
 
+from pipeline.catalog import Configuration
 from pipeline.compare import comparison_table, format_table, markdown_table, run_summary
 from pipeline.records import TrainRunRecord
 
 
-def record(model, pretrained, val, test, run_id="r"):
+def grid(models, pretrained_values, recipes=("lab",)):
+    return [Configuration(m, p, r) for r in recipes for m in models for p in pretrained_values]
+
+
+def record(model, pretrained, val, test, run_id="r", recipe=None):
     epochs = range(1, len(val) + 1)
     best = max(epochs, key=lambda e: val[e - 1])
+    params = {"model": model, "pretrained": str(pretrained).lower()} | ({"recipe": recipe} if recipe else {})
     return TrainRunRecord(
-        run_id, run_id, "FINISHED", {"model": model, "pretrained": str(pretrained).lower()}, {"best_epoch": best},
+        run_id, run_id, "FINISHED", params, {"best_epoch": best},
         {"val_accuracy": list(zip(epochs, val)), "test_accuracy": list(zip(epochs, test)),
          "train_accuracy": list(zip(epochs, val)), "train_loss": list(zip(epochs, test)),
          "val_loss": list(zip(epochs, test)), "test_loss": list(zip(epochs, test))},
@@ -23,7 +29,7 @@ def test_run_summary_uses_the_validation_epoch():
 
 def test_table_has_the_whole_grid_and_says_why_a_configuration_did_not_run():
     records = [record("resnet18", False, [0.7, 0.72], [0.71, 0.73]), record("resnet50", False, [0.6], [0.65])]
-    table = comparison_table(records, ["resnet18", "resnet50"], [True, False],
+    table = comparison_table(records, grid(["resnet18", "resnet50"], [True, False]),
                              {"resnet18 pretrained": "ImageNet weights unavailable: put resnet18-f37072fd.pth in ..."})
     assert table["configuration"].tolist() == ["resnet18 pretrained", "resnet18 scratch", "resnet50 pretrained", "resnet50 scratch"]
     status = dict(zip(table["configuration"], table["status"]))
@@ -38,7 +44,7 @@ def test_table_has_the_whole_grid_and_says_why_a_configuration_did_not_run():
 
 def test_several_runs_give_mean_and_std():
     records = [record("resnet18", True, [0.8], [0.7], "a"), record("resnet18", True, [0.6], [0.5], "b")]
-    row = comparison_table(records, ["resnet18"], [True]).iloc[0]
+    row = comparison_table(records, grid(["resnet18"], [True])).iloc[0]
     assert row["runs"] == 2
     assert row["test_accuracy_at_best_val"] == pytest.approx(0.6)
     assert row["test_accuracy_at_best_val_std"] == pytest.approx(0.1414, abs=1e-3)
@@ -48,10 +54,21 @@ def test_several_runs_give_mean_and_std():
 
 def test_the_markdown_summary_keeps_the_glance_columns_and_short_statuses():
     records = [record("resnet18", False, [0.7, 0.72], [0.71, 0.73])]
-    table = comparison_table(records, ["resnet18"], [True, False], {"resnet18 pretrained": "no ImageNet weights (x.pth)"})
+    table = comparison_table(records, grid(["resnet18"], [True, False]), {"resnet18 pretrained": "no ImageNet weights (x.pth)"})
     lines = markdown_table(table).splitlines()
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     assert header == ["configuration", "runs", "status", "best_val_epoch", "test_accuracy_at_best_val"]
     assert "highest_test_accuracy" in table.columns  # left to the full table
     assert lines[2].startswith("| resnet18 pretrained | 0 | not run |") and "x.pth" not in lines[2]
     assert lines[3].startswith("| resnet18 scratch | 1 | ran | 2 | 0.730")
+
+
+def test_each_recipe_is_a_row_of_its_own():
+    """Runs logged before recipes (no ``recipe`` param) are the labs'; the field's runs fill the
+    field's rows only."""
+    records = [record("resnet18", True, [0.7], [0.71], "old"), record("resnet18", True, [0.8], [0.82], "f", "field")]
+    configurations = grid(["resnet18"], [True, False]) + [Configuration("resnet18", True, "field")]
+    table = comparison_table(records, configurations)
+    assert table["configuration"].tolist() == ["resnet18 pretrained", "resnet18 scratch", "resnet18 pretrained field"]
+    assert table["test_accuracy_at_best_val"].tolist()[::2] == [0.71, 0.82]
+    assert table["status"].tolist()[1] == "not run: no finished train run found"

@@ -1,3 +1,4 @@
+import dataclasses
 import re
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from pipeline.config import (
     coerce_int,
     flatten,
     load_study_config,
+    recipe_train_config,
+    study_configurations,
     to_dict,
     validate_preprocess_config,
     validate_study_config,
@@ -275,3 +278,39 @@ def test_well_formed_yaml_file_is_accepted(tmp_path):
     cfg = load_study_config(tmp_path / "ok.yaml")
     validate_study_config(cfg)
     assert (cfg.train.epochs, cfg.seeds) == (3, 2)
+
+
+def test_the_default_study_is_the_labs_grid_under_its_old_names():
+    configurations = study_configurations(StudyConfig())
+    assert [c.label for c in configurations] == ["resnet18 pretrained", "resnet18 scratch",
+                                                 "resnet50 pretrained", "resnet50 scratch"]
+    assert {c.recipe for c in configurations} == {"lab"}
+
+
+def test_field_yaml_puts_the_field_recipe_beside_the_labs_four():
+    cfg = load_study_config("experiments/field.yaml")
+    validate_study_config(cfg)
+    labels = [c.label for c in study_configurations(cfg)]
+    assert labels == ["resnet18 pretrained", "resnet18 scratch", "resnet50 pretrained", "resnet50 scratch",
+                      "resnet18 pretrained field", "resnet50 pretrained field"]
+    lab, field_recipe = (recipe_train_config(cfg.train, recipe) for recipe in cfg.recipes)
+    assert lab == dataclasses.replace(cfg.train, recipe="lab") and lab.optimizer == "sgd" and lab.head == "classification"
+    expected = {"head": "ordinal", "decision": "kappa_thresholds", "optimizer": "adamw", "lr_schedule": "cosine",
+                "warmup_epochs": 1, "augment": "field", "tta": "flips", "fuse_eyes": True, "recipe": "field"}
+    assert {key: getattr(field_recipe, key) for key in expected} == expected
+    assert field_recipe.image_size == cfg.train.image_size == 512  # what the recipe leaves alone stays the study's
+
+
+@pytest.mark.parametrize("recipes, message", [
+    ([{"name": "x", "train": {"optimiser": "adamw"}}], "unknown config key(s) optimiser in section 'recipes[x].train'"),
+    ([{"name": "x", "train": {"model": "resnet50"}}], "recipes[x].train sets model, which the study's grid sets"),
+    ([{"name": "x", "train": {"head": "regression"}}], "head='regression' is not supported; choose one of classification, ordinal"),
+    ([{"name": "x", "train": {"lr": "fast"}}], "recipes[x].train.lr='fast' must be a number"),
+    ([{"name": "x"}, {"name": "x"}], "recipes must name at least one recipe, each once"),
+    ([], "recipes must name at least one recipe"),
+    ([{"name": "x", "epochs": 3}], "unknown config key(s) epochs in section 'recipes[0]'"),
+    (["field"], "recipes[0] must be a mapping of keys, got 'field'"),
+])
+def test_a_bad_recipe_is_named(recipes, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_study_config(load_study_config(None, {"recipes": recipes}))

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.catalog import Configuration
 from pipeline.figures import (
     confusion_figure,
     confusion_grid_figure,
@@ -76,7 +77,8 @@ def test_confusion_grid_has_a_row_per_configuration():
 
 def test_curves_figure_one_panel_per_depth():
     records = [record("resnet18", True, [0.5, 0.6], [0.4, 0.5]), record("resnet50", False, [0.5, 0.7], [0.5, 0.6])]
-    figure = curves_figure(records, ["resnet18", "resnet50"], [True, False], ("train_accuracy", "test_accuracy"), "accuracy")
+    configurations = [Configuration(m, p) for m in ("resnet18", "resnet50") for p in (True, False)]
+    figure = curves_figure(records, configurations, ("train_accuracy", "test_accuracy"), "accuracy")
     assert [axis.get_title() for axis in figure.axes] == ["resnet18", "resnet50"]
     assert len(figure.axes[0].lines) == 2 and len(figure.axes[1].lines) == 2
     plt.close(figure)

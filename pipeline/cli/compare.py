@@ -1,10 +1,11 @@
-"""Entry point ``compare``: the pretrain x depth comparison, read back from the tracking server."""
+"""Entry point ``compare``: the depth x pretraining (x recipe) comparison, read back from the tracking server."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from pipeline.catalog import Configuration
 from pipeline.cli._runner import run_step
 from pipeline.config import StudyConfig, coerce_list
 from pipeline.steps.compare import run_compare
@@ -16,13 +17,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="compare", description=__doc__)
     parser.add_argument("--models", default=",".join(DEFAULTS.models))
     parser.add_argument("--pretrained", default=",".join(str(p).lower() for p in DEFAULTS.pretrained))
+    parser.add_argument("--recipes", default=",".join(r.name for r in DEFAULTS.recipes),
+                        help="training recipes by name (train runs' `recipe` param), e.g. lab,field")
     parser.add_argument("--study_run_id", default="", help="only the train runs of this main run (default: all in the experiment)")
     args = parser.parse_args(argv)
 
     def body() -> None:
         models = coerce_list(args.models, str, "models")
         pretrained = coerce_list(args.pretrained, bool, "pretrained")
-        print(run_compare(models, pretrained, parent_run_id=args.study_run_id or None).text)
+        recipes = coerce_list(args.recipes, str, "recipes")
+        configurations = [Configuration(m, p, r) for r in recipes for m in models for p in pretrained]
+        print(run_compare(configurations, parent_run_id=args.study_run_id or None).text)
 
     return run_step("compare", body)
 

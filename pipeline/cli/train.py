@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             outcome = run_train(cfg)
         if outcome is not None:  # rank 0 of a torchrun job, or the only process
-            print(f"{config_label(cfg.model, cfg.pretrained)}: best epoch {outcome.best_epoch}, "
+            print(f"{config_label(cfg.model, cfg.pretrained, cfg.recipe)}: best epoch {outcome.best_epoch}, "
                   f"{cfg.select_metric} {outcome.selection_score:.3f}, test accuracy {outcome.test_accuracy:.3f}")
             print(f"run {outcome.run_id}, model {outcome.model_uri}")
 

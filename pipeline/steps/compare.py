@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from pipeline.catalog import config_label
+from pipeline.catalog import Configuration
 from pipeline.compare import comparison_table, display_table, format_table, markdown_table
 from pipeline.engine import ranking_score
 from pipeline.figures import confusion_grid_figure, curves_figure, figure_png
@@ -15,7 +15,7 @@ from pipeline.records import TrainRunRecord
 from pipeline.report import build_html_report
 from pipeline.tracking import artifacts, readback, runs
 
-REPORT_TITLE = "retina-flow: ResNet depth x ImageNet pretraining"
+REPORT_TITLE = "retina-flow: ResNet depth x ImageNet pretraining x training recipe"
 # (artifact name, report heading, per-epoch metrics, y axis): the course labs' curves.
 CURVES = (
     ("accuracy_curves", "Train and test accuracy per epoch", ("train_accuracy", "test_accuracy"), "accuracy"),
@@ -34,17 +34,17 @@ class Comparison:
     markdown: str  # the table, the champion and links to every train run, for a run description
 
 
-def run_compare(models: list[str], pretrained_values: list[bool], parent_run_id: str | None = None) -> Comparison:
+def run_compare(configurations: list[Configuration], parent_run_id: str | None = None) -> Comparison:
     """Reads train runs back from the tracking server; logs the table, figures and an HTML report."""
     records = readback.search_train_runs(runs.experiment_ids(), parent_run_id)
     not_run = readback.skipped_configurations(parent_run_id) if parent_run_id else {}
-    table = comparison_table(records, models, pretrained_values, not_run)
+    table = comparison_table(records, configurations, not_run)
     text = format_table(table)
-    runs.log_params({"models": models, "pretrained": pretrained_values, "parent_run_id": parent_run_id or "",
+    runs.log_params({"configurations": [c.label for c in configurations], "parent_run_id": parent_run_id or "",
                      "train_runs": len(records)})
     artifacts.log_text(text, "comparison/comparison.txt")
     artifacts.log_text(table.to_csv(index=False), "comparison/comparison.csv")
-    figures = log_comparison_figures(records, models, pretrained_values)
+    figures = log_comparison_figures(records, configurations)
     notes = [f"{label}: not run: {reason}" for label, reason in not_run.items()]
     run_links = {f"{r.run_name} ({r.run_id[:8]})": runs.run_url(r.run_id) for r in records}
     documents = {}
@@ -69,17 +69,16 @@ def run_compare(models: list[str], pretrained_values: list[bool], parent_run_id:
     return Comparison(text, "\n".join(lines) + "\n")
 
 
-def log_comparison_figures(records: list[TrainRunRecord], models: list[str],
-                           pretrained_values: list[bool]) -> dict[str, bytes]:
+def log_comparison_figures(records: list[TrainRunRecord], configurations: list[Configuration]) -> dict[str, bytes]:
     """Logs the curves and the confusion-matrix grid; returns them as PNGs by report heading."""
     figures: dict[str, bytes] = {}
     for name, heading, metrics, ylabel in CURVES:
-        png = figure_png(curves_figure(records, models, pretrained_values, metrics, ylabel))
+        png = figure_png(curves_figure(records, configurations, metrics, ylabel))
         artifacts.log_bytes(png, f"comparison/{name}.png")
         figures[heading] = png
     matrices = {}
     for record in records:
-        label = config_label(*record.configuration)
+        label = record.configuration.label
         raw = artifacts.read_artifact(record.run_id, "confusion_matrix/test_confusion_matrix.json")
         if raw is not None and label not in matrices:
             matrices[label] = json.loads(raw)

@@ -11,8 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.catalog import config_label
-from pipeline.config import StudyConfig, flatten, to_dict, validate_study_config
+from pipeline.config import StudyConfig, flatten, recipe_train_config, study_configurations, to_dict, validate_study_config
 from pipeline.engine import ranking_score
 from pipeline.errors import ConfigError, WeightsUnavailableError
 from pipeline.model_card import CARD_ARTIFACT
@@ -49,7 +48,7 @@ def check_pretrained_weights(cfg: StudyConfig) -> list[SkippedConfiguration]:
     """Fails fast when ImageNet weights are missing, or (``skip_unavailable_weights``) says which
     pretrained configurations are skipped and why."""
     skipped: list[SkippedConfiguration] = []
-    if True not in cfg.pretrained:
+    if not any(configuration.pretrained for configuration in study_configurations(cfg)):
         return skipped
     if cfg.train.weights_path and len(cfg.models) > 1:
         raise ConfigError(f"weights_path={cfg.train.weights_path!r} holds one model's weights but the study trains "
@@ -61,9 +60,10 @@ def check_pretrained_weights(cfg: StudyConfig) -> list[SkippedConfiguration]:
             if not cfg.skip_unavailable_weights:
                 raise WeightsUnavailableError(f"{exc}. To run only the unpretrained configurations, pass "
                                               "skip_unavailable_weights=true") from None
-            label, missing = config_label(model, True), weights_cache_file(model)
-            log.warning("skipping %s: %s", label, exc)
-            skipped.append(SkippedConfiguration(label, f"no ImageNet weights ({missing.name})", missing))
+            missing = weights_cache_file(model)
+            log.warning("skipping the pretrained %s configurations: %s", model, exc)
+            skipped += [SkippedConfiguration(c.label, f"no ImageNet weights ({missing.name})", missing)
+                        for c in study_configurations(cfg) if c.model == model and c.pretrained]
     return skipped
 
 
@@ -88,7 +88,7 @@ def run_study(cfg: StudyConfig) -> StudyOutcome:
     with runs.step_run("evaluate", "evaluate-champion", nested=True):
         evaluation = run_evaluate(champion_uri, cfg.preprocess.data_dir, resamples=cfg.train.bootstrap_resamples)
     with runs.step_run("compare", "compare", nested=True):
-        comparison = run_compare(cfg.models, cfg.pretrained, parent_run_id=study_run_id)
+        comparison = run_compare(study_configurations(cfg), parent_run_id=study_run_id)
     metric_sink().log_summary({"champion_selection_score": champion.selection_score, **evaluation})
     # The study run's page in the MLflow UI opens on the comparison.
     runs.set_tags({tags.NOTE: f"**retina-flow study**: champion `{cfg.registered_model}` v{version} "
@@ -105,16 +105,16 @@ def describe_champion(cfg: StudyConfig, version: str, champion: TrainOutcome) ->
 
 
 def train_jobs(cfg: StudyConfig, skipped: set[str]) -> list[TrainJob]:
-    """Every (model, pretrained, seed) of the study not skipped, named as its run will be."""
+    """Every (model, pretrained, recipe, seed) of the study not skipped, named as its run will be."""
+    recipes = {recipe.name: recipe_train_config(cfg.train, recipe) for recipe in cfg.recipes}
     jobs = []
-    for model in cfg.models:
-        for pretrained in cfg.pretrained:
-            label = config_label(model, pretrained)
-            if label in skipped:
-                continue
-            for seed in range(cfg.train.seed, cfg.train.seed + cfg.seeds):
-                name = label.replace(" ", "-") + (f"-seed{seed}" if cfg.seeds > 1 else "")
-                jobs.append(TrainJob(name, dataclasses.replace(cfg.train, model=model, pretrained=pretrained, seed=seed)))
+    for configuration in study_configurations(cfg):
+        if configuration.label in skipped:
+            continue
+        for seed in range(cfg.train.seed, cfg.train.seed + cfg.seeds):
+            name = configuration.label.replace(" ", "-") + (f"-seed{seed}" if cfg.seeds > 1 else "")
+            jobs.append(TrainJob(name, dataclasses.replace(recipes[configuration.recipe], model=configuration.model,
+                                                           pretrained=configuration.pretrained, seed=seed)))
     if not jobs:
         raise ConfigError("every configuration was skipped; nothing was trained")
     return jobs

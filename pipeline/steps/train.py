@@ -165,7 +165,7 @@ def log_run_inputs(cfg: TrainConfig, processed: ProcessedDataset, accel: Acceler
         artifacts.log_dataset(processed.manifest, str(processed.root.resolve()), processed.root.name, "training")
     runs.set_tags({tags.DEVICE: str(accel.device), tags.WORLD_SIZE: str(accel.dist.world_size),
                    tags.PRECISION: str(accel.amp_dtype or torch.float32).removeprefix("torch."),
-                   tags.CONFIGURATION: config_label(cfg.model, cfg.pretrained)})
+                   tags.CONFIGURATION: config_label(cfg.model, cfg.pretrained, cfg.recipe)})
 
 
 def set_up(cfg: TrainConfig, processed: ProcessedDataset, accel: Accelerator,
@@ -263,7 +263,7 @@ def log_selected_model(cfg: TrainConfig, model: nn.Module, result: FitResult, pr
     best = result.history[result.best_epoch - 1]
     selected = log_test_evaluation(
         result.best_test.targets, test_probabilities, test_patients, prefix="selected_test_",
-        title=f"{config_label(cfg.model, cfg.pretrained)}: test set, epoch {result.best_epoch} (best {cfg.select_metric})",
+        title=f"{config_label(cfg.model, cfg.pretrained, cfg.recipe)}: test set, epoch {result.best_epoch} (best {cfg.select_metric})",
         threshold=threshold, resamples=cfg.bootstrap_resamples, seed=cfg.seed, cut_points=cut_points)
     validation = metric_scalars(*metrics_with_intervals(
         result.best_val.targets, val_probabilities, val_patients, threshold=threshold,
