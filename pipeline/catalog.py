@@ -56,3 +56,6 @@ OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "step")
 # Test-time augmentation: none, or the mean grade probabilities over the four flips of a photo.
 TTA_MODES = ("none", "flips")
+# Photo enhancement in the processed cache: none, or Ben Graham's local-average subtraction
+# (Kaggle 2015). Each has a cache of its own, and a grader prepares photos with its own.
+ENHANCEMENTS = ("none", "ben_graham")

@@ -17,7 +17,14 @@ from typing import Any, TypeVar
 
 import yaml
 
-from pipeline.catalog import LR_SCHEDULES, OPTIMIZERS, SELECT_METRICS, SUPPORTED_MODELS, TTA_MODES
+from pipeline.catalog import (
+    ENHANCEMENTS,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    SELECT_METRICS,
+    SUPPORTED_MODELS,
+    TTA_MODES,
+)
 from pipeline.errors import ConfigError
 
 CLASS_WEIGHTINGS = ("none", "inverse", "sqrt_inverse")
@@ -39,6 +46,8 @@ class PreprocessConfig:
     num_workers: int = 0  # 0: one process per CPU core
     on_bad_image: str = "error"  # error | skip: skip leaves corrupt photos out and records them
     max_bad_fraction: float = 0.01  # with skip: fail anyway when more than this share is bad
+    # none | ben_graham: subtract the local average colour, black rim (a cache of its own, <size>px-ben_graham)
+    enhance: str = "none"
 
 
 @dataclass
@@ -56,6 +65,8 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0005
     image_size: int = 224
+    # The processed cache to read (none | ben_graham); the grader prepares new photos the same way.
+    enhance: str = "none"
     freeze_epochs: int = 0
     rotation_degrees: float = 20.0
     tta: str = "none"  # none | flips: validation, test, evaluate, predict and serving average the four flips
@@ -282,6 +293,7 @@ def validate_train_config(cfg: TrainConfig) -> None:
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise ConfigError(f"lr={cfg.lr} must be a positive number")
     require_choice("tta", cfg.tta, TTA_MODES)
+    require_choice("enhance", cfg.enhance, ENHANCEMENTS)
     require_choice("optimizer", cfg.optimizer, OPTIMIZERS)
     require_choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
     if not 0 <= cfg.warmup_epochs < cfg.epochs:
@@ -302,6 +314,7 @@ def validate_train_config(cfg: TrainConfig) -> None:
 
 def validate_preprocess_config(cfg: PreprocessConfig) -> None:
     require_choice("on_bad_image", cfg.on_bad_image, BAD_IMAGE_POLICIES)
+    require_choice("enhance", cfg.enhance, ENHANCEMENTS)
     if not 0 <= cfg.max_bad_fraction < 1:
         raise ConfigError(f"max_bad_fraction={cfg.max_bad_fraction} must be in [0, 1)")
     if cfg.image_size < MIN_IMAGE_SIZE:

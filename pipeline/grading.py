@@ -43,6 +43,7 @@ class GraderSpec:
     cache_size: int  # the processed cache's side: new photos are prepared through it
     referable_threshold: float = DEFAULT_REFERABLE_THRESHOLD  # referable when P(grade >= 2) reaches it
     tta: str = "none"  # test-time augmentation (models.with_tta), as at validation
+    enhance: str = "none"  # the cache's enhancement (preprocess.cache_image): new photos get it too
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -77,7 +78,7 @@ class Grader:
 
     def grade_photos(self, sources: list[PhotoSource], *, batch_size: int = 32, num_workers: int = 0) -> pd.DataFrame:
         """The prediction columns for new photos (files or their bytes), in order."""
-        dataset = RawPhotoDataset(sources, self.spec.cache_size, self.spec.image_size)
+        dataset = RawPhotoDataset(sources, self.spec.cache_size, self.spec.image_size, self.spec.enhance)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
         _, probabilities = self.probabilities_of(loader, progress="predict")
         return predictions_frame(probabilities, self.spec.referable_threshold)
@@ -130,6 +131,6 @@ def _prepared(row: int, text: object, spec: GraderSpec) -> torch.Tensor:
     except (binascii.Error, TypeError, ValueError):
         raise DataError(f"row {row}: '{IMAGE_COLUMN}' is not base64-encoded photo bytes") from None
     try:
-        return photo_input(photo, spec.cache_size, spec.image_size)
+        return photo_input(photo, spec.cache_size, spec.image_size, spec.enhance)
     except DataError as exc:
         raise DataError(f"row {row}: {exc}") from None

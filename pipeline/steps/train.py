@@ -108,7 +108,7 @@ def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome
     device = resolve_device(cfg.device, ctx.local_rank)
     accel = Accelerator(device, resolve_precision(cfg.precision, device), cfg.channels_last, ctx)
     keep_batch_memory()  # before the loader workers fork: they inherit it
-    processed = ProcessedDataset(cfg.data_dir, cfg.image_size)
+    processed = ProcessedDataset(cfg.data_dir, cfg.image_size, cfg.enhance)
     log_run_inputs(cfg, processed, accel, resumed=resume_from is not None)
     sink = metric_sink()
     run_id = runs.active_run_id()  # None on torchrun ranks other than 0: they log and save nothing
@@ -275,7 +275,8 @@ def log_selected_model(cfg: TrainConfig, model: nn.Module, result: FitResult, pr
     log_gradcam(model, processed, test_rows, cfg.image_size, device)
     artifacts.log_state_dict({k: v.detach().cpu() for k, v in result.best_state.items()},
                              f"{CHECKPOINT_FOLDER}/{BEST_WEIGHTS}")
-    grader = Grader(model, GraderSpec(cfg.model, cfg.image_size, processed.image_size, threshold, cfg.tta))
+    grader = Grader(model, GraderSpec(cfg.model, cfg.image_size, processed.image_size, threshold, cfg.tta,
+                                      processed.enhance))
     model_uri, _ = registry.log_grader(grader, example_photos(processed.image_size))
     run_id = runs.active_run_id()
     dataset_name, dataset_digest = readback.input_dataset(run_id)
