@@ -59,3 +59,6 @@ TTA_MODES = ("none", "flips")
 # Photo enhancement in the processed cache: none, or Ben Graham's local-average subtraction
 # (Kaggle 2015). Each has a cache of its own, and a grader prepares photos with its own.
 ENHANCEMENTS = ("none", "ben_graham")
+# Training augmentation: the labs' flips + rotation, or the field's flips, any rotation, shift,
+# scale, brightness and contrast (YijinHuang/pytorch-classification's EyePACS recipe).
+AUGMENT_RECIPES = ("lab", "field")

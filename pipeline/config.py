@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import yaml
 
 from pipeline.catalog import (
+    AUGMENT_RECIPES,
     ENHANCEMENTS,
     LR_SCHEDULES,
     OPTIMIZERS,
@@ -68,14 +69,17 @@ class TrainConfig:
     # The processed cache to read (none | ben_graham); the grader prepares new photos the same way.
     enhance: str = "none"
     freeze_epochs: int = 0
-    rotation_degrees: float = 20.0
+    rotation_degrees: float = 20.0  # augment=lab's rotation range, +-degrees
+    # lab: flips and a rotation up to rotation_degrees; field: flips, any rotation, +-10% shift,
+    # 0.9-1.1 scale, 0.8-1.2 brightness and contrast (see data.augment)
+    augment: str = "lab"
     tta: str = "none"  # none | flips: validation, test, evaluate, predict and serving average the four flips
     seed: int = 0
     num_workers: int = 2
     # jpeg: decode the processed JPEGs every epoch; uint8: decode them once, at image_size, into
     # memory-mapped arrays beside the manifest (image_size^2 x 3 bytes per image), and read those.
     cache_format: str = "jpeg"
-    # loader: flips and rotation in the loader workers (PIL); model: on whole uint8 batches on the
+    # loader: the augmentation in the loader workers (PIL); model: on whole uint8 batches on the
     # training device (the same per-image draws), leaving the workers only the reading.
     augment_device: str = "loader"
     device: str = "auto"
@@ -294,6 +298,7 @@ def validate_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"lr={cfg.lr} must be a positive number")
     require_choice("tta", cfg.tta, TTA_MODES)
     require_choice("enhance", cfg.enhance, ENHANCEMENTS)
+    require_choice("augment", cfg.augment, AUGMENT_RECIPES)
     require_choice("optimizer", cfg.optimizer, OPTIMIZERS)
     require_choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
     if not 0 <= cfg.warmup_epochs < cfg.epochs:

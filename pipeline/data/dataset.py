@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from pipeline.catalog import AUGMENT_RECIPES
 from pipeline.data import arrays, augment
 from pipeline.data.preprocess import (
     MANIFEST,
@@ -29,7 +30,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class TrainPreset:
-    """Resize, then flips and rotation (see ``data.augment``), to a uint8 (3, size, size) tensor.
+    """Resize, then the ``recipe``'s augmentation (see ``data.augment``), to a uint8 (3, size, size) tensor.
 
     The loader applies them on the PIL image (PIL rotates ~8x faster than the tensor path) and
     ships uint8: workers send a quarter of float32's bytes, and ``normalize_batch`` converts and
@@ -40,14 +41,22 @@ class TrainPreset:
     Takes a PIL image (the JPEG cache) or a uint8 (3, size, size) tensor (the uint8 cache).
     """
 
-    def __init__(self, image_size: int, rotation_degrees: float = 20.0, *, on_device: bool = False) -> None:
+    def __init__(self, image_size: int, rotation_degrees: float = 20.0, *, recipe: str = "lab",
+                 on_device: bool = False) -> None:
+        if recipe not in AUGMENT_RECIPES:
+            raise ValueError(f"recipe={recipe!r} is not supported; choose one of {', '.join(AUGMENT_RECIPES)}")
         self.resize = v2.Resize(image_size, antialias=True)
+        self.image_size = image_size
         self.rotation_degrees = rotation_degrees
+        self.recipe = recipe
         self.on_device = on_device
 
     def __call__(self, img: Image.Image | torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         img = self.resize(img)
-        draws = augment.draw(self.rotation_degrees)
+        if self.recipe == "lab":
+            draws = augment.draw(self.rotation_degrees)
+        else:
+            draws = augment.draw_field(self.image_size)
         if self.on_device:
             return _as_tensor(img), draws
         pil = F.to_pil_image(img) if isinstance(img, torch.Tensor) else img
@@ -230,16 +239,18 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers
 
 def split_dataset(processed: ProcessedDataset, split: str, image_size: int, *, train: bool,
                   rotation_degrees: float = 20.0, array: Path | None = None,
-                  augment_on_device: bool = False) -> FundusDataset:
+                  augment_on_device: bool = False, augment_recipe: str = "lab") -> FundusDataset:
     """One split with the train or eval preset; refuses to upsample a smaller cache.
 
     Args:
         array: the split's uint8 cache (``build_uint8_cache``) to read instead of the JPEGs.
-        augment_on_device: the training split yields (image, grade, draws) and leaves the flips
-            and rotation to ``augment.augment_batch`` on the training device.
+        augment_on_device: the training split yields (image, grade, draws) and leaves the
+            augmentation to ``augment.augment_batch`` on the training device.
+        augment_recipe: the training split's augmentation, ``lab`` or ``field`` (``data.augment``).
     """
     _check_size(processed, image_size)
-    transform = TrainPreset(image_size, rotation_degrees, on_device=augment_on_device) if train else EvalPreset(image_size)
+    transform = (TrainPreset(image_size, rotation_degrees, recipe=augment_recipe, on_device=augment_on_device)
+                 if train else EvalPreset(image_size))
     return FundusDataset(processed.root, processed.split(split), transform, array)
 
 

@@ -173,7 +173,8 @@ def set_up(cfg: TrainConfig, processed: ProcessedDataset, accel: Accelerator,
     arrays = build_uint8_cache(processed, cfg.image_size, cfg.num_workers) if cfg.cache_format == "uint8" else {}
     datasets = {
         split: split_dataset(processed, split, cfg.image_size, train=split == "train", array=arrays.get(split),
-                             rotation_degrees=cfg.rotation_degrees, augment_on_device=cfg.augment_device == "model")
+                             rotation_degrees=cfg.rotation_degrees, augment_on_device=cfg.augment_device == "model",
+                             augment_recipe=cfg.augment)
         for split in PROCESSED_SPLITS
     }
     # A resumed run takes every weight from its checkpoint, so it needs no ImageNet file.

@@ -1,4 +1,4 @@
-"""The train step in-process on the tiny data: the recipes reach the run and the grader it logs."""
+"""The train step in-process on the tiny data: the field's recipes reach the run and the grader it logs."""
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -29,3 +29,16 @@ def test_train_on_the_ben_graham_cache_logs_a_grader_that_enhances(both_caches, 
     assert run.data.params["enhance"] == "ben_graham"
     assert run.inputs.dataset_inputs[0].dataset.name == "64px-ben_graham"
     assert registry.load_model(run.data.tags[tags.MODEL_URI]).grader.spec.enhance == "ben_graham"
+
+
+@pytest.mark.parametrize("place", ["loader", "model"])
+def test_train_with_the_fields_augmentation_completes(place, processed_dir, sqlite_tracking, tmp_path):
+    code = train_cli.main(["--data_dir", str(processed_dir), "--augment", "field", "--augment_device", place,
+                           "--image_size", "32", "--epochs", "1", "--batch_size", "8", "--num_workers", "0",
+                           "--bootstrap_resamples", "0", "--checkpoint_artifact", "false",
+                           "--checkpoint_dir", str(tmp_path / "checkpoints")])
+    assert code == 0
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["augment"] == "field"
+    assert run.data.metrics["train_loss"] > 0
