@@ -81,3 +81,9 @@ HEADS = ("classification", "ordinal")
 # How probabilities become a grade: the most probable one (the labs'), or cut points on the
 # expected grade fitted for quadratic weighted kappa on validation.
 DECISIONS = ("argmax", "kappa_thresholds")
+# Photo enhancement in the processed cache: none, or Ben Graham's local-average subtraction
+# (Kaggle 2015). Each has a cache of its own, and a grader prepares photos with its own.
+ENHANCEMENTS = ("none", "ben_graham")
+# Training augmentation: the labs' flips + rotation, or the field's flips, any rotation, shift,
+# scale, brightness and contrast (YijinHuang/pytorch-classification's EyePACS recipe).
+AUGMENT_RECIPES = ("lab", "field")

@@ -18,7 +18,9 @@ from typing import Any, TypeVar
 import yaml
 
 from pipeline.catalog import (
+    AUGMENT_RECIPES,
     DECISIONS,
+    ENHANCEMENTS,
     HEADS,
     LAB_RECIPE,
     LR_SCHEDULES,
@@ -49,6 +51,8 @@ class PreprocessConfig:
     num_workers: int = 0  # 0: one process per CPU core
     on_bad_image: str = "error"  # error | skip: skip leaves corrupt photos out and records them
     max_bad_fraction: float = 0.01  # with skip: fail anyway when more than this share is bad
+    # none | ben_graham: subtract the local average colour, black rim (a cache of its own, <size>px-ben_graham)
+    enhance: str = "none"
 
 
 @dataclass
@@ -72,15 +76,20 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0005
     image_size: int = 224
+    # The processed cache to read (none | ben_graham); the grader prepares new photos the same way.
+    enhance: str = "none"
     freeze_epochs: int = 0
-    rotation_degrees: float = 20.0
+    rotation_degrees: float = 20.0  # augment=lab's rotation range, +-degrees
+    # lab: flips and a rotation up to rotation_degrees; field: flips, any rotation, +-10% shift,
+    # 0.9-1.1 scale, 0.8-1.2 brightness and contrast (see data.augment)
+    augment: str = "lab"
     tta: str = "none"  # none | flips: validation, test, evaluate, predict and serving average the four flips
     seed: int = 0
     num_workers: int = 2
     # jpeg: decode the processed JPEGs every epoch; uint8: decode them once, at image_size, into
     # memory-mapped arrays beside the manifest (image_size^2 x 3 bytes per image), and read those.
     cache_format: str = "jpeg"
-    # loader: flips and rotation in the loader workers (PIL); model: on whole uint8 batches on the
+    # loader: the augmentation in the loader workers (PIL); model: on whole uint8 batches on the
     # training device (the same per-image draws), leaving the workers only the reading.
     augment_device: str = "loader"
     device: str = "auto"
@@ -329,6 +338,8 @@ def validate_train_config(cfg: TrainConfig) -> None:
     require_choice("tta", cfg.tta, TTA_MODES)
     require_choice("head", cfg.head, HEADS)
     require_choice("decision", cfg.decision, DECISIONS)
+    require_choice("enhance", cfg.enhance, ENHANCEMENTS)
+    require_choice("augment", cfg.augment, AUGMENT_RECIPES)
     require_choice("optimizer", cfg.optimizer, OPTIMIZERS)
     require_choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
     if not 0 <= cfg.warmup_epochs < cfg.epochs:
@@ -349,6 +360,7 @@ def validate_train_config(cfg: TrainConfig) -> None:
 
 def validate_preprocess_config(cfg: PreprocessConfig) -> None:
     require_choice("on_bad_image", cfg.on_bad_image, BAD_IMAGE_POLICIES)
+    require_choice("enhance", cfg.enhance, ENHANCEMENTS)
     if not 0 <= cfg.max_bad_fraction < 1:
         raise ConfigError(f"max_bad_fraction={cfg.max_bad_fraction} must be in [0, 1)")
     if cfg.image_size < MIN_IMAGE_SIZE:

@@ -49,6 +49,7 @@ class GraderSpec:
     head: str = "classification"  # the network's head (models.build_model)
     cut_points: CutPoints | None = None  # decision=kappa_thresholds (see ``decision``); None: argmax
     fuse_weight: float = 0.0  # the fellow eye's weight where a patient's two photos are graded together
+    enhance: str = "none"  # the cache's enhancement (preprocess.cache_image): new photos get it too
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -103,7 +104,7 @@ class Grader:
                      num_workers: int = 0) -> pd.DataFrame:
         """The prediction columns for new photos (files or their bytes), in order; with ``patients``
         each eye's grade also draws on its fellow eye's photo (``fuse_weight``)."""
-        dataset = RawPhotoDataset(sources, self.spec.cache_size, self.spec.image_size)
+        dataset = RawPhotoDataset(sources, self.spec.cache_size, self.spec.image_size, self.spec.enhance)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
         _, probabilities = self.probabilities_of(loader, progress="predict")
         return self.decide(probabilities, patients)
@@ -159,6 +160,6 @@ def _prepared(row: int, text: object, spec: GraderSpec) -> torch.Tensor:
     except (binascii.Error, TypeError, ValueError):
         raise DataError(f"row {row}: '{IMAGE_COLUMN}' is not base64-encoded photo bytes") from None
     try:
-        return photo_input(photo, spec.cache_size, spec.image_size)
+        return photo_input(photo, spec.cache_size, spec.image_size, spec.enhance)
     except DataError as exc:
         raise DataError(f"row {row}: {exc}") from None

@@ -39,9 +39,10 @@ def test_base_inheritance_and_overrides(tmp_path):
 
 
 def test_flat_override_reaches_every_section_with_the_key():
-    cfg = load_study_config(None, {"image_size": "96", "seed": "5"})
+    cfg = load_study_config(None, {"image_size": "96", "seed": "5", "enhance": "ben_graham"})
     assert cfg.preprocess.image_size == cfg.train.image_size == 96
     assert cfg.preprocess.seed == cfg.train.seed == 5
+    assert cfg.preprocess.enhance == cfg.train.enhance == "ben_graham"  # `main -P enhance=...`: the cache and its reader
 
 
 @pytest.mark.parametrize("text, expected", [("resnet18", ["resnet18"]), ("resnet18, resnet50", ["resnet18", "resnet50"])])
@@ -96,15 +97,18 @@ def test_every_experiment_file_loads_and_validates(path):
     validate_study_config(load_study_config(path))
 
 
-def test_mlproject_train_defaults_equal_the_dataclass():
-    """`mlflow run -e train` logs MLproject's defaults as params: they must be what actually runs."""
-    spec = yaml.safe_load((ROOT / "MLproject").read_text())
-    declared = spec["entry_points"]["train"]["parameters"]
-    defaults = to_dict(TrainConfig())
+@pytest.mark.parametrize("section, config_type", [("train", TrainConfig), ("preprocess", PreprocessConfig)])
+def test_mlproject_defaults_equal_the_dataclass(section, config_type):
+    """`mlflow run -e train` logs MLproject's defaults as params: they must be what actually runs,
+    and the command must pass each one on."""
+    spec = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"][section]
+    declared = spec["parameters"]
+    defaults = to_dict(config_type())
     assert set(declared) == set(defaults)
     for name, value in defaults.items():
-        loaded = load_study_config(None, {f"train.{name}": str(declared[name]["default"])}).train
+        loaded = getattr(load_study_config(None, {f"{section}.{name}": str(declared[name]["default"])}), section)
         assert getattr(loaded, name) == value, name
+        assert f"--{name} {{{name}}}" in spec["command"], name
 
 
 def test_flatten_gives_dotted_param_names():
@@ -139,6 +143,8 @@ TRAIN_REJECTIONS = [
     ({"class_weighting": "balanced"}, "class_weighting='balanced' is not supported; choose one of none, inverse, sqrt_inverse"),
     ({"cache_format": "png"}, "cache_format='png' is not supported; choose one of jpeg, uint8"),
     ({"augment_device": "gpu"}, "augment_device='gpu' is not supported; choose one of loader, model"),
+    ({"enhance": "clahe"}, "enhance='clahe' is not supported; choose one of none, ben_graham"),
+    ({"augment": "heavy"}, "augment='heavy' is not supported; choose one of lab, field"),
     ({"bootstrap_resamples": -1}, "bootstrap_resamples=-1 must be 0 (no intervals) or more"),
     ({"referable_target_sensitivity": 0.0}, "referable_target_sensitivity=0.0 must be in (0, 1]"),
     ({"referable_target_sensitivity": 1.01}, "referable_target_sensitivity=1.01 must be in (0, 1]"),
@@ -168,6 +174,8 @@ def test_train_rule_rejects_and_names_key_and_value(values, message):
     *({"class_weighting": weighting} for weighting in ("none", "inverse", "sqrt_inverse")),
     *({"cache_format": cache_format} for cache_format in ("jpeg", "uint8")),
     *({"augment_device": place} for place in ("loader", "model")),
+    *({"enhance": enhance} for enhance in ("none", "ben_graham")),
+    *({"augment": recipe} for recipe in ("lab", "field")),
     *({"optimizer": name} for name in ("sgd", "adamw")),
     *({"lr_schedule": schedule} for schedule in ("constant", "cosine", "step")),
     *({"tta": mode} for mode in ("none", "flips")),
@@ -179,6 +187,7 @@ def test_train_rule_boundary_is_accepted(values):
 
 PREPROCESS_REJECTIONS = [
     ({"on_bad_image": "ignore"}, "on_bad_image='ignore' is not supported; choose one of error, skip"),
+    ({"enhance": "Ben_Graham"}, "enhance='Ben_Graham' is not supported; choose one of none, ben_graham"),
     ({"max_bad_fraction": -0.1}, "max_bad_fraction=-0.1 must be in [0, 1)"),
     ({"max_bad_fraction": 1.0}, "max_bad_fraction=1.0 must be in [0, 1)"),
     ({"image_size": 31}, "image_size=31 is too small: ResNets need at least 32 px"),
@@ -196,6 +205,8 @@ def test_preprocess_rule_rejects_and_names_key_and_value(values, message):
 @pytest.mark.parametrize("values", [
     {"on_bad_image": "error"},
     {"on_bad_image": "skip"},
+    {"enhance": "none"},
+    {"enhance": "ben_graham"},
     {"max_bad_fraction": 0.0},
     {"max_bad_fraction": 0.999},
     {"image_size": 32},

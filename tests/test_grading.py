@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from pipeline.data.dataset import EvalPreset, ProcessedDataset, photo_input
-from pipeline.data.preprocess import cache_image, load_rgb
+from pipeline.data.preprocess import cache_image, load_rgb, preprocess
 from pipeline.errors import DataError
-from pipeline.grading import PREDICTION_COLUMNS, Grader, GraderSpec, encode_photos, grade_request
+from pipeline.grading import PREDICTION_COLUMNS, PROBABILITY_COLUMNS, Grader, GraderSpec, encode_photos, grade_request
 from pipeline.predict import list_inputs, predict_photos
 from pipeline.models import build_model
 
@@ -71,6 +71,31 @@ def test_an_all_black_photo_is_refused_not_graded(grader):
 def test_a_request_without_the_image_column_says_what_to_send(grader):
     with pytest.raises(DataError, match="no 'image' column .*it has photo"):
         grade_request(grader, pd.DataFrame({"photo": ["x"]}))
+
+
+@pytest.fixture(scope="module")
+def ben_graham_dir(raw_dir, tmp_path_factory):
+    target = tmp_path_factory.mktemp("enhanced")
+    preprocess(raw_dir, target, image_size=64, val_fraction=0.25, seed=0, num_workers=1, enhance="ben_graham")
+    return target
+
+
+def test_an_enhancing_grader_prepares_a_photo_as_its_cache_holds_it(grader, raw_dir, processed_dir, ben_graham_dir):
+    """predict (grade_photos) and the served model (grade_request) enhance a new photo as
+    preprocess enhanced the cache the network learnt from: the same pixels, the same answer."""
+    enhancing = Grader(grader.network, GraderSpec("resnet18", 32, 64, referable_threshold=0.4, enhance="ben_graham"))
+    processed = ProcessedDataset(ben_graham_dir, 64, "ben_graham")
+    rows = processed.split("test").head(3)
+    files = [raw_dir / "images" / f"{image_id}.jpeg" for image_id in rows["id"]]
+    from_cache = torch.stack([EvalPreset(32)(load_rgb(processed.root / file)) for file in rows["file"]])
+    for photo, expected in zip(files, from_cache):
+        assert torch.equal(photo_input(photo, 64, 32, "ben_graham"), expected)
+    expected = enhancing.probabilities(from_cache)
+    predicted = enhancing.grade_photos(files)[PROBABILITY_COLUMNS].to_numpy()
+    served = grade_request(enhancing, encode_photos([file.read_bytes() for file in files]))[PROBABILITY_COLUMNS]
+    assert np.abs(predicted - expected).max() < 1e-6 and np.abs(served.to_numpy() - expected).max() < 1e-6
+    plain = torch.stack([EvalPreset(32)(load_rgb(processed_dir / "64px" / file)) for file in rows["file"]])
+    assert np.abs(grader.probabilities(plain) - expected).max() > 1e-4  # the enhancement reaches the network
 
 
 def test_a_grader_with_flip_tta_serves_the_mean_over_flips(grader):

@@ -12,8 +12,17 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from pipeline.catalog import AUGMENT_RECIPES
 from pipeline.data import arrays, augment
-from pipeline.data.preprocess import MANIFEST, METADATA, PROCESSED_SPLITS, PhotoSource, cache_image, load_rgb
+from pipeline.data.preprocess import (
+    MANIFEST,
+    METADATA,
+    PROCESSED_SPLITS,
+    PhotoSource,
+    cache_dir,
+    cache_image,
+    load_rgb,
+)
 from pipeline.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -21,7 +30,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class TrainPreset:
-    """Resize, then flips and rotation (see ``data.augment``), to a uint8 (3, size, size) tensor.
+    """Resize, then the ``recipe``'s augmentation (see ``data.augment``), to a uint8 (3, size, size) tensor.
 
     The loader applies them on the PIL image (PIL rotates ~8x faster than the tensor path) and
     ships uint8: workers send a quarter of float32's bytes, and ``normalize_batch`` converts and
@@ -32,14 +41,22 @@ class TrainPreset:
     Takes a PIL image (the JPEG cache) or a uint8 (3, size, size) tensor (the uint8 cache).
     """
 
-    def __init__(self, image_size: int, rotation_degrees: float = 20.0, *, on_device: bool = False) -> None:
+    def __init__(self, image_size: int, rotation_degrees: float = 20.0, *, recipe: str = "lab",
+                 on_device: bool = False) -> None:
+        if recipe not in AUGMENT_RECIPES:
+            raise ValueError(f"recipe={recipe!r} is not supported; choose one of {', '.join(AUGMENT_RECIPES)}")
         self.resize = v2.Resize(image_size, antialias=True)
+        self.image_size = image_size
         self.rotation_degrees = rotation_degrees
+        self.recipe = recipe
         self.on_device = on_device
 
     def __call__(self, img: Image.Image | torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         img = self.resize(img)
-        draws = augment.draw(self.rotation_degrees)
+        if self.recipe == "lab":
+            draws = augment.draw(self.rotation_degrees)
+        else:
+            draws = augment.draw_field(self.image_size)
         if self.on_device:
             return _as_tensor(img), draws
         pil = F.to_pil_image(img) if isinstance(img, torch.Tensor) else img
@@ -85,24 +102,29 @@ def _is_dataset(folder: Path) -> bool:
     return (folder / MANIFEST).is_file() and (folder / METADATA).is_file()
 
 
-def resolve_dataset_dir(data_dir: str | Path, image_size: int | None = None) -> Path:
-    """``data_dir`` itself if it is a dataset, else its smallest ``<size>px`` cache >= ``image_size``."""
+def resolve_dataset_dir(data_dir: str | Path, image_size: int | None = None, enhance: str = "none") -> Path:
+    """``data_dir`` itself if it is a dataset, else its smallest ``enhance`` cache >= ``image_size``
+    (``preprocess.cache_dir`` names them)."""
     data_dir = Path(data_dir)
     if _is_dataset(data_dir):
         return data_dir
     caches = {}
-    for folder in data_dir.glob("*px"):
-        if folder.name[:-2].isdigit() and _is_dataset(folder):
-            caches[int(folder.name[:-2])] = folder
+    for folder in data_dir.glob("*px*"):
+        size = folder.name.partition("px")[0]
+        if size.isdigit() and folder == cache_dir(data_dir, int(size), enhance) and _is_dataset(folder):
+            caches[int(size)] = folder
+    with_enhance = "" if enhance == "none" else f" enhance={enhance}"
     if not caches:
-        raise DataError(f"{data_dir} holds no processed dataset (no {MANIFEST}); run the preprocess entry point first")
+        raise DataError(f"{data_dir} holds no{with_enhance} processed dataset (no {MANIFEST}); run the preprocess "
+                        f"entry point first{' with' + with_enhance if with_enhance else ''}")
     if image_size is None:
         return caches[max(caches)]
     large_enough = [size for size in caches if size >= image_size]
     if not large_enough:
         raise DataError(
-            f"image_size={image_size} is larger than every processed cache in {data_dir} "
+            f"image_size={image_size} is larger than every{with_enhance} processed cache in {data_dir} "
             f"({', '.join(f'{s} px' for s in sorted(caches))}); run preprocess with image_size={image_size}"
+            f"{with_enhance}"
         )
     return caches[min(large_enough)]
 
@@ -110,19 +132,29 @@ def resolve_dataset_dir(data_dir: str | Path, image_size: int | None = None) -> 
 class ProcessedDataset:
     """A processed dataset folder: ``manifest.csv``, ``dataset.json`` and ``images/``.
 
-    ``data_dir`` may also be preprocess's output root; then the smallest cache that is at least
-    ``image_size`` is used (resizing down is cheap, up is pointless).
+    ``data_dir`` may also be preprocess's output root; then the smallest cache of ``enhance``
+    that is at least ``image_size`` is used (resizing down is cheap, up is pointless). A dataset
+    folder given itself must hold ``enhance``'s images.
     """
 
-    def __init__(self, data_dir: str | Path, image_size: int | None = None) -> None:
-        self.root = resolve_dataset_dir(data_dir, image_size)
+    def __init__(self, data_dir: str | Path, image_size: int | None = None, enhance: str = "none") -> None:
+        self.root = resolve_dataset_dir(data_dir, image_size, enhance)
         manifest, metadata = self.root / MANIFEST, self.root / METADATA
         self.metadata: dict = json.loads(metadata.read_text())
+        if self.enhance != enhance:
+            # A network sees photos through the enhancement it learnt on: another gives other pixels.
+            raise DataError(f"{self.root} holds enhance={self.enhance} images, but enhance={enhance} ones are needed; "
+                            f"run preprocess with enhance={enhance}, or give data_dir as the folder of the caches")
         self.manifest = pd.read_csv(manifest, dtype={"id": str, "patient": str})
 
     @property
     def image_size(self) -> int:
         return int(self.metadata["image_size"])
+
+    @property
+    def enhance(self) -> str:
+        # Datasets preprocessed before enhance existed record none, which is what they hold.
+        return str(self.metadata.get("enhance", "none"))
 
     def split(self, name: str) -> pd.DataFrame:
         rows = self.manifest[self.manifest["split"] == name].reset_index(drop=True)
@@ -207,16 +239,18 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers
 
 def split_dataset(processed: ProcessedDataset, split: str, image_size: int, *, train: bool,
                   rotation_degrees: float = 20.0, array: Path | None = None,
-                  augment_on_device: bool = False) -> FundusDataset:
+                  augment_on_device: bool = False, augment_recipe: str = "lab") -> FundusDataset:
     """One split with the train or eval preset; refuses to upsample a smaller cache.
 
     Args:
         array: the split's uint8 cache (``build_uint8_cache``) to read instead of the JPEGs.
-        augment_on_device: the training split yields (image, grade, draws) and leaves the flips
-            and rotation to ``augment.augment_batch`` on the training device.
+        augment_on_device: the training split yields (image, grade, draws) and leaves the
+            augmentation to ``augment.augment_batch`` on the training device.
+        augment_recipe: the training split's augmentation, ``lab`` or ``field`` (``data.augment``).
     """
     _check_size(processed, image_size)
-    transform = TrainPreset(image_size, rotation_degrees, on_device=augment_on_device) if train else EvalPreset(image_size)
+    transform = (TrainPreset(image_size, rotation_degrees, recipe=augment_recipe, on_device=augment_on_device)
+                 if train else EvalPreset(image_size))
     return FundusDataset(processed.root, processed.split(split), transform, array)
 
 
@@ -239,23 +273,24 @@ def _check_size(processed: ProcessedDataset, image_size: int) -> None:
         )
 
 
-def photo_input(source: PhotoSource, cache_size: int, image_size: int) -> torch.Tensor:
+def photo_input(source: PhotoSource, cache_size: int, image_size: int, enhance: str = "none") -> torch.Tensor:
     """A new photo as the network sees it: exactly the pixels of its processed-cache image (see
     ``preprocess.cache_image``) through the eval preset, as a uint8 (3, size, size) tensor."""
-    jpeg, _ = cache_image(source, cache_size)
+    jpeg, _ = cache_image(source, cache_size, enhance)
     return EvalPreset(image_size)(load_rgb(jpeg))
 
 
 class RawPhotoDataset(Dataset):
     """New photos (files or bytes) prepared exactly as preprocess + the eval preset prepare training's."""
 
-    def __init__(self, sources: list[PhotoSource], cache_size: int, image_size: int) -> None:
+    def __init__(self, sources: list[PhotoSource], cache_size: int, image_size: int, enhance: str = "none") -> None:
         self.sources = sources
         self.cache_size = cache_size
         self.image_size = image_size
+        self.enhance = enhance
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return photo_input(self.sources[index], self.cache_size, self.image_size), index
+        return photo_input(self.sources[index], self.cache_size, self.image_size, self.enhance), index

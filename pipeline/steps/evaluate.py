@@ -65,7 +65,8 @@ def run_evaluate(model_ref: str, data_dir: str, batch_size: int = 32, num_worker
     runs.log_params({"model_uri": uri, "data_dir": data_dir, "batch_size": batch_size, "bootstrap_resamples": resamples})
     if loaded.source_run_id:
         runs.set_tags({tags.SOURCE_RUN: loaded.source_run_id})
-    processed = ProcessedDataset(data_dir, spec.cache_size)
+    # The grader's own kind of cache; a dataset folder of another enhancement is refused.
+    processed = ProcessedDataset(data_dir, spec.cache_size, spec.enhance)
     if processed.image_size != spec.cache_size:
         # The grader sees photos through the cache it learnt from; another cache gives other pixels.
         raise DataError(f"{uri} was trained on the {spec.cache_size} px cache, but {data_dir} has "

@@ -16,7 +16,7 @@ def run_preprocess(cfg: PreprocessConfig) -> dict[str, object]:
     runs.log_config(to_dict(cfg), to_dict(cfg))
     summary = preprocess(cfg.raw_dir, cfg.data_dir, image_size=cfg.image_size, image_dir=cfg.image_dir,
                          val_fraction=cfg.val_fraction, seed=cfg.seed, num_workers=cfg.num_workers,
-                         on_bad_image=cfg.on_bad_image, max_bad_fraction=cfg.max_bad_fraction)
+                         on_bad_image=cfg.on_bad_image, max_bad_fraction=cfg.max_bad_fraction, enhance=cfg.enhance)
     counts = summary["counts"]
     metric_sink().log_summary({f"{split}_images": sum(grades) for split, grades in counts.items()}
                               | {"preprocess_seconds": summary["seconds"],

@@ -109,7 +109,7 @@ def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome
     device = resolve_device(cfg.device, ctx.local_rank)
     accel = Accelerator(device, resolve_precision(cfg.precision, device), cfg.channels_last, ctx)
     keep_batch_memory()  # before the loader workers fork: they inherit it
-    processed = ProcessedDataset(cfg.data_dir, cfg.image_size)
+    processed = ProcessedDataset(cfg.data_dir, cfg.image_size, cfg.enhance)
     log_run_inputs(cfg, processed, accel, resumed=resume_from is not None)
     sink = metric_sink()
     run_id = runs.active_run_id()  # None on torchrun ranks other than 0: they log and save nothing
@@ -174,7 +174,8 @@ def set_up(cfg: TrainConfig, processed: ProcessedDataset, accel: Accelerator,
     arrays = build_uint8_cache(processed, cfg.image_size, cfg.num_workers) if cfg.cache_format == "uint8" else {}
     datasets = {
         split: split_dataset(processed, split, cfg.image_size, train=split == "train", array=arrays.get(split),
-                             rotation_degrees=cfg.rotation_degrees, augment_on_device=cfg.augment_device == "model")
+                             rotation_degrees=cfg.rotation_degrees, augment_on_device=cfg.augment_device == "model",
+                             augment_recipe=cfg.augment)
         for split in PROCESSED_SPLITS
     }
     # A resumed run takes every weight from its checkpoint, so it needs no ImageNet file.
@@ -283,7 +284,7 @@ def log_selected_model(cfg: TrainConfig, model: nn.Module, result: FitResult, pr
     artifacts.log_state_dict({k: v.detach().cpu() for k, v in result.best_state.items()},
                              f"{CHECKPOINT_FOLDER}/{BEST_WEIGHTS}")
     grader = Grader(model, GraderSpec(cfg.model, cfg.image_size, processed.image_size, threshold, cfg.tta, cfg.head,
-                                      cut_points, fuse_weight))
+                                      cut_points, fuse_weight, processed.enhance))
     model_uri, _ = registry.log_grader(grader, example_photos(processed.image_size))
     run_id = runs.active_run_id()
     dataset_name, dataset_digest = readback.input_dataset(run_id)

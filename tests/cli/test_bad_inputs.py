@@ -7,10 +7,13 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.cli import evaluate as evaluate_cli
 from pipeline.cli import main as main_cli
 from pipeline.cli import preprocess as preprocess_cli
 from pipeline.cli import train as train_cli
-from pipeline.tracking import tags
+from pipeline.grading import Grader, GraderSpec
+from pipeline.models import build_model
+from pipeline.tracking import registry, tags
 from tests.conftest import PROJECT_ROOT, subprocess_env
 
 
@@ -139,3 +142,19 @@ def test_on_bad_image_skip_records_what_it_left_out(raw_copy, tmp_path, sqlite_t
     assert run.data.params["on_bad_image"] == "skip"
     skipped = MlflowClient().download_artifacts(run.info.run_id, "skipped_images.csv", str(tmp_path))
     assert pd.read_csv(skipped, dtype=str)["id"].tolist() == [victim.stem]
+
+
+@pytest.mark.parametrize("folder, message", [
+    ("64px", "64px holds enhance=none images, but enhance=ben_graham ones are needed; run preprocess with "
+             "enhance=ben_graham"),
+    (".", "holds no enhance=ben_graham processed dataset (no manifest.csv); run the preprocess entry point first "
+          "with enhance=ben_graham"),
+])
+def test_evaluate_refuses_a_cache_of_another_enhancement(folder, message, processed_dir, sqlite_tracking,
+                                                         monkeypatch, capsys):
+    """A grader that learnt on Ben Graham's pixels is not measured on plain ones."""
+    spec = GraderSpec("resnet18", 32, 64, enhance="ben_graham")
+    loaded = registry.LoadedModel(Grader(build_model("resnet18", pretrained=False), spec), "models:/m-1", None, None)
+    monkeypatch.setattr(registry, "load_model", lambda uri: loaded)
+    code = evaluate_cli.main(["--model_uri", "models:/m-1", "--data_dir", str(processed_dir / folder)])
+    assert_failed_with(capsys, code, message)

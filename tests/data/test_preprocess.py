@@ -1,5 +1,7 @@
 import json
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -7,10 +9,13 @@ import pytest
 from PIL import Image
 
 from pipeline.data import preprocess as preprocess_module
+from pipeline.data.dataset import ProcessedDataset
 from pipeline.data.preprocess import (
     MANIFEST,
     METADATA,
+    ben_graham,
     cache_dir,
+    cache_image,
     crop_and_resize,
     fundus_box,
     load_rgb,
@@ -241,3 +246,75 @@ def test_skip_policy_still_fails_when_too_many_are_bad(raw_copy, tmp_path):
     with pytest.raises(DataError, match=r"3 of \d+ photos are bad, more than max_bad_fraction=0.05"):
         preprocess(raw_copy, tmp_path / "out", image_size=32, num_workers=1, on_bad_image="skip", max_bad_fraction=0.05)
     assert not cache_dir(tmp_path / "out", 32).exists()
+
+
+def flat_disc(side: int, colour: tuple[int, int, int]) -> tuple[Image.Image, np.ndarray]:
+    """A flat-colour disc filling a black square, as the crop leaves a fundus; and each pixel
+    centre's distance from the centre, in radii."""
+    yy, xx = np.mgrid[0:side, 0:side]
+    distance = np.hypot(xx + 0.5 - side / 2, yy + 0.5 - side / 2) / (side / 2)
+    pixels = np.zeros((side, side, 3), np.uint8)
+    pixels[distance <= 1] = colour
+    return Image.fromarray(pixels), distance
+
+
+@pytest.mark.parametrize("side, colour", [(64, (180, 90, 40)), (128, (30, 200, 120))])
+def test_ben_graham_turns_a_flat_colour_disc_into_a_flat_grey_disc_with_a_black_rim(side, colour):
+    disc, distance = flat_disc(side, colour)
+    out = np.asarray(ben_graham(disc)).astype(int)
+    assert out.shape == (side, side, 3)
+    assert np.abs(out[distance <= 0.85] - 128).max() <= 3  # the local average is the colour itself
+    assert (out[distance > 0.9] == 0).all()
+
+
+def test_ben_graham_amplifies_detail_finer_than_its_blur_fourfold():
+    """A dot 20 levels darker than its surroundings (a microaneurysm) ends ~80 below the grey:
+    the blur (sigma 128/30 px here) barely sees a single pixel."""
+    disc, _ = flat_disc(256, (180, 90, 40))
+    pixels = np.array(disc)
+    pixels[100, 120] = (160, 70, 20)
+    out = np.asarray(ben_graham(Image.fromarray(pixels))).astype(int)
+    assert (np.abs(out[100, 120] - (128 - 4 * 20)) <= 4).all(), out[100, 120]
+    assert np.abs(out[100, 140] - 128).max() <= 3  # 20 px (~5 sigma) away: flat grey again
+
+
+def test_enhance_has_a_cache_of_its_own_and_train_picks_the_requested_one(raw_dir, tmp_path):
+    target = tmp_path / "processed"
+    plain = preprocess(raw_dir, target, image_size=32, num_workers=1)
+    before = {path.name: path.read_bytes() for path in (cache_dir(target, 32) / "images").iterdir()}
+    enhanced = preprocess(raw_dir, target, image_size=32, num_workers=1, enhance="ben_graham")
+    assert sorted(p.name for p in target.iterdir()) == ["32px", "32px-ben_graham"]
+    assert (plain["enhance"], enhanced["enhance"]) == ("none", "ben_graham")
+    assert enhanced["dataset_dir"] == str(target / "32px-ben_graham") and enhanced["reused_images"] == 0
+    assert json.loads((target / "32px-ben_graham" / METADATA).read_text())["enhance"] == "ben_graham"
+    assert {path.name: path.read_bytes() for path in (cache_dir(target, 32) / "images").iterdir()} == before
+    first = sorted(before)[0]
+    assert (target / "32px-ben_graham" / "images" / first).read_bytes() != before[first]
+    # The cache holds what cache_image gives a photo: the one preparation path.
+    assert (target / "32px-ben_graham" / "images" / first).read_bytes() == cache_image(
+        raw_dir / "images" / first, 32, "ben_graham")[0]
+    assert ProcessedDataset(target, 32, "ben_graham").root == target / "32px-ben_graham"
+    assert ProcessedDataset(target, 32).root == target / "32px"
+    assert ProcessedDataset(target / "32px-ben_graham", 32, "ben_graham").enhance == "ben_graham"
+
+
+def test_a_dataset_of_another_enhancement_is_refused(processed_dir, tmp_path):
+    with pytest.raises(DataError, match=r"holds no enhance=ben_graham processed dataset .* with enhance=ben_graham"):
+        ProcessedDataset(processed_dir, 32, "ben_graham")
+    with pytest.raises(DataError, match=r"64px holds enhance=none images, but enhance=ben_graham ones are needed"):
+        ProcessedDataset(processed_dir / "64px", 32, "ben_graham")
+
+
+def test_a_dataset_from_before_enhance_holds_plain_images(processed_dir, tmp_path):
+    old = Path(shutil.copytree(processed_dir / "64px", tmp_path / "data" / "64px"))
+    metadata = json.loads((old / METADATA).read_text())
+    del metadata["enhance"]
+    (old / METADATA).write_text(json.dumps(metadata))
+    assert ProcessedDataset(tmp_path / "data", 32).enhance == "none"
+    with pytest.raises(DataError, match="holds enhance=none images"):
+        ProcessedDataset(old, 32, "ben_graham")
+
+
+def test_an_unknown_enhancement_is_refused(raw_dir):
+    with pytest.raises(ValueError, match="enhance='clahe' is not supported; choose one of none, ben_graham"):
+        cache_image(first_image(raw_dir), 32, "clahe")
