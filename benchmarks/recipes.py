@@ -72,7 +72,7 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> list[dict[str, object
         print(f"generated the photos in {time.perf_counter() - started:.0f} s", flush=True)
     pretrained = coerce_list(args.pretrained, bool, "pretrained")
     cfg = load_study_config(FIELD_STUDY, {
-        "models": args.models, "pretrained": pretrained, "seeds": args.seeds, "raw_dir": str(raw),
+        "models": args.models, "pretrained": args.pretrained, "seeds": args.seeds, "raw_dir": str(raw),
         "data_dir": str(processed), "preprocess.image_size": args.cache, "train.image_size": args.image_size,
         "epochs": args.epochs, "batch_size": args.batch_size, "num_workers": 1, "checkpoint_artifact": False,
         "checkpoint_dir": str(work / "checkpoints"), "skip_unavailable_weights": True})

@@ -146,9 +146,11 @@ def model_card(facts: CardFacts) -> str:
         "## Input contract",
         "- `mlflow models serve` / pyfunc input: a DataFrame with one string column `image`, each row the "
         "base64-encoded bytes of one photo file (JPEG or PNG, any size, colour or greyscale).",
-        f"- Inside: the fundus disc is cropped square, resized to {facts.cache_size} px and JPEG-encoded "
-        f"(quality {CACHE_JPEG_QUALITY}) exactly as `preprocess` caches training photos, then resized to {cfg['image_size']} px and "
-        "ImageNet-normalised.",
+        f"- Inside: the fundus disc is cropped square, resized to {facts.cache_size} px"
+        + (", enhanced as Ben Graham's (local average colour subtracted, rim masked)"
+           if cfg.get("enhance", "none") == "ben_graham" else "")
+        + f" and JPEG-encoded (quality {CACHE_JPEG_QUALITY}) exactly as `preprocess` caches training photos, then "
+        f"resized to {cfg['image_size']} px and ImageNet-normalised.",
         "- Output per photo: " + ", ".join(f"`{column}`" for column in PREDICTION_COLUMNS) + ".",
         "- A file that is not a readable photo is refused with HTTP 400 naming its row; it is never graded.",
         "",

@@ -50,3 +50,19 @@ def test_the_run_description_summarises_the_selected_model(pretrained, expected)
     text = run_description(facts(config=config))
     assert expected in text and "Selected epoch **5**" in text and "accuracy 0.440 [0.340, 0.540]" in text
     assert "sensitivity 0.875," in text
+
+
+def test_the_card_states_the_field_recipe_and_its_fitted_decision():
+    field_config = to_dict(TrainConfig(model="resnet50", pretrained=True, head="ordinal", decision="kappa_thresholds",
+                                       optimizer="adamw", lr_schedule="cosine", warmup_epochs=1, augment="field",
+                                       tta="flips", fuse_eyes=True, enhance="ben_graham", recipe="field"))
+    card = model_card(facts(config=field_config, cut_points=(0.61, 1.52, 2.4, 3.33), fuse_weight=0.25))
+    assert card.startswith("# retina-flow DR grader: resnet50 pretrained field\n")
+    assert "ordinal head" in card and "AdamW, lr 0.001 (cosine after 1 warm-up epoch(s))" in card
+    assert "augmentation `field`" in card and "Ben Graham" in card
+    assert "grade >= k from 0.610, 1.520, 2.400, 3.330" in card
+    assert "four flips" in card and "weight **0.25**" in card and "The served model grades one photo alone" in card
+    labs = model_card(facts())
+    assert "5-grade classification head" in labs and "SGD momentum 0.9" in labs and "the most probable one (argmax)" in labs
+    kept = model_card(facts(config=field_config, cut_points=None, fuse_weight=0.0))
+    assert "no cut points beat it on validation" in kept
