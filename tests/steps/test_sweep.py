@@ -123,7 +123,7 @@ STUDY = "resumed"
 
 @pytest.fixture(scope="module")
 def resumed_sweep(processed_dir, tmp_path_factory):
-    """A sweep of 2 trials, continued to 3; a sweep killed mid-trial; the sweep again (nothing to run); and
+    """A sweep of 1 trial, continued to 2; a sweep killed mid-trial; the sweep again (nothing to run); and
     the study with another metric."""
     root = tmp_path_factory.mktemp("sweep")
     uri, storage = f"sqlite:///{root / 'mlflow.db'}", f"sqlite:///{root / 'optuna.db'}"
@@ -136,12 +136,12 @@ def resumed_sweep(processed_dir, tmp_path_factory):
         monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "sweeps")
         monkeypatch.chdir(root)
         monkeypatch.setattr(sweep_step, "GRACE_SECONDS", 1)  # the killed trial's heartbeat is stale within seconds
-        codes = [sweep_cli.main([*args, "--trials", "2"]), sweep_cli.main([*args, "--trials", "3"])]
+        codes = [sweep_cli.main([*args, "--trials", "1"]), sweep_cli.main([*args, "--trials", "2"])]
         client = MlflowClient(uri)
         killed_run = plant_a_killed_trial(client, storage)
         time.sleep(2.5)
-        codes.append(sweep_cli.main([*args, "--trials", "3"]))
-        codes.append(sweep_cli.main([*args, "--trials", "3", "--metric", "val_accuracy"]))
+        codes.append(sweep_cli.main([*args, "--trials", "2"]))
+        codes.append(sweep_cli.main([*args, "--trials", "2", "--metric", "val_accuracy"]))
         study = optuna.load_study(study_name=STUDY, storage=storage)
         yield codes, client, study, killed_run
     mlflow.set_tracking_uri(None)
@@ -173,16 +173,16 @@ def test_a_continued_sweep_runs_only_the_missing_trials(resumed_sweep):
     codes, client, study, _ = resumed_sweep
     assert codes[:3] == [0, 0, 0]
     first, second, third, _ = sweep_runs(client)
-    assert [len(nested_runs(client, run)) for run in (first, second, third)] == [2, 1, 0]
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3 + [TrialState.FAIL]
-    for trial in study.trials[:3]:
+    assert [len(nested_runs(client, run)) for run in (first, second, third)] == [1, 1, 0]
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL]
+    for trial in study.trials[:2]:
         run = client.get_run(trial.user_attrs[RUN_ID])
         assert run.info.status == "FINISHED" and run.data.tags[tags.TRIAL] == str(trial.number)
 
 
 def test_a_killed_sweeps_trial_is_failed_with_its_run(resumed_sweep):
     _, client, study, killed_run = resumed_sweep
-    assert study.trials[3].user_attrs[RUN_ID] == killed_run
+    assert study.trials[2].user_attrs[RUN_ID] == killed_run
     run = client.get_run(killed_run)
     assert run.info.status == "FAILED" and run.data.tags[tags.TRIAL_STATE] == "FAIL"
 
@@ -190,7 +190,7 @@ def test_a_killed_sweeps_trial_is_failed_with_its_run(resumed_sweep):
 def test_a_continued_study_draws_values_of_its_own(resumed_sweep):
     """Not the first sweep's first draws again, as a sampler seeded alike would give."""
     _, _, study, _ = resumed_sweep
-    assert study.trials[2].params != study.trials[0].params
+    assert study.trials[1].params != study.trials[0].params
 
 
 def test_a_continued_sweep_sums_up_the_whole_study(resumed_sweep):
@@ -202,7 +202,7 @@ def test_a_continued_sweep_sums_up_the_whole_study(resumed_sweep):
     assert {k: v for k, v in last.data.params.items() if k.startswith("best_")} == {
         "best_trial": str(best.number), **{f"best_{k}": runs.param_text(v) for k, v in best.params.items()}}
     assert last.data.tags[tags.BEST_RUN] == best.user_attrs[RUN_ID]
-    assert last.data.metrics["trials_complete"] == 3 and last.data.metrics["trials_failed"] == 1
+    assert last.data.metrics["trials_complete"] == 2 and last.data.metrics["trials_failed"] == 1
     assert {a.path for a in client.list_artifacts(last.info.run_id)} == {"config.yaml", SPACE.name}
     note = last.data.tags[tags.NOTE]
     assert all(f"| {t.number} | {t.state.name} |" in note.replace("**", "") for t in study.trials)
