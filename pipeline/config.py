@@ -143,6 +143,20 @@ class StudyConfig:
     champion_alias: str = "champion"
 
 
+@dataclass
+class SweepConfig:
+    """The ``sweep`` entry point's own options; each trial's train values start from a TrainConfig."""
+
+    trials: int = 20  # how many finished (complete or pruned) trials the study should hold, earlier runs' included
+    metric: str = "val_kappa"  # maximised; also every trial's select_metric
+    space: str = "experiments/sweeps/recipe.yaml"  # the search space file (see search_space.py)
+    # Optuna's storage (an SQLAlchemy URL); a sweep with the same study_name there continues that study.
+    storage: str = "sqlite:///optuna.db"
+    study_name: str = "retina-flow-sweep"
+    pruner_startup_trials: int = 5  # trials that must finish before any trial is pruned
+    pruner_warmup_epochs: int = 1  # a trial's first epochs, never pruned (early epochs are noisy)
+
+
 ConfigT = TypeVar("ConfigT")
 
 _TRUE = {"true", "1", "yes", "y", "on"}
@@ -213,6 +227,11 @@ def coerce_int(value: Any, name: str, minimum: int | None = None) -> int:
     return number
 
 
+def coerce_train_value(name: str, value: Any) -> Any:
+    """``value`` as TrainConfig's key ``name`` takes it, or a ConfigError naming both."""
+    return _coerce(value, typing.get_type_hints(TrainConfig)[name], name)
+
+
 def coerce_list(value: Any, item_type: type, name: str) -> list:
     """A comma-separated command-line list (``resnet18,resnet50``) of ``item_type`` values."""
     return _coerce(value, list[item_type], name)
@@ -279,6 +298,15 @@ def load_study_config(path: str | Path | None = None, overrides: dict[str, Any] 
     for key, value in (overrides or {}).items():
         values = _deep_merge(values, _nest_override(key, value))
     return _build(StudyConfig, values)
+
+
+def load_sweep_config(values: dict[str, Any]) -> SweepConfig:
+    """The sweep's options from defaults and the given ones (strings from the command line)."""
+    return _build(SweepConfig, values)
+
+
+def sweep_option_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(SweepConfig)]
 
 
 def _nest_override(key: str, value: Any) -> dict[str, Any]:
@@ -402,6 +430,18 @@ def study_configurations(cfg: StudyConfig) -> list[Configuration]:
     """Every cell of the study's grid, recipe by recipe, then depth, then pretraining."""
     return [Configuration(model, pretrained, recipe.name) for recipe in cfg.recipes for model in cfg.models
             for pretrained in (recipe.pretrained or cfg.pretrained)]
+
+
+def validate_sweep_config(cfg: SweepConfig) -> None:
+    require_choice("metric", cfg.metric, SELECT_METRICS)
+    if cfg.trials < 1:
+        raise ConfigError(f"trials={cfg.trials} must be at least 1")
+    for name in ("pruner_startup_trials", "pruner_warmup_epochs"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name}={getattr(cfg, name)} must be 0 or more")
+    for name in ("storage", "study_name", "space"):
+        if not getattr(cfg, name).strip():
+            raise ConfigError(f"{name} must not be empty")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -9,15 +9,18 @@ from pipeline.catalog import SUPPORTED_MODELS
 from pipeline.config import (
     PreprocessConfig,
     StudyConfig,
+    SweepConfig,
     TrainConfig,
     coerce_int,
     flatten,
     load_study_config,
     recipe_train_config,
     study_configurations,
+    load_sweep_config,
     to_dict,
     validate_preprocess_config,
     validate_study_config,
+    validate_sweep_config,
     validate_train_config,
 )
 from pipeline.errors import ConfigError
@@ -109,6 +112,15 @@ def test_mlproject_defaults_equal_the_dataclass(section, config_type):
         loaded = getattr(load_study_config(None, {f"{section}.{name}": str(declared[name]["default"])}), section)
         assert getattr(loaded, name) == value, name
         assert f"--{name} {{{name}}}" in spec["command"], name
+
+
+def test_mlproject_sweep_defaults_equal_the_dataclasses():
+    """The sweep's own parameters are SweepConfig's; `config` and `data_dir` lead to the train values."""
+    declared = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["sweep"]["parameters"]
+    own = {name: spec for name, spec in declared.items() if name not in ("config", "data_dir")}
+    assert set(own) == set(to_dict(SweepConfig()))
+    assert load_sweep_config({name: str(spec["default"]) for name, spec in own.items()}) == SweepConfig()
+    assert declared["data_dir"]["default"] == TrainConfig().data_dir and declared["config"]["default"] == ""
 
 
 def test_flatten_gives_dotted_param_names():
@@ -238,6 +250,34 @@ def test_study_rule_rejects_and_names_key_and_value(values, message):
 ], ids=_case_id)
 def test_study_rule_boundary_is_accepted(values):
     validate_study_config(StudyConfig(**values))
+
+
+SWEEP_REJECTIONS = [
+    ({"metric": "val_loss"}, "metric='val_loss' is not supported; choose one of val_kappa, val_accuracy, "),
+    ({"trials": 0}, "trials=0 must be at least 1"),
+    ({"pruner_startup_trials": -1}, "pruner_startup_trials=-1 must be 0 or more"),
+    ({"pruner_warmup_epochs": -1}, "pruner_warmup_epochs=-1 must be 0 or more"),
+    ({"storage": " "}, "storage must not be empty"),
+    ({"study_name": ""}, "study_name must not be empty"),
+]
+
+
+@pytest.mark.parametrize("values, message", SWEEP_REJECTIONS, ids=[_case_id(v) for v, _ in SWEEP_REJECTIONS])
+def test_sweep_rule_rejects_and_names_key_and_value(values, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_sweep_config(SweepConfig(**values))
+
+
+@pytest.mark.parametrize("values", [
+    {"trials": 1}, {"pruner_startup_trials": 0}, {"pruner_warmup_epochs": 0}, {"metric": "val_referable_auc"},
+], ids=_case_id)
+def test_sweep_rule_boundary_is_accepted(values):
+    validate_sweep_config(SweepConfig(**values))
+
+
+def test_unknown_sweep_option_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="unknown config key\\(s\\) trails; valid keys: metric, "):
+        load_sweep_config({"trails": "3"})
 
 
 def test_study_validation_reaches_both_sections():

@@ -355,3 +355,27 @@ def test_a_parallel_study_trains_side_by_side_and_gives_the_sequential_table(stu
         return pd.read_csv(client.download_artifacts(compare_run.info.run_id, "comparison/comparison.csv", str(folder)))
 
     pd.testing.assert_frame_equal(table(parallel_study), table(sequential))
+
+
+def test_the_sweep_entry_point_nests_its_trials_and_records_the_best(mlflow_server, processed_dir, tmp_path):
+    """The issue's check, `mlflow run . -e sweep -P trials=3 -P epochs=1`, on the tiny data at 32 px."""
+    experiment = "e2e-sweep"
+    mlflow_run(mlflow_server, ["-e", "sweep", "--experiment-name", experiment, "-P", "trials=3", "-P", "epochs=1",
+                               "-P", f"data_dir={processed_dir}", "-P", "image_size=32", "-P", "num_workers=0",
+                               "-P", "bootstrap_resamples=0", "-P", f"storage=sqlite:///{tmp_path / 'optuna.db'}",
+                               "-P", f"checkpoint_dir={tmp_path / 'checkpoints'}"])
+    client = MlflowClient(mlflow_server)
+    grouped = runs_by_step(client, experiment)
+    (sweep,) = grouped["sweep"]
+    trials = grouped["train"]
+    assert sweep.info.status == "FINISHED" and len(trials) == 3
+    for run in trials:  # one epoch is the last: never pruned
+        assert run.info.status == "FINISHED" and run.data.tags[tags.TRIAL_STATE] == "COMPLETE"
+        assert run.data.tags["mlflow.parentRunId"] == sweep.info.run_id and run.data.params["epochs"] == "1"
+    scores = {run.info.run_id: run.data.metrics["selection_score"] for run in trials}
+    best = client.get_run(sweep.data.tags[tags.BEST_RUN])
+    assert sweep.data.metrics["best_val_kappa"] == max(scores.values()) == scores[best.info.run_id]
+    for key in ("lr", "weight_decay", "optimizer", "lr_schedule"):  # experiments/sweeps/recipe.yaml
+        assert sweep.data.params[f"best_{key}"] == best.data.params[key], key
+    assert sweep.data.params["best_trial"] == best.data.tags[tags.TRIAL]
+    assert not any((tmp_path / "checkpoints").iterdir())

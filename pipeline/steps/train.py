@@ -48,7 +48,7 @@ from pipeline.distributed import (
     init_process_group,
     shard_indices,
 )
-from pipeline.engine import EvalOutput, FitResult, FitState, fit
+from pipeline.engine import EpochCallback, EvalOutput, FitResult, FitState, fit
 from pipeline.errors import ConfigError, RetinaFlowError
 from pipeline.figures import figure_png, gradcam_figure
 from pipeline.gradcam import grad_cam
@@ -94,12 +94,16 @@ class TrainingSetup:
     start: FitState | None  # where a resumed run continues from
 
 
-def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome | None:
+def run_train(cfg: TrainConfig, resume_from: dict | None = None,
+              on_epoch: EpochCallback | None = None) -> TrainOutcome | None:
     """Trains one configuration inside the active run and logs everything a comparison needs.
 
     Args:
         resume_from: a checkpoint of this run (``checkpoint.load``): training continues after
             its epoch, and metric values the crash kept from MLflow are logged from it.
+        on_epoch: called with each epoch's metrics once they are logged (a sweep's pruning);
+            what it raises stops the training and leaves the run's checkpoints to the caller
+            (``discard_checkpoints``).
 
     Returns:
         The outcome on rank 0 (or a single process); None on the other torchrun ranks.
@@ -130,7 +134,7 @@ def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome
                 epochs=cfg.epochs, freeze_epochs=cfg.freeze_epochs, eval_lengths=setup.eval_lengths,
                 epoch_metrics=epoch_metrics, select_metric=cfg.select_metric, start=setup.start,
                 on_checkpoint=checkpoint_writer(cfg, checkpoint_path, setup) if ctx.is_main else None,
-                on_batch_end=faults.batch_hook_from_env(), on_epoch_end=sink.log_epoch,
+                on_batch_end=faults.batch_hook_from_env(), on_epoch_end=chained(sink.log_epoch, on_epoch),
                 augment=augment_batch if cfg.augment_device == "model" else None,
                 lr_of_epoch=functools.partial(epoch_lr, base_lr=cfg.lr, epochs=cfg.epochs, schedule=cfg.lr_schedule,
                                               warmup_epochs=cfg.warmup_epochs),
@@ -142,13 +146,29 @@ def run_train(cfg: TrainConfig, resume_from: dict | None = None) -> TrainOutcome
         return None  # rank 0 logs the result
     deliver_metrics(sink, checkpoint_path, run_id)
     outcome = log_selected_model(cfg, setup.model, result, processed, device, sink)
-    # A finished run needs no crash-resume checkpoint: not on this disk (unless asked), nor on the
-    # server, where it would hold the weights a second time plus the optimizer state.
+    discard_checkpoints(cfg, run_id)
+    return outcome
+
+
+def chained(first: EpochCallback, second: EpochCallback | None) -> EpochCallback:
+    """``first``, then ``second`` if given, for every epoch."""
+    if second is None:
+        return first
+
+    def both(epoch: int, metrics: dict[str, float]) -> None:
+        first(epoch, metrics)
+        second(epoch, metrics)
+
+    return both
+
+
+def discard_checkpoints(cfg: TrainConfig, run_id: str) -> None:
+    """A finished (or pruned) run needs no crash-resume checkpoint: not on this disk (unless asked),
+    nor on the server, where it would hold the weights a second time plus the optimizer state."""
     if not cfg.keep_checkpoint:
-        checkpoint.discard(checkpoint_path)
+        checkpoint.discard(checkpoint.run_checkpoint_path(cfg.checkpoint_dir, run_id))
     if cfg.checkpoint_artifact:
         artifacts.delete_artifact(run_id, f"{CHECKPOINT_FOLDER}/{checkpoint.LAST}")
-    return outcome
 
 
 def seed_everything(seed: int) -> None:

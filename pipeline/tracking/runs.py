@@ -14,7 +14,7 @@ from typing import Any
 
 import mlflow
 import yaml
-from mlflow.entities import Run
+from mlflow.entities import Run, RunStatus
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
@@ -117,7 +117,7 @@ def require_reachable(uri: str, timeout: float = 5.0) -> None:
 
 @contextlib.contextmanager
 def step_run(step: str, run_name: str | None = None, *, nested: bool = False, run_id: str | None = None,
-             system_metrics: bool = False) -> Iterator[Run | None]:
+             system_metrics: bool = False, stopped: tuple[type[BaseException], ...] = ()) -> Iterator[Run | None]:
     """An MLflow run for one pipeline step; attaches to ``mlflow run``'s run when there is one.
 
     A failure marks the run FAILED; a user-facing error's message is also kept as a tag, so the
@@ -125,6 +125,8 @@ def step_run(step: str, run_name: str | None = None, *, nested: bool = False, ru
 
     Args:
         system_metrics: log MLflow's system metrics (CPU, memory, disk, GPUs) while the run lasts.
+        stopped: exceptions that stop the run on purpose (a pruned sweep trial): it ends KILLED,
+            not FAILED, and the exception goes on.
     """
     ctx = context_from_env()
     if not ctx.is_main:
@@ -139,6 +141,10 @@ def step_run(step: str, run_name: str | None = None, *, nested: bool = False, ru
         except RetinaFlowError as exc:
             mlflow.set_tag(tags.ERROR, str(exc)[:5000])
             raise
+        except stopped:
+            # Ended here, the run is no longer active when start_run's exit would mark it FAILED.
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            raise
 
 
 def create_child_run(name: str, step: str) -> str:
@@ -148,6 +154,13 @@ def create_child_run(name: str, step: str) -> str:
     run = MlflowClient().create_run(parent.info.experiment_id, run_name=name,
                                     tags={tags.PARENT_RUN: parent.info.run_id, tags.STEP: step})
     return run.info.run_id
+
+
+def tag_run(run_id: str, values: dict[str, str]) -> None:
+    """Tags a run that need not be the active one (a sweep trial's, once it has ended)."""
+    client = MlflowClient()
+    for key, value in values.items():
+        client.set_tag(run_id, key, value)
 
 
 def fail_if_unfinished(run_id: str) -> None:
