@@ -166,4 +166,7 @@ def fit_fuse_weight(targets: np.ndarray, probabilities: np.ndarray, patients: np
         log.warning("no patient has two photos in the validation set: eyes are not fused")
         return 0.0
     scores = [quadratic_kappa(targets, predicted_grades(fuse_eyes(probabilities, patients, w))) for w in FUSE_WEIGHTS]
-    return float(FUSE_WEIGHTS[int(np.argmax(scores))])
+    best = int(np.argmax(scores))
+    log.info("fellow eye's weight %.2f: QWK %.4f on the fitting set (each eye alone %.4f)",
+             FUSE_WEIGHTS[best], scores[best], scores[0])
+    return float(FUSE_WEIGHTS[best])
