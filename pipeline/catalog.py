@@ -85,5 +85,5 @@ DECISIONS = ("argmax", "kappa_thresholds")
 # (Kaggle 2015). Each has a cache of its own, and a grader prepares photos with its own.
 ENHANCEMENTS = ("none", "ben_graham")
 # Training augmentation: the labs' flips + rotation, or the field's flips, any rotation, shift,
-# scale, brightness and contrast (YijinHuang/pytorch-classification's EyePACS recipe).
+# scale, brightness and contrast (after YijinHuang/pytorch-classification's EyePACS config).
 AUGMENT_RECIPES = ("lab", "field")

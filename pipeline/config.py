@@ -292,12 +292,23 @@ def load_study_config(path: str | Path | None = None, overrides: dict[str, Any] 
     """Builds the study config from defaults, an optional YAML file and flat overrides.
 
     A flat override such as ``image_size`` applies to every section that has that key (both
-    ``preprocess`` and ``train``); a dotted one (``train.image_size``) to that section only.
+    ``preprocess`` and ``train``); a dotted one (``train.image_size``) to that section only. An
+    override of a ``train`` key also wins over a recipe that sets it (the command line wins).
     """
     values = read_yaml_with_bases(path) if path else {}
     for key, value in (overrides or {}).items():
-        values = _deep_merge(values, _nest_override(key, value))
+        nested = _nest_override(key, value)
+        values = _deep_merge(values, nested)
+        for leaf, leaf_value in nested.get("train", {}).items():
+            _override_recipes(values, leaf, leaf_value)
     return _build(StudyConfig, values)
+
+
+def _override_recipes(values: dict[str, Any], key: str, value: Any) -> None:
+    """Sets a train key given on the command line in every recipe of ``values`` that sets it too."""
+    for recipe in values.get("recipes") or []:
+        if isinstance(recipe, dict) and isinstance(recipe.get("train"), dict) and key in recipe["train"]:
+            recipe["train"] = {**recipe["train"], key: value}
 
 
 def load_sweep_config(values: dict[str, Any]) -> SweepConfig:
@@ -316,6 +327,8 @@ def _nest_override(key: str, value: Any) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     if key in _study_level_keys():
         nested[key] = value
+        if key in GRID_KEYS:  # `pretrained`: the study's list; the grid sets train's per configuration
+            return nested
     for section, section_type in _SECTION_TYPES.items():
         if key in {f.name for f in dataclasses.fields(section_type)}:
             nested[section] = {key: value}
@@ -412,7 +425,15 @@ def validate_study_config(cfg: StudyConfig) -> None:
     validate_preprocess_config(cfg.preprocess)
     validate_train_config(cfg.train)
     for recipe in cfg.recipes:
-        validate_train_config(recipe_train_config(cfg.train, recipe))
+        train = recipe_train_config(cfg.train, recipe)
+        try:
+            validate_train_config(train)
+        except ConfigError as exc:
+            raise ConfigError(f"recipes[{recipe.name}]: {exc}") from None
+        if train.enhance != cfg.preprocess.enhance:
+            # The study preprocesses one cache, of preprocess.enhance: another would not exist.
+            raise ConfigError(f"recipes[{recipe.name}] trains on enhance={train.enhance!r} but the study preprocesses "
+                              f"enhance={cfg.preprocess.enhance!r}; set enhance for the whole study (-P enhance=...)")
 
 
 def recipe_train_config(train: TrainConfig, recipe: RecipeConfig) -> TrainConfig:
@@ -427,9 +448,10 @@ def recipe_train_config(train: TrainConfig, recipe: RecipeConfig) -> TrainConfig
 
 
 def study_configurations(cfg: StudyConfig) -> list[Configuration]:
-    """Every cell of the study's grid, recipe by recipe, then depth, then pretraining."""
+    """Every cell of the study's grid, recipe by recipe, then depth, then pretraining: the study's
+    ``pretrained`` values, narrowed to a recipe's own where it lists them."""
     return [Configuration(model, pretrained, recipe.name) for recipe in cfg.recipes for model in cfg.models
-            for pretrained in (recipe.pretrained or cfg.pretrained)]
+            for pretrained in cfg.pretrained if not recipe.pretrained or pretrained in recipe.pretrained]
 
 
 def validate_sweep_config(cfg: SweepConfig) -> None:

@@ -158,14 +158,17 @@ def fuse_eyes(probabilities: np.ndarray, patients: np.ndarray, weight: float) ->
     return fused.astype(np.asarray(probabilities).dtype)
 
 
-def fit_fuse_weight(targets: np.ndarray, probabilities: np.ndarray, patients: np.ndarray) -> float:
-    """The fellow eye's weight (of ``FUSE_WEIGHTS``) with the best argmax QWK here; the smallest
-    on a tie, and 0 when no patient has two photos."""
+def fit_fuse_weight(targets: np.ndarray, probabilities: np.ndarray, patients: np.ndarray,
+                    cut_points: CutPoints | None = None) -> float:
+    """The fellow eye's weight (of ``FUSE_WEIGHTS``) whose blend gets the best QWK here under the
+    grader's decision (argmax, or ``cut_points``); the smallest on a tie, and 0 when no patient
+    has two photos."""
     _, has_fellow = fellow_eye_probabilities(probabilities, patients)
     if not has_fellow.any():
         log.warning("no patient has two photos in the validation set: eyes are not fused")
         return 0.0
-    scores = [quadratic_kappa(targets, predicted_grades(fuse_eyes(probabilities, patients, w))) for w in FUSE_WEIGHTS]
+    scores = [quadratic_kappa(targets, predicted_grades(fuse_eyes(probabilities, patients, w), cut_points))
+              for w in FUSE_WEIGHTS]
     best = int(np.argmax(scores))
     log.info("fellow eye's weight %.2f: QWK %.4f on the fitting set (each eye alone %.4f)",
              FUSE_WEIGHTS[best], scores[best], scores[0])

@@ -110,7 +110,8 @@ class OrdinalHead(nn.Module):
     def cumulative_logits(self, features: torch.Tensor) -> torch.Tensor:
         """Logits of P(grade >= k), k = 1..4, shape (N, 4), falling along k."""
         cuts = torch.cat([self.first_cut, self.first_cut - torch.cumsum(nnf.softplus(self.cut_gaps), dim=0)])
-        # fp32 whatever the autocast: the differences of probabilities below lose bf16's few digits.
+        # The score may come out of autocast in bf16; the cut points and everything after them are
+        # fp32: the differences of probabilities below would lose bf16's few digits.
         return self.score(features).float() + cuts.float()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

@@ -365,3 +365,25 @@ def test_field_yaml_puts_the_field_recipe_beside_the_labs_four():
 def test_a_bad_recipe_is_named(recipes, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate_study_config(load_study_config(None, {"recipes": recipes}))
+
+
+def test_the_command_line_wins_over_a_recipe_and_a_recipe_narrows_pretraining():
+    cfg = load_study_config("experiments/field.yaml", {"epochs": 1, "warmup_epochs": 0, "lr": 0.01,
+                                                       "pretrained": "false,true"})
+    validate_study_config(cfg)
+    lab, field_recipe = (recipe_train_config(cfg.train, recipe) for recipe in cfg.recipes)
+    assert (lab.lr, field_recipe.lr, field_recipe.warmup_epochs, field_recipe.epochs) == (0.01, 0.01, 0, 1)
+    assert field_recipe.optimizer == "adamw"  # what the command line leaves alone stays the recipe's
+    labels = [c.label for c in study_configurations(cfg)]
+    assert labels[-2:] == ["resnet18 pretrained field", "resnet50 pretrained field"]
+    scratch_only = load_study_config("experiments/field.yaml", {"pretrained": "false"})
+    assert [c.label for c in study_configurations(scratch_only)] == ["resnet18 scratch", "resnet50 scratch"]
+
+
+def test_a_recipes_bad_value_and_another_enhancement_are_named():
+    with pytest.raises(ConfigError, match=re.escape("recipes[field]: warmup_epochs=1 must be between 0 and epochs - 1 (0)")):
+        validate_study_config(load_study_config("experiments/field.yaml", {"epochs": 1}))
+    other = [{"name": "lab"}, {"name": "graham", "train": {"enhance": "ben_graham"}}]
+    with pytest.raises(ConfigError, match=re.escape("recipes[graham] trains on enhance='ben_graham' but the study "
+                                                    "preprocesses enhance='none'")):
+        validate_study_config(load_study_config(None, {"recipes": other}))

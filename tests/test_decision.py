@@ -134,5 +134,10 @@ def test_the_fellow_eyes_weight_is_chosen_where_it_helps():
     assert weight in FUSE_WEIGHTS and weight > 0
     fused = fuse_eyes(probabilities, patients, weight)
     assert quadratic_kappa(targets, predicted_grades(fused)) > quadratic_kappa(targets, predicted_grades(probabilities))
+    # Scored with cut points (the grader's decision under kappa_thresholds) the blend helps too.
+    with_cuts = fit_fuse_weight(targets, probabilities, patients, MIDPOINT_CUTS)
+    assert with_cuts > 0 and quadratic_kappa(targets, predicted_grades(fuse_eyes(probabilities, patients, with_cuts),
+                                                                      MIDPOINT_CUTS)) > quadratic_kappa(
+        targets, predicted_grades(probabilities, MIDPOINT_CUTS))
     # Without a second photo of any patient there is nothing to blend.
     assert fit_fuse_weight(targets, probabilities, np.arange(200).astype(str)) == 0.0

@@ -3,8 +3,9 @@ recipe a shift, a scale and colour jitter), in the loader or on the device.
 
 A fundus has no canonical orientation once left and right eyes mix, so every training image is
 flipped horizontally and vertically at random and rotated: by up to ``rotation_degrees`` in the
-labs' recipe (``lab``), by any angle in the field's (``field``, YijinHuang/pytorch-classification's
-EyePACS recipe), which also shifts, scales and jitters brightness and contrast. The draws are a
+labs' recipe (``lab``), by any angle in the field's (``field``, after YijinHuang/pytorch-classification's
+EyePACS config: its flips, rotation and colour jitter, with a smaller shift, 10% not 20%, and a
+zoom it leaves off), which also shifts, scales and jitters brightness and contrast. The draws are a
 function of torch's global RNG, which ``FundusDataset`` seeds per image from ``EpochSampler`` (see
 ``data.sampling``): the same image of the same epoch gets the same draws whether the loader
 applies them (``augment_image``, PIL) or the training device does, to whole uint8 batches

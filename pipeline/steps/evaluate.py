@@ -8,9 +8,9 @@ import pandas as pd
 
 from pipeline.catalog import INTERVAL_METRICS
 from pipeline.data.dataset import EvalPreset, FundusDataset, ProcessedDataset, make_loader
+from pipeline.decision import CutPoints, predicted_grades
 from pipeline.errors import DataError
 from pipeline.figures import confusion_figure, figure_png, roc_figure
-from pipeline.decision import CutPoints, predicted_grades
 from pipeline.metrics import confusion_matrices, metrics_with_intervals
 from pipeline.tracking import artifacts, registry, runs, tags
 from pipeline.tracking.sink import metric_sink

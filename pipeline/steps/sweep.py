@@ -39,6 +39,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the trials that count tow
 # The trial counts the sweep run logs, as metrics trials_<name>.
 COUNTED = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
 
+SWEEP_RECIPE = "sweep"  # the recipe name of every trial run
+
 
 @dataclass
 class SweepOutcome:
@@ -57,7 +59,9 @@ def run_sweep(cfg: SweepConfig, base: TrainConfig) -> SweepOutcome:
         base: every trial's train values before the space's draws; its select_metric becomes ``cfg.metric``.
     """
     validate_sweep_config(cfg)
-    base = dataclasses.replace(base, select_metric=cfg.metric)
+    # Trials are named a recipe of their own, so that `compare` never averages them (each with
+    # other values) into the rows of the labs' or another recipe's configurations.
+    base = dataclasses.replace(base, select_metric=cfg.metric, recipe=SWEEP_RECIPE)
     check_base(base)
     space = load_space(cfg.space)
     space.check_against(base)
@@ -81,7 +85,7 @@ def check_base(base: TrainConfig) -> None:
     if base.resume:
         raise ConfigError(f"resume={base.resume!r}: every trial is a new run; a sweep continues through its study_name")
     validate_train_config(base)
-    resolve_dataset_dir(base.data_dir, base.image_size)  # the data every trial reads, checked once
+    resolve_dataset_dir(base.data_dir, base.image_size, base.enhance)  # the data every trial reads, checked once
 
 
 def log_sweep_inputs(cfg: SweepConfig, base: TrainConfig, space: SearchSpace) -> None:

@@ -276,11 +276,12 @@ def log_selected_model(cfg: TrainConfig, model: nn.Module, result: FitResult, pr
     model = model.float().to(memory_format=torch.contiguous_format)
     test_rows, val_rows = processed.split("test"), processed.split("val")
     val_patients, test_patients = val_rows["patient"].to_numpy(), test_rows["patient"].to_numpy()
-    fuse_weight, cut_points = fit_decision(cfg, result.best_val, val_patients)
+    cut_points, fuse_weight = fit_decision(cfg, result.best_val, val_patients)
+    # The operating point, like the cut points, is one eye's: the served model grades single photos.
+    threshold, chosen = choose_operating_point(result.best_val.targets, result.best_val.probabilities,
+                                               cfg.referable_target_sensitivity)
     val_probabilities = fuse_eyes(result.best_val.probabilities, val_patients, fuse_weight)
     test_probabilities = fuse_eyes(result.best_test.probabilities, test_patients, fuse_weight)
-    threshold, chosen = choose_operating_point(result.best_val.targets, val_probabilities,
-                                               cfg.referable_target_sensitivity)
     best = result.history[result.best_epoch - 1]
     selected = log_test_evaluation(
         result.best_test.targets, test_probabilities, test_patients, prefix="selected_test_",
@@ -326,13 +327,13 @@ def outcome_of_run(run_id: str) -> TrainOutcome:
                         metrics["selected_test_accuracy"])
 
 
-def fit_decision(cfg: TrainConfig, val: EvalOutput, val_patients: np.ndarray) -> tuple[float, CutPoints | None]:
-    """How the selected model decides, fitted on its validation predictions: the fellow eye's
-    weight (``fuse_eyes``), then on the fused probabilities the cut points (``kappa_thresholds``)."""
-    weight = fit_fuse_weight(val.targets, val.probabilities, val_patients) if cfg.fuse_eyes else 0.0
-    if cfg.decision != "kappa_thresholds":
-        return weight, None
-    return weight, fit_cut_points(val.targets, fuse_eyes(val.probabilities, val_patients, weight))
+def fit_decision(cfg: TrainConfig, val: EvalOutput, val_patients: np.ndarray) -> tuple[CutPoints | None, float]:
+    """How the selected model decides, fitted on its validation predictions: the cut points
+    (``kappa_thresholds``) on each eye's own probabilities, as the served model grades a single
+    photo; then the fellow eye's weight (``fuse_eyes``) with which those cut points score best."""
+    cut_points = fit_cut_points(val.targets, val.probabilities) if cfg.decision == "kappa_thresholds" else None
+    weight = fit_fuse_weight(val.targets, val.probabilities, val_patients, cut_points) if cfg.fuse_eyes else 0.0
+    return cut_points, weight
 
 
 def decision_metrics(cfg: TrainConfig, fuse_weight: float, cut_points: CutPoints | None) -> dict[str, float]:

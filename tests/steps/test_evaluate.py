@@ -1,0 +1,48 @@
+"""evaluate decides as the grader says: each test eye blended with its fellow's, then cut points."""
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline.cli import evaluate as evaluate_cli
+from pipeline.data.dataset import EvalPreset, FundusDataset, ProcessedDataset, make_loader
+from pipeline.decision import fuse_eyes, predicted_grades, quadratic_kappa
+from pipeline.grading import PROBABILITY_COLUMNS, Grader, GraderSpec
+from pipeline.models import build_model
+from pipeline.steps.evaluate import TEST_PREDICTIONS
+from pipeline.tracking import registry
+
+CUT_POINTS = (1.9, 2.0, 2.1, 2.2)  # near the expected grade of an untrained network's near-uniform output
+FUSE_WEIGHT = 0.4
+
+
+def test_evaluate_fuses_each_eye_with_its_fellow_and_decides_by_the_cut_points(processed_dir, raw_dir, sqlite_tracking,
+                                                                               tmp_path):
+    torch.manual_seed(3)
+    grader = Grader(build_model("resnet18", pretrained=False),
+                    GraderSpec("resnet18", 32, 64, 0.5, cut_points=CUT_POINTS, fuse_weight=FUSE_WEIGHT))
+    photo = next((raw_dir / "images").iterdir()).read_bytes()
+    with mlflow.start_run():
+        uri, _ = registry.log_grader(grader, [photo, photo])
+    assert evaluate_cli.main(["--model_uri", uri, "--data_dir", str(processed_dir), "--bootstrap_resamples", "0"]) == 0
+
+    # By hand: the grader's own probabilities of the test cache, blended by patient, cut.
+    processed = ProcessedDataset(processed_dir, 64)
+    rows = processed.split("test")
+    loader = make_loader(FundusDataset(processed.root, rows, EvalPreset(32)), 8, shuffle=False, num_workers=0, seed=0)
+    targets, own = grader.probabilities_of(loader)
+    fused = fuse_eyes(own, rows["patient"].to_numpy(), FUSE_WEIGHT)
+    grades = predicted_grades(fused, CUT_POINTS)
+    assert not np.allclose(fused, own, atol=1e-4) and not (grades == own.argmax(axis=1)).all()  # both matter here
+
+    client = MlflowClient()
+    run = next(r for r in client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+               if r.data.tags.get("retina_flow.step") == "evaluate")
+    assert run.data.metrics["test_accuracy"] == pytest.approx(float((grades == targets).mean()))
+    assert run.data.metrics["test_kappa"] == pytest.approx(quadratic_kappa(targets, grades))
+    predictions = pd.read_csv(client.download_artifacts(run.info.run_id, TEST_PREDICTIONS, str(tmp_path)))
+    assert predictions["predicted_grade"].tolist() == grades.tolist()
+    assert predictions[PROBABILITY_COLUMNS].to_numpy() == pytest.approx(fused, abs=1e-5)
