@@ -143,12 +143,16 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(case, mode, reference
         assert torch.equal(final["model"][key], expected), key  # bit-exact on CPU
 
 
-def test_uint8_cache_and_device_augmentation_resume_bit_identically(processed_dir, tmp_path):
-    """cache_format=uint8 with augment_device=model: killed mid-epoch and resumed, the same weights to the bit."""
+def test_uint8_cache_device_augmentation_and_the_field_recipe_resume_bit_identically(processed_dir, tmp_path):
+    """cache_format=uint8 with augment_device=model, and the field's recipe (ordinal head, AdamW with
+    a cosine schedule after a warm-up, field augmentation on the device, flip TTA, cut points, fused
+    eyes): killed mid-epoch and resumed, the same weights to the bit, and the same decision."""
     data = Path(shutil.copytree(processed_dir / "64px", tmp_path / "data"))  # the arrays go beside its manifest
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     flags = ["--cache_format", "uint8", "--augment_device", "model", "--checkpoint_artifact", "false",
-             "--keep_checkpoint", "true"]
+             "--keep_checkpoint", "true", "--head", "ordinal", "--optimizer", "adamw", "--lr_schedule", "cosine",
+             "--warmup_epochs", "1", "--augment", "field", "--tta", "flips", "--decision", "kappa_thresholds",
+             "--fuse_eyes", "true"]
     finals = {}
     for name in ("reference", "crash"):
         (tmp_path / name).mkdir()
@@ -163,13 +167,17 @@ def test_uint8_cache_and_device_augmentation_resume_bit_identically(processed_di
         assert result.returncode == 0, result.stderr[-3000:]
         run = only_run(MlflowClient(store), name)
         assert run.data.params["cache_format"] == "uint8" and run.data.params["augment_device"] == "model"
+        assert (run.data.params["head"], run.data.params["augment"]) == ("ordinal", "field")
+        decision = {k: v for k, v in run.data.metrics.items() if k.startswith(("threshold_", "fuse_weight", "selected_"))}
         finals[name] = (histories(MlflowClient(store), run.info.run_id),
-                        checkpoint.load(checkpoints / run.info.run_id / checkpoint.LAST)["model"])
+                        checkpoint.load(checkpoints / run.info.run_id / checkpoint.LAST)["model"], decision)
     assert (data / "uint8" / "32px" / "train.npy").is_file()
     for metric, values in finals["reference"][0].items():
         assert finals["crash"][0][metric] == values, (metric, finals["crash"][0][metric], values)
     for key, expected in finals["reference"][1].items():
         assert torch.equal(finals["crash"][1][key], expected), key
+    assert "threshold_4" in finals["reference"][2] and "fuse_weight" in finals["reference"][2]
+    assert finals["crash"][2] == pytest.approx(finals["reference"][2], nan_ok=True)
 
 
 def test_killed_in_the_first_epoch_leaves_nothing_to_resume_and_says_so(processed_dir, tmp_path):
