@@ -23,6 +23,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from benchmarks.common import print_table, write_json
+from pipeline.catalog import LAB_RECIPE
 from pipeline.cli._runner import run_step
 from pipeline.config import coerce_list, load_study_config
 from pipeline.data.synthetic import EYEPACS_GRADE_SHARES, generate_eyepacs_layout
@@ -78,7 +79,7 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> list[dict[str, object
         "checkpoint_dir": str(work / "checkpoints"), "skip_unavailable_weights": True})
     recipes = []
     for recipe in cfg.recipes:
-        lr = args.lab_lr if recipe.name == "lab" else args.field_lr
+        lr = args.lab_lr if recipe.name == LAB_RECIPE else args.field_lr
         recipes.append(dataclasses.replace(recipe, pretrained=pretrained, train={**recipe.train, "lr": lr}))
     cfg = dataclasses.replace(cfg, recipes=recipes)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"

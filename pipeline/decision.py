@@ -83,10 +83,11 @@ def fit_cut_points(targets: np.ndarray, probabilities: np.ndarray) -> CutPoints 
     expected = expected_grade(probabilities)
     if not np.isfinite(expected).all() or len(targets) == 0:
         return None
-    argmax_kappa = quadratic_kappa(targets, predicted_grades(probabilities))
+    argmax_grades = predicted_grades(probabilities)
+    argmax_kappa = quadratic_kappa(targets, argmax_grades)
     candidates = _candidates(expected)
     fitted = [_ascend(targets, expected, start, candidates)
-              for start in (MIDPOINT_CUTS, _share_matching_cuts(expected, predicted_grades(probabilities)))]
+              for start in (MIDPOINT_CUTS, _share_matching_cuts(expected, argmax_grades))]
     cuts = max(fitted, key=lambda pair: pair[0])[1]
     kappa = quadratic_kappa(targets, predicted_grades(probabilities, cuts))
     log.info("cut points %s on the expected grade: QWK %.4f on the fitting set (argmax %.4f)",
@@ -152,7 +153,12 @@ def fuse_eyes(probabilities: np.ndarray, patients: np.ndarray, weight: float) ->
     """
     if weight == 0:
         return np.asarray(probabilities)
-    fellows, has_fellow = fellow_eye_probabilities(probabilities, patients)
+    return _blend(probabilities, *fellow_eye_probabilities(probabilities, patients), weight)
+
+
+def _blend(probabilities: np.ndarray, fellows: np.ndarray, has_fellow: np.ndarray, weight: float) -> np.ndarray:
+    if weight == 0:  # each eye alone, exactly (no 0 * a diverged fellow's NaN)
+        return np.asarray(probabilities)
     fused = np.array(probabilities, dtype=np.float64)
     fused[has_fellow] = (1 - weight) * fused[has_fellow] + weight * fellows[has_fellow]
     return fused.astype(np.asarray(probabilities).dtype)
@@ -163,11 +169,11 @@ def fit_fuse_weight(targets: np.ndarray, probabilities: np.ndarray, patients: np
     """The fellow eye's weight (of ``FUSE_WEIGHTS``) whose blend gets the best QWK here under the
     grader's decision (argmax, or ``cut_points``); the smallest on a tie, and 0 when no patient
     has two photos."""
-    _, has_fellow = fellow_eye_probabilities(probabilities, patients)
+    fellows, has_fellow = fellow_eye_probabilities(probabilities, patients)  # once, for every weight tried
     if not has_fellow.any():
         log.warning("no patient has two photos in the validation set: eyes are not fused")
         return 0.0
-    scores = [quadratic_kappa(targets, predicted_grades(fuse_eyes(probabilities, patients, w), cut_points))
+    scores = [quadratic_kappa(targets, predicted_grades(_blend(probabilities, fellows, has_fellow, w), cut_points))
               for w in FUSE_WEIGHTS]
     best = int(np.argmax(scores))
     log.info("fellow eye's weight %.2f: QWK %.4f on the fitting set (each eye alone %.4f)",

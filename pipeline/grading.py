@@ -91,9 +91,7 @@ class Grader:
     def fused(self, probabilities: np.ndarray, patients: np.ndarray | None) -> np.ndarray:
         """``probabilities`` with each eye blended with its fellow's (``fuse_weight``), where the
         photos' ``patients`` are known; as they are otherwise."""
-        if patients is None or not self.spec.fuse_weight:
-            return probabilities
-        return fuse_eyes(probabilities, patients, self.spec.fuse_weight)
+        return probabilities if patients is None else fuse_eyes(probabilities, patients, self.spec.fuse_weight)
 
     def decide(self, probabilities: np.ndarray, patients: np.ndarray | None = None) -> pd.DataFrame:
         """The prediction columns of probability rows (fused by patient when ``patients`` is given)."""
