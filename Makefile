@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/python -m pipeline.cli.generate --out $(DEMO_RAW) --train_patients 150 --test_patients 50 --size 512x384 --shares uniform
+	$(BIN)/python -m pipeline.cli.generate --out $(DEMO_RAW) --train_patients 150 --test_patients 50 --size 512x384 --shares uniform --defects 0.1
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run . -e main --env-manager local --experiment-name retina-flow \
 		-P config=experiments/demo.yaml -P raw_dir=$(DEMO_RAW) -P data_dir=$(DEMO_DATA) -P skip_unavailable_weights=true
 	@echo

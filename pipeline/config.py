@@ -227,6 +227,11 @@ def coerce_int(value: Any, name: str, minimum: int | None = None) -> int:
     return number
 
 
+def coerce_value(value: Any, value_type: type, name: str) -> Any:
+    """A command-line option of ``value_type``, with the same messages as config keys."""
+    return _coerce(value, value_type, name)
+
+
 def coerce_train_value(name: str, value: Any) -> Any:
     """``value`` as TrainConfig's key ``name`` takes it, or a ConfigError naming both."""
     return _coerce(value, typing.get_type_hints(TrainConfig)[name], name)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, NUM_GRADES
 from pipeline.data.dataset import RawPhotoDataset, photo_input, to_unit_float
-from pipeline.data.preprocess import PhotoSource
+from pipeline.data.photos import PhotoSource
 from pipeline.decision import CutPoints, fuse_eyes, predicted_grades
 from pipeline.errors import DataError
 from pipeline.metrics import referable_probability
@@ -49,7 +49,7 @@ class GraderSpec:
     head: str = "classification"  # the network's head (models.build_model)
     cut_points: CutPoints | None = None  # decision=kappa_thresholds (see ``decision``); None: argmax
     fuse_weight: float = 0.0  # the fellow eye's weight where a patient's two photos are graded together
-    enhance: str = "none"  # the cache's enhancement (preprocess.cache_image): new photos get it too
+    enhance: str = "none"  # the cache's enhancement (prepare.cache_image): new photos get it too
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.catalog import GRADE_NAMES, IMAGENET_WEIGHTS, INTERVAL_METRICS, LAB_RECIPE, REFERABLE_GRADE, config_label
-from pipeline.data.preprocess import CACHE_JPEG_QUALITY
+from pipeline.data.prepare import CACHE_JPEG_QUALITY
 from pipeline.decision import CutPoints
 from pipeline.grading import PREDICTION_COLUMNS
 

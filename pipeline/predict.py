@@ -7,20 +7,20 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.data.eyepacs import patient_of, read_image_list, resolve_image_dir
+from pipeline.data.photos import PHOTO_EXTENSIONS, PhotoFolder
 from pipeline.errors import DataError
 from pipeline.grading import Grader
-
-PHOTO_SUFFIXES = {".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp"}
 
 
 def list_inputs(source: str | Path) -> pd.DataFrame:
     """``id`` and ``path`` of every photo in a folder, or of every id in a CSV (images beside it)."""
     source = Path(source)
     if source.is_dir():
-        paths = sorted(p for p in source.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file())
-        if not paths:
-            raise DataError(f"{source} holds no photos ({', '.join(sorted(PHOTO_SUFFIXES))})")
-        return pd.DataFrame({"id": [p.stem for p in paths], "path": paths})
+        photos = PhotoFolder(source)
+        ids = photos.ids()
+        if not ids:
+            raise DataError(f"{source} holds no photos ({', '.join(f'.{ext}' for ext in PHOTO_EXTENSIONS)})")
+        return pd.DataFrame({"id": ids, "path": [photos.find(image_id) for image_id in ids]})
     if source.is_file():
         return read_image_list(source, resolve_image_dir(source.parent))
     raise DataError(f"input {source} is neither a folder of photos nor an image-id CSV")

@@ -12,7 +12,9 @@ import torch
 from PIL import Image
 
 from pipeline.data.dataset import EvalPreset, ProcessedDataset, photo_input
-from pipeline.data.preprocess import cache_image, load_rgb, preprocess
+from pipeline.data.photos import load_rgb
+from pipeline.data.prepare import cache_image
+from pipeline.data.preprocess import preprocess
 from pipeline.errors import DataError
 from pipeline.grading import PREDICTION_COLUMNS, PROBABILITY_COLUMNS, Grader, GraderSpec, encode_photos, grade_request
 from pipeline.predict import list_inputs, predict_photos
@@ -28,7 +30,7 @@ def test_a_new_photo_gets_exactly_the_pixels_training_saw(raw_dir, processed_dir
         from_cache = EvalPreset(32)(load_rgb(processed.root / row.file))
         assert torch.equal(photo_input(photo, processed.image_size, 32), from_cache), row.id
         assert torch.equal(photo_input(photo.read_bytes(), processed.image_size, 32), from_cache), row.id
-        assert cache_image(photo, processed.image_size)[0] == (processed.root / row.file).read_bytes()
+        assert cache_image(photo, processed.image_size).jpeg == (processed.root / row.file).read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,7 @@ def test_a_bad_row_is_named(grader, raw_dir, bad, message):
 def test_an_all_black_photo_is_refused_not_graded(grader):
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48)).save(buffer, format="PNG")
-    with pytest.raises(DataError, match="row 0: the photo: no fundus found"):
+    with pytest.raises(DataError, match="row 0: the photo: not a fundus photograph"):
         grade_request(grader, encode_photos([buffer.getvalue()]))
 
 

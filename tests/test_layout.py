@@ -51,3 +51,12 @@ def test_each_entry_point_has_a_step_module_and_a_cli_named_after_it():
         assert (PACKAGE / "cli" / f"{name}.py").is_file(), name
         if name != "generate":  # generate writes demo data; it is no tracked step
             assert (PACKAGE / "steps" / f"{STEP_OF_ENTRY_POINT.get(name, name)}.py").is_file(), name
+
+
+def test_preparing_a_photo_needs_no_torch():
+    """The one preparation of a photo (decode, field of view, crop) is shared by every grader,
+    including ones that run without torch."""
+    code = "import sys; import pipeline.data.prepare; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True,
+                            cwd=PROJECT_ROOT, check=True)
+    assert result.stdout.split() == ["False"]

@@ -1,11 +1,13 @@
 """One answer for a photo everywhere: evaluate (the processed cache), predict (the raw photos) and the
-served model (`mlflow models serve`, photos posted over HTTP) agree, to float tolerance."""
+served model (`mlflow models serve`, photos posted over HTTP) agree, to float tolerance; a DICOM
+photo gets the answer of its pixels, and nothing of its header reaches any output."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,10 +22,13 @@ from PIL import Image
 from pipeline.cli import evaluate as evaluate_cli
 from pipeline.cli import predict as predict_cli
 from pipeline.cli import train as train_cli
+from pipeline.data.prepare import cache_image
 from pipeline.grading import PREDICTION_COLUMNS, PROBABILITY_COLUMNS
 from pipeline.steps.evaluate import TEST_PREDICTIONS
 from pipeline.tracking import registry
-from tests.conftest import VENV_BIN, free_port, running_server, scratch_dir, subprocess_env
+from tests.conftest import VENV_BIN, free_port, mlflow_run, running_server, scratch_dir, subprocess_env
+from tests.dicom_files import PATIENT, VARIANTS, dicom_bytes
+from tests.real_photos import png_bytes
 
 pytestmark = pytest.mark.slow  # a training, a real tracking server and a real model server
 
@@ -155,3 +160,90 @@ def test_a_bad_photo_is_refused_naming_its_row(model_server, raw_dir, bad, messa
     assert status == 400
     assert message in answer["message"]
     assert "predictions" not in answer
+
+
+def dicom_folder(raw_dir: Path, folder: Path) -> dict[str, bytes]:
+    """Three test photos as PNG, and the same pixels as each kind of DICOM a camera exports."""
+    folder.mkdir()
+    files = {}
+    for original, (photometric, compressed) in zip(sorted((raw_dir / "images").iterdir())[:3], VARIANTS):
+        pixels = np.asarray(Image.open(original).convert("RGB"))
+        files[f"{original.stem}.png"] = recoded(original.read_bytes(), "RGB", "PNG")
+        files[f"{original.stem}-{photometric.lower()}.dcm"] = dicom_bytes(pixels, photometric, compressed)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return files
+
+
+def assert_no_patient_data(*texts: str) -> None:
+    for value in PATIENT.values():
+        assert not any(value in text for text in texts), f"{value!r} from a DICOM header reached an output"
+
+
+def test_a_dicom_photo_gets_the_grade_of_its_pixels_from_predict_and_the_served_model(
+        model_server, champion, raw_dir, mlflow_server, monkeypatch, tmp_path):
+    files = dicom_folder(raw_dir, tmp_path / "photos")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.chdir(tmp_path)
+    assert predict_cli.main(["--model_uri", champion["uri"], "--input", str(tmp_path / "photos"), "--output",
+                             str(tmp_path / "out.csv")]) == 0
+    predicted = pd.read_csv(tmp_path / "out.csv", dtype={"id": str}).set_index("id")
+    status, answer = invoke(model_server, list(files.values()))
+    assert status == 200, answer
+    served = pd.DataFrame(answer["predictions"], index=[Path(name).stem for name in files])
+    for name in files:
+        if not name.endswith(".dcm"):
+            continue
+        dicom_id = Path(name).stem
+        png_id = dicom_id.rsplit("-", 1)[0]
+        lossless = not dicom_id.endswith("ybr_full_422")
+        for answers in (predicted, served):
+            assert answers.loc[dicom_id, "predicted_grade"] == answers.loc[png_id, "predicted_grade"], dicom_id
+            difference = np.abs(answers.loc[dicom_id, PROBABILITY_COLUMNS].to_numpy(float)
+                                - answers.loc[png_id, PROBABILITY_COLUMNS].to_numpy(float)).max()
+            assert difference <= (TOLERANCE if lossless else 0.05), (dicom_id, difference)
+    client = MlflowClient(mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name("serving").experiment_id],
+                                filter_string=f"params.input = '{tmp_path / 'photos'}'")
+    logged = client.download_artifacts(run.info.run_id, "", str(tmp_path / "logged"))
+    assert_no_patient_data((tmp_path / "out.csv").read_text(), (champion["root"] / "serve.log").read_text(),
+                           json.dumps(answer), json.dumps(run.to_dictionary()),
+                           *(path.read_text() for path in Path(logged).rglob("*") if path.is_file()))
+
+
+def test_mlflow_run_preprocess_reads_dicom_photos_and_records_their_field(raw_dir, mlflow_server, tmp_path):
+    raw = Path(shutil.copytree(raw_dir, tmp_path / "raw"))
+    images = raw / "images"
+    train_ids = pd.read_csv(raw / "train_img.csv", header=None, dtype=str)[0].tolist()
+    converted = {}
+    for image_id, (photometric, compressed) in zip(train_ids[:3], VARIANTS):
+        photo = images / f"{image_id}.jpeg"
+        pixels = np.asarray(Image.open(photo).convert("RGB"))
+        (images / f"{image_id}.dcm").write_bytes(dicom_bytes(pixels, photometric, compressed))
+        photo.unlink()
+        converted[image_id] = pixels
+    # The same pixels as PNG, prepared the same way, are the reference for the DICOMs' cache images.
+    reference = {image_id: cache_image(png_bytes(pixels), 32) for image_id, pixels in converted.items()}
+    result = mlflow_run(mlflow_server, ["-e", "preprocess", "--experiment-name", "dicom-preprocess",
+                                        "-P", f"raw_dir={raw}", "-P", f"data_dir={tmp_path / 'processed'}",
+                                        "-P", "image_size=32", "-P", "num_workers=1"])
+    dataset = tmp_path / "processed" / "32px"
+    manifest = pd.read_csv(dataset / "manifest.csv", dtype={"id": str, "clipped": str}, keep_default_na=False)
+    rows = manifest.set_index("id").loc[list(converted)]
+    assert rows["source"].str.endswith(".dcm").all()
+    for image_id, row in rows.iterrows():
+        field = reference[image_id].field
+        assert abs(row["fundus_radius"] - field.radius) < 0.01 * field.radius
+        assert np.hypot(row["fundus_x"] - field.x, row["fundus_y"] - field.y) < 0.01 * field.radius
+        cached = np.asarray(Image.open(dataset / row["file"]), float)
+        expected = np.asarray(Image.open(io.BytesIO(reference[image_id].jpeg)), float)
+        # RGB holds the very pixels; YBR_FULL rounds each colour conversion; JPEG q95 loses a little.
+        tolerance = {"RGB": 1e-9, "YBR_FULL": 2}.get(VARIANTS[list(converted).index(image_id)][0], 4)
+        assert np.abs(cached - expected).mean() < tolerance, image_id
+    client = MlflowClient(mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name("dicom-preprocess").experiment_id])
+    assert run.info.status == "FINISHED"
+    logged = client.download_artifacts(run.info.run_id, "", str(tmp_path / "logged"))
+    assert_no_patient_data(result.stdout, result.stderr, (dataset / "manifest.csv").read_text(),
+                           (dataset / "dataset.json").read_text(), json.dumps(run.to_dictionary()),
+                           *(path.read_text() for path in Path(logged).rglob("*") if path.is_file()))

@@ -8,7 +8,7 @@ import os
 import sys
 
 from pipeline.cli._runner import setup_logging
-from pipeline.config import coerce_int
+from pipeline.config import coerce_int, coerce_value
 from pipeline.data.synthetic import EYEPACS_GRADE_SHARES, UNIFORM_GRADE_SHARES, generate_eyepacs_layout
 from pipeline.errors import ConfigError
 
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="512x384", help="photo WIDTHxHEIGHT; real EyePACS photos are up to 4752x3168")
     parser.add_argument("--shares", default="eyepacs", help="grade shares: eyepacs (73/7/15/2/2 %%), uniform, or 5 numbers")
     parser.add_argument("--seed", default="0")
+    parser.add_argument("--defects", default="0", help="share of photos given one of clinics' defects (frames, "
+                        "text, bars, markers, clipping, dark photos, a small fundus); 0-1 (default %(default)s)")
     parser.add_argument("--workers", default="0", help="processes; 0 = one per core")
     args = parser.parse_args(argv)
     setup_logging()
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             grade_shares=parse_shares(args.shares),
             seed=coerce_int(args.seed, "seed"),
             workers=coerce_int(args.workers, "workers", 0) or os.cpu_count() or 1,
+            defects=coerce_value(args.defects, float, "defects"),
         )
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

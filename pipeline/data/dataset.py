@@ -14,15 +14,9 @@ from torchvision.transforms.v2 import functional as F
 
 from pipeline.catalog import AUGMENT_RECIPES
 from pipeline.data import arrays, augment
-from pipeline.data.preprocess import (
-    MANIFEST,
-    METADATA,
-    PROCESSED_SPLITS,
-    PhotoSource,
-    cache_dir,
-    cache_image,
-    load_rgb,
-)
+from pipeline.data.photos import PhotoSource, load_rgb
+from pipeline.data.prepare import cache_image
+from pipeline.data.preprocess import MANIFEST, METADATA, PROCESSED_SPLITS, cache_dir
 from pipeline.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -275,9 +269,8 @@ def _check_size(processed: ProcessedDataset, image_size: int) -> None:
 
 def photo_input(source: PhotoSource, cache_size: int, image_size: int, enhance: str = "none") -> torch.Tensor:
     """A new photo as the network sees it: exactly the pixels of its processed-cache image (see
-    ``preprocess.cache_image``) through the eval preset, as a uint8 (3, size, size) tensor."""
-    jpeg, _ = cache_image(source, cache_size, enhance)
-    return EvalPreset(image_size)(load_rgb(jpeg))
+    ``prepare.cache_image``) through the eval preset, as a uint8 (3, size, size) tensor."""
+    return EvalPreset(image_size)(load_rgb(cache_image(source, cache_size, enhance).jpeg))
 
 
 class RawPhotoDataset(Dataset):

@@ -1,7 +1,8 @@
 """Reads the Kaggle EyePACS course-lab layout and rejects bad rows with their file and line.
 
 Layout: ``<raw_dir>/{train,test}_img.csv`` and ``{train,test}_label.csv`` (one column each, no
-header) plus one folder of ``<id>.jpeg`` images (``<raw_dir>/images`` or ``raw_dir`` itself).
+header) plus one folder of photos (``<raw_dir>/images`` or ``raw_dir`` itself), an id's photo
+being ``<id>.<ext>`` for any of ``photos.PHOTO_EXTENSIONS`` (``.jpeg`` in EyePACS itself).
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.catalog import NUM_GRADES
+from pipeline.data.photos import PHOTO_EXTENSIONS, PhotoFolder
 from pipeline.errors import DataError
 
 SPLITS = ("train", "test")
-IMAGE_SUFFIX = ".jpeg"
 # Written beside the CSVs by the synthetic generator, so every model trained on its photos says so.
 SYNTHETIC_MARKER = "synthetic.json"
 _HEADER_NAMES = {"image", "images", "id", "image_id", "img", "name", "filename", "file", "level", "label", "grade"}
@@ -56,9 +57,9 @@ def _is_integer_text(text: str) -> bool:
         return False
 
 
-def _has_id_header(ids: pd.Series, images: Path) -> bool:
-    """A first id that names a column (``image``, ``id``, ...) and is no file is a header row."""
-    return bool(len(ids)) and ids.iloc[0].lower() in _HEADER_NAMES and not (images / f"{ids.iloc[0]}{IMAGE_SUFFIX}").is_file()
+def _has_id_header(ids: pd.Series, photos: PhotoFolder) -> bool:
+    """A first id that names a column (``image``, ``id``, ...) and has no photo is a header row."""
+    return bool(len(ids)) and ids.iloc[0].lower() in _HEADER_NAMES and photos.find(ids.iloc[0]) is None
 
 
 def _drop_header(column: pd.Series, looks_like_header: bool) -> tuple[pd.Series, int]:
@@ -79,12 +80,12 @@ def read_split(raw_dir: str | Path, split: str, image_dir: str = "") -> pd.DataF
     if split not in SPLITS:
         raise ValueError(f"split={split!r}; expected one of {SPLITS}")
     img_csv, label_csv = raw_dir / f"{split}_img.csv", raw_dir / f"{split}_label.csv"
-    images = resolve_image_dir(raw_dir, image_dir)
+    photos = PhotoFolder(resolve_image_dir(raw_dir, image_dir).resolve())
     ids, labels = _read_column(img_csv), _read_column(label_csv)
 
     # A header is a first id that names a column rather than a file; a first grade that is no
     # number is one too when it names a column or sits beside an id header, else it is bad data.
-    id_header = _has_id_header(ids, images)
+    id_header = _has_id_header(ids, photos)
     label_header = bool(len(labels)) and not _is_integer_text(labels.iloc[0]) and (
         labels.iloc[0].lower() in _HEADER_NAMES or id_header
     )
@@ -100,7 +101,7 @@ def read_split(raw_dir: str | Path, split: str, image_dir: str = "") -> pd.DataF
         raise DataError(f"{img_csv} lists no images")
 
     grades = [_parse_grade(text, label_csv, first_label_line + row) for row, text in enumerate(labels)]
-    paths = _existing_image_paths(ids, images, img_csv, first_id_line)
+    paths = _existing_image_paths(ids, photos, img_csv, first_id_line)
     duplicated = ids[ids.duplicated()]
     if len(duplicated):
         raise DataError(f"{img_csv} lists image id {duplicated.iloc[0]!r} more than once")
@@ -109,19 +110,27 @@ def read_split(raw_dir: str | Path, split: str, image_dir: str = "") -> pd.DataF
 
 def read_image_list(csv_path: str | Path, image_dir: str | Path) -> pd.DataFrame:
     """An image-id CSV (one column, header optional) as ``id`` and checked ``path`` columns."""
-    csv_path, images = Path(csv_path), Path(image_dir)
+    csv_path, photos = Path(csv_path), PhotoFolder(Path(image_dir).resolve())
     ids = _read_column(csv_path)
-    ids, first_line = _drop_header(ids, _has_id_header(ids, images))
-    return pd.DataFrame({"id": ids, "path": _existing_image_paths(ids, images, csv_path, first_line)})
+    ids, first_line = _drop_header(ids, _has_id_header(ids, photos))
+    return pd.DataFrame({"id": ids, "path": _existing_image_paths(ids, photos, csv_path, first_line)})
 
 
-def _existing_image_paths(ids: pd.Series, images: Path, csv_path: Path, first_line: int) -> list[Path]:
-    """The photo of every id, each checked to stay inside ``images`` and to exist (errors name the line)."""
-    root = images.resolve()
-    paths = [_safe_image_path(image_id, root, csv_path, first_line + row) for row, image_id in enumerate(ids)]
-    for row, (image_id, path) in enumerate(zip(ids, paths)):
-        if not path.is_file():
-            raise DataError(f"{csv_path} line {first_line + row}: image id {image_id!r} has no file {path}")
+def _existing_image_paths(ids: pd.Series, photos: PhotoFolder, csv_path: Path, first_line: int) -> list[Path]:
+    """The photo of every id, each a plain name inside the photo folder that exists (errors name the line)."""
+    paths = []
+    others = ", ".join(f".{ext}" for ext in PHOTO_EXTENSIONS[1:])
+    for row, image_id in enumerate(ids):
+        line = first_line + row
+        _check_plain_id(image_id, photos.folder, csv_path, line)
+        try:
+            path = photos.find(image_id)
+        except DataError as exc:
+            raise DataError(f"{csv_path} line {line}: {exc}") from None
+        if path is None:
+            raise DataError(f"{csv_path} line {line}: image id {image_id!r} has no file "
+                            f"{photos.folder / image_id}.{PHOTO_EXTENSIONS[0]} (nor {others})")
+        paths.append(path)
     return paths
 
 
@@ -134,13 +143,10 @@ def _parse_grade(text: str, path: Path, line: int) -> int:
     return grade
 
 
-def _safe_image_path(image_id: str, root: Path, path: Path, line: int) -> Path:
-    """Resolves an id to its file, refusing ids that would read outside the image folder."""
+def _check_plain_id(image_id: str, root: Path, path: Path, line: int) -> None:
+    """Refuses ids that would read outside the image folder (ids are only ever looked up in its
+    listing, but say so rather than report a missing photo)."""
     if not image_id:
         raise DataError(f"{path} line {line}: empty image id")
     if "/" in image_id or "\\" in image_id or image_id in {".", ".."} or "\x00" in image_id:
         raise DataError(f"{path} line {line}: image id {image_id!r} is not a plain file name (it would reach outside {root})")
-    candidate = (root / f"{image_id}{IMAGE_SUFFIX}").resolve()
-    if candidate.parent != root:
-        raise DataError(f"{path} line {line}: image id {image_id!r} resolves outside the image folder {root}")
-    return candidate

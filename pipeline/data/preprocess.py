@@ -7,10 +7,8 @@ place at the end, so an interrupted preprocess never leaves a dataset later step
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -22,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageFilter, UnidentifiedImageError
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
-from pipeline.catalog import ENHANCEMENTS, NUM_GRADES
+from pipeline.catalog import NUM_GRADES
 from pipeline.data.eyepacs import SPLITS, SYNTHETIC_MARKER, read_split
+from pipeline.data.prepare import PreparedPhoto, cache_image
+from pipeline.data.quality import QUALITY_MEASURES, PhotoQuality
 from pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -36,13 +35,13 @@ MANIFEST = "manifest.csv"
 SKIPPED = "skipped_images.csv"
 METADATA = "dataset.json"
 PROCESSED_SPLITS = ("train", "val", "test")  # the manifest's split column: train's patients split off val
-FORMAT_VERSION = 1
-CACHE_JPEG_QUALITY = 95  # q95 decodes ~60x faster than the raw photos and keeps lesion detail
-_FUNDUS_THRESHOLD = 0.1  # share of the bright end of the histogram that still counts as fundus
-# Ben Graham's recipe, in units of the fundus radius: the blur's sigma, and the circle kept (his
-# rim mask hides the disc edge, where the local average mixes in the black background).
-_BEN_GRAHAM_SIGMA = 1 / 30
-_BEN_GRAHAM_RIM = 0.9
+# 2: the field of view is fitted as a circle and everything outside it is black; the manifest
+# records it (FIELD_COLUMNS) and the photo's quality measures (QUALITY_MEASURES). Images of an
+# older format are never reused.
+FORMAT_VERSION = 2
+# Each photo's field of view in the manifest, in the photo's own pixels: the centre, the radius,
+# and which edges cut it (``top,bottom``; empty when the whole circle is in the photo).
+FIELD_COLUMNS = ("fundus_x", "fundus_y", "fundus_radius", "clipped")
 
 
 @dataclass(frozen=True)
@@ -55,131 +54,33 @@ class ImageJob:
     enhance: str = "none"
 
 
+@dataclass(frozen=True)
+class Processed:
+    """What the manifest records of a photo: its own size, its field of view (``FIELD_COLUMNS``)
+    and its quality measures (``QUALITY_MEASURES``)."""
+
+    source_size: tuple[int, int]
+    fundus_x: float
+    fundus_y: float
+    fundus_radius: float
+    clipped: str  # the cut edges, comma-separated
+    quality: PhotoQuality
+
+    @classmethod
+    def of(cls, prepared: PreparedPhoto) -> Processed:
+        field = prepared.field
+        return cls(prepared.source_size, round(field.x, 2), round(field.y, 2), round(field.radius, 2),
+                   ",".join(field.clipped), prepared.quality)
+
+
 def cache_dir(data_dir: str | Path, image_size: int, enhance: str = "none") -> Path:
     """One cache per size and enhancement, so a new ``image_size`` or ``enhance`` never overwrites
     another's images: ``<size>px``, or ``<size>px-<enhance>``."""
     return Path(data_dir) / (f"{image_size}px" if enhance == "none" else f"{image_size}px-{enhance}")
 
 
-# A photo as a file, or as the bytes of one (a photo posted to the served model).
-PhotoSource = Path | bytes
-
-
-def _describe(source: PhotoSource) -> str:
-    return f"image {source}" if isinstance(source, Path) else "the photo"
-
-
-def _open(source: PhotoSource) -> Image.Image:
-    return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-
-
-def load_rgb(source: PhotoSource, min_side: int | None = None) -> Image.Image:
-    """Decodes an image as RGB, at a reduced JPEG scale that keeps both sides >= ``min_side``.
-
-    Greyscale, CMYK and palette images (and PNG content behind a .jpeg name) are converted.
-    Raises DataError naming the file when it is not a readable, complete image.
-    """
-    return _decode(source, None if min_side is None else (min_side, min_side))[0]
-
-
-def _decode(source: PhotoSource, at_least: tuple[int, int] | None) -> tuple[Image.Image, tuple[int, int]]:
-    """``load_rgb`` at the smallest JPEG scale that keeps the sides >= ``at_least``; also the photo's own size."""
-    try:
-        with _open(source) as img:
-            source_size = img.size  # read before draft() shrinks it
-            if at_least is not None:
-                # DCT-domain downscaling: skips most of the decode cost of a 10 MP photo.
-                img.draft("RGB", at_least)
-            img.load()
-            # convert() copies even an RGB image; the cache is read every epoch, so skip the copy.
-            return (img if img.mode == "RGB" else img.convert("RGB")), source_size
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{_describe(source)} is corrupt, truncated or not an image: {exc}") from None
-
-
-def fundus_box(img: Image.Image) -> tuple[int, int, int, int]:
-    """The square (left, top, right, bottom) around the round fundus, which may extend past the photo."""
-    grey = img.convert("L")
-    # The 99th percentile of the grey levels read off the 256-bin histogram: no sort of the pixels
-    # and no float copy of the image (np.percentile cost as much as the reduced decode).
-    cumulative = np.cumsum(grey.histogram())
-    rank = int(0.99 * (cumulative[-1] - 1))  # of the 99th percentile among the sorted pixels
-    p99 = int(np.searchsorted(cumulative, rank, side="right"))
-    level = max(5.0, _FUNDUS_THRESHOLD * p99)
-    mask = np.asarray(grey) > level
-    # Ignore speckle and burnt-in text: a fundus row or column has a real share of bright pixels.
-    rows = np.flatnonzero(np.count_nonzero(mask, axis=1) > 0.02 * grey.width)
-    cols = np.flatnonzero(np.count_nonzero(mask, axis=0) > 0.02 * grey.height)
-    if rows.size == 0 or cols.size == 0:
-        raise DataError("no fundus found: the image is (almost) entirely black")
-    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    # A fundus clipped at the top and bottom of the frame is still round: its width is the diameter.
-    side = max(bottom - top, right - left)
-    cx, cy = (left + right) / 2, (top + bottom) / 2
-    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
-    return x0, y0, x0 + side, y0 + side
-
-
-def crop_and_resize(source: PhotoSource, image_size: int) -> tuple[Image.Image, tuple[int, int]]:
-    """The fundus of ``source`` cropped square (black padding) and resized; also the source size."""
-    img, source_size = _decode(source, (image_size, image_size))
-    box = _fundus_box_of(source, img)
-    side = box[2] - box[0]
-    if side < image_size and img.size != source_size:
-        # The reduced decode left the disc smaller than the target (a fundus small in its frame):
-        # decode again at the smallest scale that keeps the disc >= image_size.
-        scale = image_size / side
-        img, _ = _decode(source, (math.ceil(img.width * scale), math.ceil(img.height * scale)))
-        box = _fundus_box_of(source, img)
-    fundus = img.crop(box)
-    return fundus.resize((image_size, image_size), Image.Resampling.BICUBIC, reducing_gap=3.0), source_size
-
-
-def _fundus_box_of(source: PhotoSource, img: Image.Image) -> tuple[int, int, int, int]:
-    try:
-        return fundus_box(img)
-    except DataError as exc:
-        raise DataError(f"{_describe(source)}: {exc}") from None
-
-
-def ben_graham(img: Image.Image) -> Image.Image:
-    """Ben Graham's preprocessing (Kaggle DR 2015) of a square fundus crop whose disc fills it.
-
-    Subtracts the local average colour, ``4 * img - 4 * blur(img, sigma = radius / 30) + 128``,
-    which evens out lighting and pigment and leaves lesions and vessels on a grey field; pixels
-    outside 0.9 of the radius become black.
-    """
-    radius = img.width / 2  # the crop scales every disc to the same radius: the image's half side
-    blurred = img.filter(ImageFilter.GaussianBlur(radius * _BEN_GRAHAM_SIGMA))
-    pixels = np.asarray(img, dtype=np.int16)
-    out = np.clip(4 * pixels - 4 * np.asarray(blurred, dtype=np.int16) + 128, 0, 255).astype(np.uint8)
-    # Distances from pixel centres to the centre of the image.
-    yy, xx = np.ogrid[:img.height, :img.width]
-    outside = (xx + 0.5 - img.width / 2) ** 2 + (yy + 0.5 - img.height / 2) ** 2 > (_BEN_GRAHAM_RIM * radius) ** 2
-    out[outside] = 0
-    return Image.fromarray(out)
-
-
-def cache_image(source: PhotoSource, cache_size: int, enhance: str = "none") -> tuple[bytes, tuple[int, int]]:
-    """What the processed cache holds for a photo: the JPEG file bytes of its cropped, resized
-    (and with ``enhance``, enhanced) fundus.
-
-    The one place a photo is prepared: preprocess writes these bytes, and predict and the served
-    model prepare a new photo with this same function, so all of them see the same pixels.
-    Also returns the photo's own size.
-    """
-    if enhance not in ENHANCEMENTS:
-        raise ValueError(f"enhance={enhance!r} is not supported; choose one of {', '.join(ENHANCEMENTS)}")
-    fundus, source_size = crop_and_resize(source, cache_size)
-    if enhance == "ben_graham":
-        fundus = ben_graham(fundus)
-    buffer = io.BytesIO()
-    fundus.save(buffer, format="JPEG", quality=CACHE_JPEG_QUALITY)
-    return buffer.getvalue(), source_size
-
-
-def _process(job: ImageJob) -> tuple[int, int] | str | None:
-    """Writes one output; returns the source size, None when an earlier output was reused, or
+def _process(job: ImageJob) -> Processed | str | None:
+    """Writes one output; returns what was found, None when an earlier output was reused, or
     (with ``skip_bad``) the reason a bad photo was left out."""
     if job.skip_bad:
         try:
@@ -192,9 +93,9 @@ def _process(job: ImageJob) -> tuple[int, int] | str | None:
         except OSError:
             shutil.copy2(job.reuse, job.target)
         return None
-    jpeg, source_size = cache_image(job.source, job.image_size, job.enhance)
-    job.target.write_bytes(jpeg)
-    return source_size
+    prepared = cache_image(job.source, job.image_size, job.enhance)
+    job.target.write_bytes(prepared.jpeg)
+    return Processed.of(prepared)
 
 
 def split_by_patient(frame: pd.DataFrame, val_fraction: float, seed: int) -> np.ndarray:
@@ -238,23 +139,37 @@ def _source_stamp(frame: pd.DataFrame) -> pd.DataFrame:
                         source_mtime_ns=[st.st_mtime_ns for st in stats])
 
 
-def _reusable(dataset: pd.DataFrame, previous_dir: Path) -> list[tuple[Path, tuple[int, int]] | None]:
-    """Earlier outputs whose source file is unchanged (same path, size and modification time),
-    with the source photo's size the earlier run recorded."""
-    manifest = previous_dir / MANIFEST
-    if not manifest.is_file():
+def _reusable(dataset: pd.DataFrame, previous_dir: Path) -> list[tuple[Path, Processed] | None]:
+    """Earlier outputs of this format whose source file is unchanged (same path, size and
+    modification time), with what the earlier run recorded of the photo."""
+    manifest, metadata = previous_dir / MANIFEST, previous_dir / METADATA
+    if not manifest.is_file() or not metadata.is_file():
         return [None] * len(dataset)
-    previous = pd.read_csv(manifest, dtype={"id": str, "patient": str, "source": str}).set_index("id")
-    if not {"source", "source_bytes", "source_mtime_ns", "source_width", "source_height"} <= set(previous.columns):
+    if json.loads(metadata.read_text()).get("format_version") != FORMAT_VERSION:
         return [None] * len(dataset)
-    reuse: list[tuple[Path, tuple[int, int]] | None] = []
+    previous = pd.read_csv(manifest, dtype={"id": str, "patient": str, "source": str, "clipped": str},
+                           keep_default_na=False).set_index("id")
+    reuse: list[tuple[Path, Processed] | None] = []
     for row in dataset.itertuples():
         old = previous.loc[row.id] if row.id in previous.index else None
         output = previous_dir / row.file
         unchanged = (old is not None and old["source"] == row.source and int(old["source_bytes"]) == row.source_bytes
                      and int(old["source_mtime_ns"]) == row.source_mtime_ns and output.is_file())
-        reuse.append((output, (int(old["source_width"]), int(old["source_height"]))) if unchanged else None)
+        reuse.append((output, _recorded(old)) if unchanged else None)
     return reuse
+
+
+def _recorded(row: pd.Series) -> Processed:
+    """A manifest row's record of its photo."""
+    return Processed((int(row["source_width"]), int(row["source_height"])), float(row["fundus_x"]),
+                     float(row["fundus_y"]), float(row["fundus_radius"]), str(row["clipped"]),
+                     PhotoQuality(*(float(row[name]) for name in QUALITY_MEASURES)))
+
+
+def _manifest_columns(records: list[Processed]) -> dict[str, list]:
+    return {"source_width": [r.source_size[0] for r in records], "source_height": [r.source_size[1] for r in records],
+            **{column: [getattr(r, column) for r in records] for column in FIELD_COLUMNS},
+            **{name: [getattr(r.quality, name) for r in records] for name in QUALITY_MEASURES}}
 
 
 def preprocess(raw_dir: str | Path, data_dir: str | Path, *, image_size: int = 512, image_dir: str = "",
@@ -287,21 +202,21 @@ def preprocess(raw_dir: str | Path, data_dir: str | Path, *, image_size: int = 5
         jobs = [ImageJob(Path(src), staging / rel, image_size, old[0] if old else None, on_bad_image == "skip",
                          enhance)
                 for src, rel, old in zip(dataset["path"], dataset["file"], reuse)]
-        sizes = _run_jobs(jobs, num_workers or os.cpu_count() or 1)
-        bad = [(image_id, reason) for image_id, reason in zip(dataset["id"], sizes) if isinstance(reason, str)]
+        results = _run_jobs(jobs, num_workers or os.cpu_count() or 1)
+        bad = [(image_id, reason) for image_id, reason in zip(dataset["id"], results) if isinstance(reason, str)]
         if len(bad) > max_bad_fraction * len(dataset):
             raise DataError(
                 f"{len(bad)} of {len(dataset)} photos are bad, more than max_bad_fraction={max_bad_fraction}; "
                 f"first: {bad[0][1]}")
         if bad:
             log.warning("left out %d bad photo(s), e.g. %s", len(bad), bad[0][1])
-            keep = [not isinstance(size, str) for size in sizes]
+            keep = [not isinstance(result, str) for result in results]
             dataset, reuse = dataset[keep].reset_index(drop=True), [r for r, k in zip(reuse, keep) if k]
-            sizes = [size for size in sizes if not isinstance(size, str)]
+            results = [result for result in results if not isinstance(result, str)]
             pd.DataFrame(bad, columns=["id", "reason"]).to_csv(staging / SKIPPED, index=False)
-        sizes = [size if size is not None else old[1] for size, old in zip(sizes, reuse)]
-        dataset["source_width"] = [w for w, _ in sizes]
-        dataset["source_height"] = [h for _, h in sizes]
+        records = [result if result is not None else old[1] for result, old in zip(results, reuse)]
+        for column, values in _manifest_columns(records).items():
+            dataset[column] = values
         metadata = {
             "format_version": FORMAT_VERSION,
             "image_size": image_size,
@@ -316,8 +231,8 @@ def preprocess(raw_dir: str | Path, data_dir: str | Path, *, image_size: int = 5
             "reused_images": sum(old is not None for old in reuse),
             "skipped_images": [{"id": image_id, "reason": reason} for image_id, reason in bad],
         }
-        columns = ["id", "grade", "patient", "split", "file", "source_width", "source_height",
-                   "source", "source_bytes", "source_mtime_ns"]
+        columns = ["id", "grade", "patient", "split", "file", "source_width", "source_height", *FIELD_COLUMNS,
+                   *QUALITY_MEASURES, "source", "source_bytes", "source_mtime_ns"]
         dataset[columns].to_csv(staging / MANIFEST, index=False)
         (staging / METADATA).write_text(json.dumps(metadata, indent=2))
         _replace_dir(staging, target)
@@ -340,15 +255,29 @@ def _grade_counts(frame: pd.DataFrame) -> list[int]:
     return [int((frame["grade"] == grade).sum()) for grade in range(NUM_GRADES)]
 
 
-def _run_jobs(jobs: list[ImageJob], workers: int) -> list[tuple[int, int] | None]:
-    progress = dict(total=len(jobs), desc="preprocess", unit="img", disable=None)
-    if workers <= 1 or all(job.reuse is not None for job in jobs):
-        return [_process(job) for job in tqdm(jobs, **progress)]
-    # At least 8 chunks per worker, so none idles while another finishes a long last chunk; a
-    # photo (~25 ms) costs far more than handing it over.
-    chunksize = max(1, min(8, len(jobs) // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(_process, jobs, chunksize=chunksize), **progress))
+def _run_jobs(jobs: list[ImageJob], workers: int) -> list[Processed | str | None]:
+    """Every job's result, in order: reused outputs linked here, new photos prepared by ``workers``
+    processes."""
+    results: list[Processed | str | None] = [None] * len(jobs)
+    fresh = [index for index, job in enumerate(jobs) if job.reuse is None]
+    with tqdm(total=len(jobs), desc="preprocess", unit="img", disable=None) as progress:
+        for index, job in enumerate(jobs):
+            if job.reuse is not None:  # a hard link: far cheaper than handing it to a worker
+                results[index] = _process(job)
+                progress.update()
+        if workers <= 1 or len(fresh) <= 1:
+            done = map(_process, (jobs[index] for index in fresh))
+            for index, result in zip(fresh, done):
+                results[index] = result
+                progress.update()
+            return results
+        # One photo at a time: a photo (~50 ms at 512 px) costs far more than handing it over, and
+        # no worker idles at the end while another finishes a chunk of several.
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for index, result in zip(fresh, pool.map(_process, [jobs[index] for index in fresh], chunksize=1)):
+                results[index] = result
+                progress.update()
+    return results
 
 
 def _replace_dir(staging: Path, target: Path) -> None:

@@ -31,7 +31,9 @@ import pandas as pd
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from pipeline.catalog import NUM_GRADES
+from pipeline.data import photo_defects
 from pipeline.data.eyepacs import SYNTHETIC_MARKER
+from pipeline.data.fov import FieldOfView
 
 logger = logging.getLogger(__name__)
 
@@ -558,6 +560,11 @@ def render_fundus(grade: int, eye: str, size: tuple[int, int], rng: np.random.Ge
 
     All randomness comes from ``rng``, so the same generator state gives the same pixels.
     """
+    return render_photo(grade, eye, size, rng)[0]
+
+
+def render_photo(grade: int, eye: str, size: tuple[int, int], rng: np.random.Generator) -> tuple[Image.Image, FieldOfView]:
+    """``render_fundus``'s photo and its field of view, as drawn (the aperture's circle, cut by the frame)."""
     if isinstance(grade, bool) or not isinstance(grade, numbers.Integral) or not 0 <= grade < NUM_GRADES:
         raise SyntheticDataError(f"grade must be an integer in 0..{NUM_GRADES - 1}, got {grade!r}")
     if eye not in EYES:
@@ -611,7 +618,9 @@ def render_fundus(grade: int, eye: str, size: tuple[int, int], rng: np.random.Ge
     # Real fundus photos are never razor sharp.
     img = img.filter(ImageFilter.GaussianBlur(max(0.5, d * 0.0011)))
     # The sensor's noise comes after the optics' blur; it is what makes real files 1-4 MB.
-    return _add_sensor_noise(img, rng) if is_camera_size((width, height)) else img
+    img = _add_sensor_noise(img, rng) if is_camera_size((width, height)) else img
+    # The aperture is the circle of radius geo.radius about (cx, cy), in pixel-edge coordinates.
+    return img, FieldOfView(geo.cx, geo.cy, geo.radius, 0.0, 0.0, float(width), float(height))
 
 
 def is_camera_size(size: tuple[int, int]) -> bool:
@@ -682,11 +691,44 @@ def _patient_grades(n_patients: int, shares: np.ndarray, rng: np.random.Generato
     return np.stack([left, right], axis=1)
 
 
-def _render_task(task: tuple[str, int, str, tuple[int, int], int, int, int | None]) -> None:
-    """Worker entry point: renders one image and writes it (top level so it pickles)."""
-    path, grade, eye, size, seed, index, quality = task
+# What clinics' exports do to a photo (``photo_defects``), each as the generator applies it; a
+# share of the photos (``defects``) gets one, drawn per photo.
+DEFECTS: dict[str, object] = {
+    "grey frame and text": lambda p: _with_text(photo_defects.on_frame(p, photo_defects.DARK_GREY, 0.35)),
+    "navy frame": lambda p: photo_defects.on_frame(p, photo_defects.NAVY, 0.15),
+    "white bar over a clipped field": lambda p: photo_defects.edge_bar(
+        photo_defects.clip(p, top=0.12, bottom=0.12), "bottom", 0.06),
+    "corner marker": lambda p: photo_defects.corner_marker(photo_defects.on_frame(p, (0, 0, 0), 0.15)),
+    "clipped side": lambda p: photo_defects.clip(p, left=0.2),
+    "dark rim": lambda p: photo_defects.dark_rim(p, 0.12),
+    "dark photo": lambda p: photo_defects.darken(p, 0.35),
+    "small in frame": lambda p: photo_defects.small_in_frame(p, 0.5, 1.4),
+}
+# Written beside the CSVs: every photo's field of view as drawn, and its defect.
+FIELDS_FILE = "fields.csv"
+
+
+def _with_text(photo: photo_defects.Photo) -> photo_defects.Photo:
+    try:
+        return photo_defects.burn_text(photo)
+    except ValueError:  # a frame too narrow for the text at this size: the frame alone
+        return photo
+
+
+def _render_task(task: tuple[str, int, str, tuple[int, int], int, int, int | None, float]) -> dict[str, object]:
+    """Worker entry point: renders one image, writes it and returns its field's record (top level so it pickles)."""
+    path, grade, eye, size, seed, index, quality, defects = task
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
-    save_photo(render_fundus(grade, eye, size, rng), path, quality)
+    img, field = render_photo(grade, eye, size, rng)
+    defect = ""
+    # Drawn after the rendering, so a photo's rendering never depends on ``defects``.
+    if defects > 0 and rng.random() < defects:
+        defect = list(DEFECTS)[int(rng.integers(len(DEFECTS)))]
+        photo = DEFECTS[defect](photo_defects.Photo.of(np.asarray(img), field))
+        img, field = photo.image, photo.field
+    save_photo(img, path, quality)
+    return {"id": Path(path).stem, "fundus_x": round(field.x, 2), "fundus_y": round(field.y, 2),
+            "fundus_radius": round(field.radius, 2), "clipped": ",".join(field.clipped), "defect": defect}
 
 
 def generate_eyepacs_layout(
@@ -699,6 +741,7 @@ def generate_eyepacs_layout(
     seed: int = 0,
     jpeg_quality: int | None = None,
     workers: int = 1,
+    defects: float = 0.0,
 ) -> dict[str, int]:
     """Writes the Kaggle EyePACS course-lab layout and returns the image count per split.
 
@@ -710,6 +753,10 @@ def generate_eyepacs_layout(
 
     ``jpeg_quality`` None writes as a camera does at camera sizes (longest side >=
     ``CAMERA_MIN_SIDE``: sensor noise, q95 with 4:2:2 chroma, ~2 MB at 3888x2592) and q90 below.
+
+    ``defects`` is the share of photos given one of clinics' defects (``DEFECTS``: frames, text,
+    bars, markers, clipping, dark photos, a small fundus); ``fields.csv`` records every photo's
+    field of view as drawn (in its pixels) and its defect.
     """
     train_patients = _check_count("train_patients", train_patients)
     test_patients = _check_count("test_patients", test_patients)
@@ -719,6 +766,8 @@ def generate_eyepacs_layout(
     if jpeg_quality is not None and _check_count("jpeg_quality", jpeg_quality) > 100:
         raise SyntheticDataError(f"jpeg_quality must be in 1..100, got {jpeg_quality!r}")
     workers = _check_count("workers", workers)
+    if not isinstance(defects, numbers.Real) or not 0 <= defects <= 1:
+        raise SyntheticDataError(f"defects must be a share in [0, 1], got {defects!r}")
 
     out = Path(out_dir)
     images_dir = out / "images"
@@ -734,7 +783,7 @@ def generate_eyepacs_layout(
         "test": np.sort(patient_numbers[order[train_patients:]]),
     }
 
-    tasks: list[tuple[str, int, str, tuple[int, int], int, int, int | None]] = []
+    tasks: list[tuple[str, int, str, tuple[int, int], int, int, int | None, float]] = []
     counts: dict[str, int] = {}
     for split, patients in splits.items():
         grades = _patient_grades(len(patients), shares, rng)
@@ -746,7 +795,8 @@ def generate_eyepacs_layout(
                 ids.append(image_id)
                 labels.append(int(grade))
                 tasks.append(
-                    (str(images_dir / f"{image_id}.jpeg"), int(grade), eye, (width, height), seed, len(tasks), jpeg_quality)
+                    (str(images_dir / f"{image_id}.jpeg"), int(grade), eye, (width, height), seed, len(tasks),
+                     jpeg_quality, float(defects))
                 )
         pd.Series(ids).to_csv(out / f"{split}_img.csv", header=False, index=False)
         pd.Series(labels, dtype=int).to_csv(out / f"{split}_label.csv", header=False, index=False)
@@ -758,16 +808,16 @@ def generate_eyepacs_layout(
         len(tasks), width, height, out, workers,
     )
     if workers == 1:
-        for task in tasks:
-            _render_task(task)
+        fields = [_render_task(task) for task in tasks]
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             # Consuming the iterator re-raises any worker exception here.
-            for _ in pool.map(_render_task, tasks, chunksize=max(1, len(tasks) // (workers * 8))):
-                pass
+            fields = list(pool.map(_render_task, tasks, chunksize=max(1, len(tasks) // (workers * 8))))
+    pd.DataFrame(fields).to_csv(out / FIELDS_FILE, index=False)
     (out / SYNTHETIC_MARKER).write_text(json.dumps({
         "generator": "retina-flow synthetic fundus generator (pipeline/data/synthetic.py)",
         "size": [width, height], "camera_format": is_camera_size((width, height)), "grade_shares": [float(s) for s in shares], "seed": seed, "counts": counts,
+        "defects": float(defects),
     }, indent=2))
     logger.info("Synthetic EyePACS layout written: %s", counts)
     return counts

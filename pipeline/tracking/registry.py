@@ -24,7 +24,8 @@ from pipeline.tracking.served import SPEC_ARTIFACT, WEIGHTS_ARTIFACT, GraderMode
 
 # What the served model imports, pinned to the versions it was trained with. Explicit: inferring
 # requirements costs ~18 s per logged model on these machines.
-SERVED_PACKAGES = ("torch", "torchvision", "pillow", "numpy", "pandas", "scikit-learn", "tqdm")
+SERVED_PACKAGES = ("torch", "torchvision", "pillow", "numpy", "pandas", "scikit-learn", "tqdm", "scikit-image", "scipy",
+                   "pydicom")
 
 
 def served_requirements() -> list[str]:

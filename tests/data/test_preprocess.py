@@ -10,124 +10,13 @@ from PIL import Image
 
 from pipeline.data import preprocess as preprocess_module
 from pipeline.data.dataset import ProcessedDataset
-from pipeline.data.preprocess import (
-    MANIFEST,
-    METADATA,
-    ben_graham,
-    cache_dir,
-    cache_image,
-    crop_and_resize,
-    fundus_box,
-    load_rgb,
-    preprocess,
-    split_by_patient,
-)
+from pipeline.data.prepare import cache_image, crop_and_resize
+from pipeline.data.preprocess import FIELD_COLUMNS, MANIFEST, METADATA, cache_dir, preprocess, split_by_patient
 from pipeline.errors import DataError
 
 
 def first_image(raw):
     return sorted((raw / "images").iterdir())[0]
-
-
-def test_crop_is_square_and_tight_around_the_disc(tmp_path):
-    # A bright disc of diameter 100 centred at (150, 80) on a 300x200 black photo.
-    yy, xx = np.mgrid[0:200, 0:300]
-    disc = ((xx - 150) ** 2 + (yy - 80) ** 2) <= 50 ** 2
-    pixels = np.zeros((200, 300, 3), np.uint8)
-    pixels[disc] = (200, 90, 40)
-    left, top, right, bottom = fundus_box(Image.fromarray(pixels))
-    assert right - left == bottom - top
-    assert abs(left - 100) <= 1 and abs(top - 30) <= 1 and abs(right - 201) <= 1
-
-
-def test_disc_clipped_by_the_frame_is_padded_square():
-    # Diameter 200 disc clipped top and bottom by a 120 px tall photo: the crop keeps it round.
-    yy, xx = np.mgrid[0:120, 0:300]
-    pixels = np.zeros((120, 300, 3), np.uint8)
-    pixels[((xx - 150) ** 2 + (yy - 60) ** 2) <= 100 ** 2] = 180
-    left, top, right, bottom = fundus_box(Image.fromarray(pixels))
-    assert right - left == bottom - top >= 199
-    assert top < 0 and bottom > 120
-
-
-def test_black_image_is_an_error():
-    with pytest.raises(DataError, match="no fundus found"):
-        fundus_box(Image.new("RGB", (64, 64)))
-
-
-@pytest.mark.parametrize("size", [32, 64])
-def test_crop_and_resize_outputs_the_requested_size(raw_dir, size):
-    image, source_size = crop_and_resize(first_image(raw_dir), size)
-    assert image.size == (size, size) and image.mode == "RGB"
-    assert source_size == (128, 96)
-    pixels = np.asarray(image, dtype=float)
-    assert pixels[size // 2, size // 2].sum() > 100 and pixels[0, 0].sum() < 30  # disc centred, corners black
-
-
-def test_reduced_scale_decode_matches_full_decode(tmp_path, raw_dir):
-    big = tmp_path / "big.jpeg"
-    Image.open(first_image(raw_dir)).resize((1024, 768), Image.Resampling.BICUBIC).save(big, quality=95)
-    reduced, _ = crop_and_resize(big, 64)
-    full = load_rgb(big).crop(fundus_box(load_rgb(big))).resize((64, 64), Image.Resampling.BICUBIC)
-    difference = np.abs(np.asarray(reduced, float) - np.asarray(full, float)).mean()
-    assert difference < 6, difference
-
-
-def test_a_fundus_small_in_its_frame_is_decoded_at_the_next_scale_not_in_full(tmp_path, monkeypatch):
-    # A disc of diameter 300 in a 1024x768 frame: at 1/4 scale (256x192, what the frame alone
-    # allows for 128 px) the disc is 75 px, too small; 1/2 scale keeps it at 150 px.
-    yy, xx = np.mgrid[0:768, 0:1024]
-    pixels = np.zeros((768, 1024, 3), np.uint8)
-    pixels[((xx - 500) ** 2 + (yy - 400) ** 2) <= 150 ** 2] = (190, 80, 40)
-    path = tmp_path / "small_disc.jpeg"
-    Image.fromarray(pixels).save(path, quality=95)
-    decoded = []
-    real_decode = preprocess_module._decode
-
-    def recording(source, at_least):
-        img, size = real_decode(source, at_least)
-        decoded.append(img.size)
-        return img, size
-
-    monkeypatch.setattr(preprocess_module, "_decode", recording)
-    image, source_size = crop_and_resize(path, 128)
-    assert decoded == [(256, 192), (512, 384)] and source_size == (1024, 768)
-    full = load_rgb(path).crop(fundus_box(load_rgb(path))).resize((128, 128), Image.Resampling.BICUBIC)
-    assert np.abs(np.asarray(image, float) - np.asarray(full, float)).mean() < 3
-
-
-def test_the_disc_threshold_is_the_99th_percentile_of_the_grey_levels():
-    """Read off the histogram, as np.percentile would sort it: 5 % of the pixels at 200 make the
-    level 20, so a patch at 25 counts as fundus and one at 15 does not."""
-    pixels = np.zeros((100, 100, 3), np.uint8)
-    pixels[:10, :50] = 200  # the bright 5 % set the 99th percentile
-    pixels[40:60, 60:80] = 25
-    pixels[40:60, 85:95] = 15
-    left, _, right, _ = fundus_box(Image.fromarray(pixels))
-    assert (left, right) == (0, 80)
-
-
-@pytest.mark.parametrize("mode, fmt", [("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "PNG"), ("P", "PNG")])
-def test_other_image_modes_and_png_content_are_converted(tmp_path, raw_dir, mode, fmt):
-    path = tmp_path / "odd.jpeg"  # PNG content behind a .jpeg name happens in scraped data sets
-    Image.open(first_image(raw_dir)).convert(mode).save(path, format=fmt)
-    image, _ = crop_and_resize(path, 32)
-    assert image.mode == "RGB" and image.size == (32, 32)
-
-
-def test_truncated_image_names_the_file(tmp_path, raw_dir):
-    path = tmp_path / "cut.jpeg"
-    data = first_image(raw_dir).read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataError, match=r"image .*cut\.jpeg is corrupt, truncated or not an image"):
-        crop_and_resize(path, 32)
-
-
-def test_garbage_file_names_the_file(tmp_path):
-    path = tmp_path / "noise.jpeg"
-    path.write_bytes(os.urandom(2000))
-    with pytest.raises(DataError, match=r"noise\.jpeg is corrupt"):
-        load_rgb(path)
 
 
 def test_split_keeps_patients_whole_and_is_seeded():
@@ -248,36 +137,6 @@ def test_skip_policy_still_fails_when_too_many_are_bad(raw_copy, tmp_path):
     assert not cache_dir(tmp_path / "out", 32).exists()
 
 
-def flat_disc(side: int, colour: tuple[int, int, int]) -> tuple[Image.Image, np.ndarray]:
-    """A flat-colour disc filling a black square, as the crop leaves a fundus; and each pixel
-    centre's distance from the centre, in radii."""
-    yy, xx = np.mgrid[0:side, 0:side]
-    distance = np.hypot(xx + 0.5 - side / 2, yy + 0.5 - side / 2) / (side / 2)
-    pixels = np.zeros((side, side, 3), np.uint8)
-    pixels[distance <= 1] = colour
-    return Image.fromarray(pixels), distance
-
-
-@pytest.mark.parametrize("side, colour", [(64, (180, 90, 40)), (128, (30, 200, 120))])
-def test_ben_graham_turns_a_flat_colour_disc_into_a_flat_grey_disc_with_a_black_rim(side, colour):
-    disc, distance = flat_disc(side, colour)
-    out = np.asarray(ben_graham(disc)).astype(int)
-    assert out.shape == (side, side, 3)
-    assert np.abs(out[distance <= 0.85] - 128).max() <= 3  # the local average is the colour itself
-    assert (out[distance > 0.9] == 0).all()
-
-
-def test_ben_graham_amplifies_detail_finer_than_its_blur_fourfold():
-    """A dot 20 levels darker than its surroundings (a microaneurysm) ends ~80 below the grey:
-    the blur (sigma 128/30 px here) barely sees a single pixel."""
-    disc, _ = flat_disc(256, (180, 90, 40))
-    pixels = np.array(disc)
-    pixels[100, 120] = (160, 70, 20)
-    out = np.asarray(ben_graham(Image.fromarray(pixels))).astype(int)
-    assert (np.abs(out[100, 120] - (128 - 4 * 20)) <= 4).all(), out[100, 120]
-    assert np.abs(out[100, 140] - 128).max() <= 3  # 20 px (~5 sigma) away: flat grey again
-
-
 def test_enhance_has_a_cache_of_its_own_and_train_picks_the_requested_one(raw_dir, tmp_path):
     target = tmp_path / "processed"
     plain = preprocess(raw_dir, target, image_size=32, num_workers=1)
@@ -292,7 +151,7 @@ def test_enhance_has_a_cache_of_its_own_and_train_picks_the_requested_one(raw_di
     assert (target / "32px-ben_graham" / "images" / first).read_bytes() != before[first]
     # The cache holds what cache_image gives a photo: the one preparation path.
     assert (target / "32px-ben_graham" / "images" / first).read_bytes() == cache_image(
-        raw_dir / "images" / first, 32, "ben_graham")[0]
+        raw_dir / "images" / first, 32, "ben_graham").jpeg
     assert ProcessedDataset(target, 32, "ben_graham").root == target / "32px-ben_graham"
     assert ProcessedDataset(target, 32).root == target / "32px"
     assert ProcessedDataset(target / "32px-ben_graham", 32, "ben_graham").enhance == "ben_graham"
@@ -313,6 +172,38 @@ def test_a_dataset_from_before_enhance_holds_plain_images(processed_dir, tmp_pat
     assert ProcessedDataset(tmp_path / "data", 32).enhance == "none"
     with pytest.raises(DataError, match="holds enhance=none images"):
         ProcessedDataset(old, 32, "ben_graham")
+
+
+def test_manifest_records_each_photos_field_of_view_as_drawn(processed_dir, raw_dir):
+    """The generator's own geometry (fields.csv) is the truth: the manifest's bound columns, in
+    the source photo's pixels, are within 2% of the radius of it."""
+    manifest = pd.read_csv(processed_dir / "64px" / MANIFEST, dtype={"id": str, "clipped": str}, keep_default_na=False)
+    assert set(FIELD_COLUMNS) <= set(manifest.columns)
+    drawn = pd.read_csv(raw_dir / "fields.csv", dtype={"id": str}).set_index("id").loc[manifest["id"]]
+    radius = drawn["fundus_radius"].to_numpy()
+    centre_error = np.hypot(manifest["fundus_x"] - drawn["fundus_x"].to_numpy(), manifest["fundus_y"] - drawn["fundus_y"].to_numpy())
+    assert (centre_error / radius).max() < 0.02
+    assert (np.abs(manifest["fundus_radius"] - radius) / radius).max() < 0.02
+    assert set(manifest["clipped"]) <= {"", "top", "bottom", "top,bottom"}
+
+
+def test_a_photo_without_a_fundus_is_named_or_skipped(raw_copy, tmp_path):
+    victim = sorted((raw_copy / "images").iterdir())[2]
+    Image.new("RGB", (128, 96), (90, 90, 90)).save(victim, format="JPEG")
+    with pytest.raises(DataError, match=rf"image .*{victim.name}: not a fundus photograph"):
+        preprocess(raw_copy, tmp_path / "out", image_size=32, num_workers=1)
+    summary = preprocess(raw_copy, tmp_path / "out", image_size=32, num_workers=1, on_bad_image="skip",
+                         max_bad_fraction=0.1)
+    assert [entry["id"] for entry in summary["skipped_images"]] == [victim.stem]
+    assert "not a fundus photograph" in summary["skipped_images"][0]["reason"]
+
+
+def test_a_cache_of_the_old_format_is_rebuilt_not_reused(raw_copy, tmp_path):
+    target = tmp_path / "processed"
+    preprocess(raw_copy, target, image_size=32, num_workers=1)
+    metadata = json.loads((cache_dir(target, 32) / METADATA).read_text())
+    (cache_dir(target, 32) / METADATA).write_text(json.dumps({**metadata, "format_version": 1}))
+    assert preprocess(raw_copy, target, image_size=32, num_workers=1)["reused_images"] == 0
 
 
 def test_an_unknown_enhancement_is_refused(raw_dir):

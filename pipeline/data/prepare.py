@@ -1,0 +1,123 @@
+"""The one place a photo becomes the pixels a network sees: preprocess writes these into the
+processed cache, and predict and the served model prepare every new photo with them.
+
+A photo is decoded at the smallest JPEG scale that keeps its field at least the cache's size, its
+field of view is found (``fov``), the square around the field's circle is resized to the cache
+size with everything outside the field black (so frames, text and bars never reach the network),
+optionally enhanced (Ben Graham), and encoded as the cache's JPEG. No torch here.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from pipeline.catalog import ENHANCEMENTS
+from pipeline.data.fov import FieldOfView, NotAFundusError, crop_field, crop_mask, find_field_of_view
+from pipeline.data.photos import PhotoSource, decode, describe
+from pipeline.data.quality import RIM_PIXELS, PhotoQuality, measure, measured_size
+
+CACHE_JPEG_QUALITY = 95  # q95 decodes ~60x faster than the raw photos and keeps lesion detail
+# Ben Graham's recipe, in units of the fundus radius: the blur's sigma, and the circle kept (his
+# rim mask hides the disc edge, where the local average mixes in the black background).
+_BEN_GRAHAM_SIGMA = 1 / 30
+_BEN_GRAHAM_RIM = 0.9
+
+
+@dataclass(frozen=True)
+class PreparedPhoto:
+    """A photo as the processed cache holds it, and what was found on the way."""
+
+    jpeg: bytes  # the cache's JPEG file
+    source_size: tuple[int, int]  # the photo's own (width, height)
+    field: FieldOfView  # its field of view, in the photo's own pixels
+    quality: PhotoQuality  # measured on the crop, before any enhancement
+
+
+def find_field(source: PhotoSource, image_size: int) -> tuple[Image.Image, FieldOfView, tuple[int, int]]:
+    """The photo decoded with its field at least ``image_size`` across, the field (in the decoded
+    image's pixels) and the photo's own size.
+
+    Raises:
+        DataError: naming the photo when it cannot be read, or holds no fundus (``NotAFundusError``).
+    """
+    img, source_size = decode(source, (image_size, image_size))
+    field = _field_of(source, img)
+    if 2 * field.radius < image_size and img.size != source_size:
+        # The reduced decode left the field smaller than the target (a fundus small in its frame):
+        # decode again at the smallest scale that keeps it >= image_size, the field scaled along.
+        scale = image_size / (2 * field.radius)
+        finer, _ = decode(source, (math.ceil(img.width * scale), math.ceil(img.height * scale)))
+        field = field.scaled(finer.width / img.width, finer.height / img.height)
+        img = finer
+    return img, field, source_size
+
+
+def _field_of(source: PhotoSource, img: Image.Image) -> FieldOfView:
+    try:
+        return find_field_of_view(img)
+    except NotAFundusError as exc:
+        raise NotAFundusError(f"{describe(source)}: {exc}") from None
+
+
+def crop_and_resize(source: PhotoSource, image_size: int) -> tuple[Image.Image, FieldOfView, tuple[int, int]]:
+    """The field of ``source`` cropped square (black outside it) and resized; also the field in
+    the photo's own pixels, and the photo's own size."""
+    fundus, field, source_size, _ = _cropped(source, image_size)
+    return fundus, field, source_size
+
+
+def _cropped(source: PhotoSource, image_size: int) -> tuple[Image.Image, FieldOfView, tuple[int, int], PhotoQuality]:
+    img, field, source_size = find_field(source, image_size)
+    fundus = crop_field(img, field, image_size)
+    return (fundus, field.scaled(source_size[0] / img.width, source_size[1] / img.height), source_size,
+            photo_quality(fundus, field))
+
+
+def photo_quality(fundus: Image.Image, field: FieldOfView) -> PhotoQuality:
+    """``quality.measure`` of ``crop_field``'s crop of ``field`` (any coordinates: the crop's
+    circle fills it), at ``quality.measured_size``."""
+    side = measured_size(fundus.width)
+    reduced = fundus.reduce(fundus.width // side) if side < fundus.width else fundus
+    return measure(reduced, crop_mask(field, side), crop_mask(field, side, inset=RIM_PIXELS))
+
+
+def ben_graham(img: Image.Image) -> Image.Image:
+    """Ben Graham's preprocessing (Kaggle DR 2015) of a square fundus crop whose disc fills it.
+
+    Subtracts the local average colour, ``4 * img - 4 * blur(img, sigma = radius / 30) + 128``,
+    which evens out lighting and pigment and leaves lesions and vessels on a grey field; pixels
+    outside 0.9 of the radius become black.
+    """
+    radius = img.width / 2  # the crop scales every disc to the same radius: the image's half side
+    blurred = img.filter(ImageFilter.GaussianBlur(radius * _BEN_GRAHAM_SIGMA))
+    pixels = np.asarray(img, dtype=np.int16)
+    out = np.clip(4 * pixels - 4 * np.asarray(blurred, dtype=np.int16) + 128, 0, 255).astype(np.uint8)
+    # Distances from pixel centres to the centre of the image.
+    yy, xx = np.ogrid[:img.height, :img.width]
+    outside = (xx + 0.5 - img.width / 2) ** 2 + (yy + 0.5 - img.height / 2) ** 2 > (_BEN_GRAHAM_RIM * radius) ** 2
+    out[outside] = 0
+    return Image.fromarray(out)
+
+
+def cache_image(source: PhotoSource, cache_size: int, enhance: str = "none") -> PreparedPhoto:
+    """What the processed cache holds for a photo: the JPEG of its cropped, resized (and with
+    ``enhance``, enhanced) field, with the photo's size, field of view and quality measures.
+
+    Raises:
+        DataError: naming the photo when it cannot be read; ``NotAFundusError`` when it holds no
+            fundus.
+    """
+    if enhance not in ENHANCEMENTS:
+        raise ValueError(f"enhance={enhance!r} is not supported; choose one of {', '.join(ENHANCEMENTS)}")
+    fundus, field, source_size, quality = _cropped(source, cache_size)
+    if enhance == "ben_graham":
+        fundus = ben_graham(fundus)
+    buffer = io.BytesIO()
+    fundus.save(buffer, format="JPEG", quality=CACHE_JPEG_QUALITY)
+    return PreparedPhoto(buffer.getvalue(), source_size, field, quality)
+
