@@ -67,7 +67,8 @@ SELECT_METRICS = ("val_kappa", "val_accuracy", "val_balanced_accuracy", "val_mac
 # The per-epoch metrics compare draws as curves (read back with their full history).
 CURVE_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_accuracy", "val_kappa", "test_kappa")
 # Test metrics of a selected model logged with 95% bootstrap bounds (``{name}_ci_low/_ci_high``).
-INTERVAL_METRICS = ("accuracy", "kappa", "referable_auc", "referable_sensitivity", "referable_specificity")
+INTERVAL_METRICS = ("accuracy", "kappa", "referable_auc", "referable_sensitivity", "referable_specificity",
+                    "ece", "referable_ece", "brier", "nll")
 # Of those, the ones the comparison table shows with their interval.
 TABLE_INTERVAL_METRICS = ("kappa", "referable_auc")
 

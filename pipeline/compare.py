@@ -14,8 +14,10 @@ def run_summary(record: TrainRunRecord) -> dict[str, float]:
 
     The ``val_*``, ``test_accuracy_at_best_val`` and ``highest_test_*`` columns come from the
     per-epoch curves (argmax, each eye alone, as the labs measure); ``test_accuracy``,
-    ``test_kappa`` and ``test_referable_*`` are the selected grader's, deciding as it does
-    (cut points, fused eyes) where its recipe says so.
+    ``test_kappa`` and ``test_referable_*`` are the selected grader's on the photos it grades,
+    deciding as it does (cut points, fused eyes) where its recipe says so; ``test_ungradable_fraction``
+    is the share of test photos it refused, ``test_ece`` its calibration error after its temperature
+    (``test_uncalibrated_ece`` before).
     """
     test = dict(record.history["test_accuracy"])
     best_epoch = int(record.metrics["best_epoch"])
@@ -31,7 +33,8 @@ def run_summary(record: TrainRunRecord) -> dict[str, float]:
         summary["val_kappa"] = dict(record.history["val_kappa"])[best_epoch]
     if "referable_threshold" in record.metrics:  # the operating point the sensitivity and specificity are at
         summary["referable_threshold"] = record.metrics["referable_threshold"]
-    for name in ("accuracy", *TABLE_INTERVAL_METRICS, "referable_sensitivity", "referable_specificity"):
+    for name in ("accuracy", *TABLE_INTERVAL_METRICS, "referable_sensitivity", "referable_specificity",
+                 "ungradable_fraction", "ece", "uncalibrated_ece"):
         value = record.metrics.get(f"selected_test_{name}")
         if value is not None:
             summary[f"test_{name}"] = value
@@ -102,7 +105,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
 # What a run description shows at a glance (the UI shows the first rows of a description); the
 # full table is the compare run's comparison.csv / report.html.
 SUMMARY_COLUMNS = ("configuration", "runs", "status", "best_val_epoch", "val_kappa", "test_accuracy",
-                   "test_kappa", "test_referable_auc", "test_referable_sensitivity", "test_referable_specificity")
+                   "test_kappa", "test_referable_auc", "test_referable_sensitivity", "test_referable_specificity",
+                   "test_ungradable_fraction", "test_ece")
 
 
 def markdown_table(table: pd.DataFrame) -> str:

@@ -19,10 +19,17 @@ from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
 from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, GRADE_NAMES, LAB_RECIPE, REFERABLE_GRADE, Configuration  # noqa: E402
-from pipeline.metrics import referable_metrics, referable_probability, referable_targets  # noqa: E402
+from pipeline.metrics import (  # noqa: E402
+    CALIBRATION_BINS,
+    expected_calibration_error,
+    referable_metrics,
+    referable_probability,
+    referable_targets,
+)
 from pipeline.records import TrainRunRecord  # noqa: E402
 
 
@@ -79,6 +86,31 @@ def roc_figure(targets: np.ndarray, probabilities: np.ndarray,
     axis.set_xlabel("1 - specificity (false positive rate)")
     axis.set_ylabel("sensitivity (true positive rate)")
     axis.legend(loc="lower right")
+    return figure
+
+
+def reliability_figure(targets: np.ndarray, uncalibrated: np.ndarray, calibrated: np.ndarray, title: str) -> Figure:
+    """Reliability diagrams, before and after calibration: the share of photos whose argmax grade is
+    right against their top grade's probability, and the share of referable eyes against
+    P(grade >= 2), over equal-mass bins (the ECE's), with each curve's ECE."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
+    targets = np.asarray(targets)
+    panels = (("top grade's probability", "share graded right (argmax)",
+               lambda p: (p.argmax(axis=1) == targets, p.max(axis=1))),
+              (f"P(grade >= {REFERABLE_GRADE})", "share referable",
+               lambda p: (referable_targets(targets), referable_probability(p))))
+    for axis, (xlabel, ylabel, outcome_and_confidence) in zip(axes, panels):
+        axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+        for name, probabilities, style in (("uncalibrated", uncalibrated, "o--"), ("calibrated", calibrated, "s-")):
+            outcomes, confidences = outcome_and_confidence(np.asarray(probabilities))
+            if len(targets) and np.isfinite(confidences).all():
+                bins = min(CALIBRATION_BINS, len(targets))
+                observed, predicted = calibration_curve(outcomes.astype(int), confidences, n_bins=bins, strategy="quantile")
+                ece = expected_calibration_error(confidences, outcomes)
+                axis.plot(predicted, observed, style, label=f"{name} (ECE {ece:.3f})")
+        axis.set(xlim=(0, 1), ylim=(0, 1), xlabel=xlabel, ylabel=ylabel)
+        axis.legend(loc="upper left")
+    figure.suptitle(title)
     return figure
 
 

@@ -3,8 +3,11 @@ and the served model.
 
 A grader is the trained network plus the facts needed to use it: the size of the processed cache
 it learnt from (a new photo is prepared through that same cache encoding), its input size, the
-operating point of the referable-DR call, and how probabilities become a grade (argmax or cut
-points on the expected grade, and the fellow eye's weight where both eyes are graded together).
+temperature that calibrates its probabilities, the operating point of the referable-DR call, how
+probabilities become a grade (argmax or cut points on the expected grade, and the fellow eye's
+weight where both eyes are graded together), and when it refuses a photo as ungradable
+(``gradability``: no fundus, unreadable, too dark, over-exposed, out of focus, low contrast, or
+unlike the photos it learnt from).
 """
 
 from __future__ import annotations
@@ -22,19 +25,27 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from pipeline.calibration import calibrate
 from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, NUM_GRADES
-from pipeline.data.dataset import RawPhotoDataset, photo_input, to_unit_float
+from pipeline.data.dataset import RawPhotoDataset, prepared_input, to_unit_float
+from pipeline.data.fov import NotAFundusError
 from pipeline.data.photos import PhotoSource
+from pipeline.data.quality import QUALITY_MEASURES
 from pipeline.decision import CutPoints, fuse_eyes, predicted_grades
 from pipeline.errors import DataError
+from pipeline.gradability import NOT_A_FUNDUS, UNREADABLE, GradabilityThresholds, NoveltyModel, reasons
 from pipeline.metrics import referable_probability
-from pipeline.models import build_model, serving_model
+from pipeline.models import build_model, head_of, serving_model
 
 log = logging.getLogger(__name__)
 
 PROBABILITY_COLUMNS = [f"p_grade_{grade}" for grade in range(NUM_GRADES)]
-# What the grader answers for each photo (predict's CSV, the served model's output).
-PREDICTION_COLUMNS = ["predicted_grade", *PROBABILITY_COLUMNS, "p_referable", "referable"]
+# What the grader answers for each photo (predict's CSV, the served model's output). An
+# ungradable photo has predicted_grade -1 and no referable call; its probabilities are there where
+# the network saw it (for research), empty where it could not.
+PREDICTION_COLUMNS = ["predicted_grade", *PROBABILITY_COLUMNS, "p_referable", "referable", "gradable",
+                      "ungradable_reason"]
+UNGRADED = -1  # the predicted_grade of an ungradable photo
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,8 @@ class GraderSpec:
     cut_points: CutPoints | None = None  # decision=kappa_thresholds (see ``decision``); None: argmax
     fuse_weight: float = 0.0  # the fellow eye's weight where a patient's two photos are graded together
     enhance: str = "none"  # the cache's enhancement (prepare.cache_image): new photos get it too
+    temperature: float = 1.0  # ``calibration``: the served probabilities are softmax(log p / temperature)
+    gradability: GradabilityThresholds | None = None  # None: every photo with a fundus is graded
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -57,67 +70,165 @@ class GraderSpec:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GraderSpec:
         """A spec from ``to_dict``'s JSON; graders logged before a field existed get its default."""
-        cut_points = values.get("cut_points")
-        return cls(**{**values, "cut_points": None if cut_points is None else tuple(cut_points)})
+        cut_points, gradability = values.get("cut_points"), values.get("gradability")
+        return cls(**{**values, "cut_points": None if cut_points is None else tuple(cut_points),
+                      "gradability": None if gradability is None else GradabilityThresholds(**gradability)})
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A batch of photos as the grader saw them: calibrated probabilities, the network's pooled
+    features, the photos' quality measures and each one's reason to be refused ("" if none)."""
+
+    probabilities: np.ndarray  # (N, 5), NaN where the network never saw the photo
+    features: np.ndarray  # (N, features)
+    measures: np.ndarray  # (N, 4), QUALITY_MEASURES order
+    reasons: list[str]
+
+    @property
+    def gradable(self) -> np.ndarray:
+        return np.array([not reason for reason in self.reasons], dtype=bool)
 
 
 class Grader:
-    """A trained network with normalisation and softmax attached, and the spec to use it."""
+    """A trained network with normalisation, softmax and calibration attached, the spec to use it,
+    and the novelty model of its training photos (None for graders logged before it existed)."""
 
-    def __init__(self, network: nn.Module, spec: GraderSpec) -> None:
+    def __init__(self, network: nn.Module, spec: GraderSpec, novelty: NoveltyModel | None = None,
+                 device: torch.device | str = "cpu") -> None:
         self.network = network  # the plain torchvision module (logits), for research
         self.spec = spec
-        self._served = serving_model(network.float().cpu(), spec.tta)
+        self.novelty = novelty
+        self.device = torch.device(device)
+        self._served = serving_model(network.float().to(self.device), spec.tta)
 
     @classmethod
-    def from_state_dict(cls, spec: GraderSpec, state: dict[str, torch.Tensor]) -> Grader:
+    def from_state_dict(cls, spec: GraderSpec, state: dict[str, torch.Tensor],
+                        novelty: NoveltyModel | None = None) -> Grader:
         network = build_model(spec.model, pretrained=False, head=spec.head)
         network.load_state_dict(state)
-        return cls(network, spec)
+        return cls(network, spec, novelty)
 
     @torch.no_grad()
+    def outputs(self, images: torch.Tensor, calibrated: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Grade probabilities (N, 5), calibrated unless asked otherwise, and pooled features
+        (N, features) of a batch of uint8 (or [0, 1] float) images."""
+        features: list[torch.Tensor] = []
+
+        def keep(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            # The pooled features enter the head; under TTA the first pass is the photo itself.
+            if not features:
+                features.append(inputs[0].detach().float())
+
+        hook = head_of(self.network).register_forward_pre_hook(keep)
+        try:
+            probabilities = self._served(to_unit_float(images).to(self.device)).float().cpu().numpy()
+        finally:
+            hook.remove()
+        return (calibrate(probabilities, self.spec.temperature) if calibrated else probabilities.astype(np.float64),
+                features[0].cpu().numpy())
+
+    def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
+        """Uncalibrated probabilities at the grader's temperature."""
+        return calibrate(probabilities, self.spec.temperature)
+
     def probabilities(self, images: torch.Tensor) -> np.ndarray:
-        """Grade probabilities of a batch of uint8 (or [0, 1] float) images, shape (N, 5)."""
-        return self._served(to_unit_float(images)).float().numpy()
+        """Calibrated grade probabilities of a batch of uint8 (or [0, 1] float) images, shape (N, 5)."""
+        return self.outputs(images)[0]
+
+    def outputs_of(self, loader: DataLoader, progress: str | None = None, calibrated: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(targets, probabilities, features) over every (image, target) batch of ``loader``, in order."""
+        targets, probabilities, features = [], [], []
+        for images, batch_targets, *_ in tqdm(loader, desc=progress, unit="batch", disable=None if progress else True):
+            batch_probabilities, batch_features = self.outputs(images, calibrated)
+            probabilities.append(batch_probabilities)
+            features.append(batch_features)
+            targets.append(np.asarray(batch_targets))
+        return np.concatenate(targets), np.concatenate(probabilities), np.concatenate(features)
 
     def probabilities_of(self, loader: DataLoader, progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(targets, probabilities) over every (image, target) batch of ``loader``, in order."""
-        targets, probabilities = [], []
-        for images, batch_targets in tqdm(loader, desc=progress, unit="batch", disable=None if progress else True):
-            probabilities.append(self.probabilities(images))
-            targets.append(np.asarray(batch_targets))
-        return np.concatenate(targets), np.concatenate(probabilities)
+        targets, probabilities, _ = self.outputs_of(loader, progress)
+        return targets, probabilities
 
-    def fused(self, probabilities: np.ndarray, patients: np.ndarray | None) -> np.ndarray:
+    def judge(self, probabilities: np.ndarray, features: np.ndarray, measures: np.ndarray,
+              refused: list[str] | None = None) -> Judged:
+        """The gradability of photos the network saw (``refused``: a reason already known for
+        some, such as no fundus, which no measure then overrides)."""
+        novelty = None if self.novelty is None or len(features) == 0 else self.novelty.distance(features)
+        found = reasons(measures, novelty, self.spec.gradability)
+        if refused is not None:
+            found = [earlier or later for earlier, later in zip(refused, found)]
+        return Judged(probabilities, features, np.asarray(measures, dtype=np.float64), found)
+
+    def fused(self, probabilities: np.ndarray, patients: np.ndarray | None,
+              gradable: np.ndarray | None = None) -> np.ndarray:
         """``probabilities`` with each eye blended with its fellow's (``fuse_weight``), where the
-        photos' ``patients`` are known; as they are otherwise."""
-        return probabilities if patients is None else fuse_eyes(probabilities, patients, self.spec.fuse_weight)
+        photos' ``patients`` are known; as they are otherwise. An ungradable photo neither gets
+        nor gives a fellow's help."""
+        if patients is None or self.spec.fuse_weight == 0:
+            return probabilities
+        patients = np.asarray(patients, dtype=object).copy()
+        if gradable is not None:
+            patients[~gradable] = [f"\x00ungradable-{index}" for index in np.flatnonzero(~gradable)]
+        return fuse_eyes(probabilities, patients, self.spec.fuse_weight)
 
-    def decide(self, probabilities: np.ndarray, patients: np.ndarray | None = None) -> pd.DataFrame:
-        """The prediction columns of probability rows (fused by patient when ``patients`` is given)."""
-        return predictions_frame(self.fused(probabilities, patients), self.spec.referable_threshold,
-                                 self.spec.cut_points)
+    def decide(self, judged: Judged, patients: np.ndarray | None = None) -> pd.DataFrame:
+        """The prediction columns of judged photos (fused by patient when ``patients`` is given)."""
+        gradable = judged.gradable
+        return predictions_frame(self.fused(judged.probabilities, patients, gradable), self.spec.referable_threshold,
+                                 self.spec.cut_points, judged.reasons)
 
     def grade_photos(self, sources: list[PhotoSource], *, patients: np.ndarray | None = None, batch_size: int = 32,
                      num_workers: int = 0) -> pd.DataFrame:
         """The prediction columns for new photos (files or their bytes), in order; with ``patients``
-        each eye's grade also draws on its fellow eye's photo (``fuse_weight``)."""
+        each eye's grade also draws on its fellow eye's photo (``fuse_weight``). A photo that
+        cannot be read, or holds no fundus, is a row refused with its reason: it never fails the
+        others."""
         dataset = RawPhotoDataset(sources, self.spec.cache_size, self.spec.image_size, self.spec.enhance)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-        _, probabilities = self.probabilities_of(loader, progress="predict")
-        return self.decide(probabilities, patients)
+        probabilities, features, measures, refused = [], [], [], []
+        for images, _, batch_measures, failures in tqdm(loader, desc="predict", unit="batch", disable=None):
+            batch_probabilities, batch_features = self.outputs(images)
+            failures = [REFUSALS[int(code)] for code in failures]
+            batch_probabilities[[bool(reason) for reason in failures]] = np.nan  # the network saw a blank
+            probabilities.append(batch_probabilities)
+            features.append(batch_features)
+            measures.append(batch_measures.numpy())
+            refused += failures
+        if not sources:
+            return predictions_frame(np.empty((0, NUM_GRADES)), self.spec.referable_threshold, None, [])
+        judged = self.judge(np.concatenate(probabilities), np.concatenate(features), np.concatenate(measures), refused)
+        return self.decide(judged, patients)
 
 
-def predictions_frame(probabilities: np.ndarray, referable_threshold: float,
-                      cut_points: CutPoints | None = None) -> pd.DataFrame:
-    """``predicted_grade`` (argmax, or by ``cut_points``), ``p_grade_0``..``p_grade_4``,
-    ``p_referable`` and ``referable`` per row."""
+# What RawPhotoDataset reports of a photo it could not prepare: 0 none, else the reason's index.
+REFUSALS = ("", NOT_A_FUNDUS, UNREADABLE)
+
+
+def predictions_frame(probabilities: np.ndarray, referable_threshold: float, cut_points: CutPoints | None = None,
+                      refused: list[str] | None = None) -> pd.DataFrame:
+    """``PREDICTION_COLUMNS`` per row: the grade (argmax, or by ``cut_points``), the probabilities,
+    ``p_referable`` and the ``referable`` call at the threshold; ``refused`` gives each row's reason
+    to be ungradable ("" where it is gradable), which leaves it ungraded."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    refused = refused if refused is not None else [""] * len(probabilities)
+    gradable = np.array([not reason for reason in refused], dtype=bool)
     referable = referable_probability(probabilities)
-    frame = pd.DataFrame({"predicted_grade": predicted_grades(probabilities, cut_points)})
+    seen = np.isfinite(probabilities).all(axis=1)
+    grades = np.full(len(probabilities), UNGRADED, dtype=np.int64)
+    if seen.any():
+        grades[seen] = predicted_grades(probabilities[seen], cut_points)
+    frame = pd.DataFrame({"predicted_grade": np.where(gradable, grades, UNGRADED)})
     for column, values in zip(PROBABILITY_COLUMNS, probabilities.T):
-        frame[column] = values.astype(np.float64)
-    frame["p_referable"] = referable.astype(np.float64)
-    frame["referable"] = referable >= referable_threshold
+        frame[column] = values
+    frame["p_referable"] = referable
+    # A nullable boolean: no call at all for an ungradable photo (empty in a CSV, null in JSON).
+    frame["referable"] = pd.array(np.where(gradable, referable >= referable_threshold, False), dtype="boolean")
+    frame.loc[~gradable, "referable"] = pd.NA
+    frame["gradable"] = gradable
+    frame["ungradable_reason"] = refused
     return frame
 
 
@@ -132,32 +243,51 @@ def encode_photos(photos: list[bytes]) -> pd.DataFrame:
 
 
 def grade_request(grader: Grader, request: pd.DataFrame) -> pd.DataFrame:
-    """The served model's answer: one row of prediction columns per photo of ``request``.
+    """The served model's answer: one row of prediction columns per photo of ``request``; a photo
+    that cannot be read or holds no fundus is a row refused with its reason.
 
     Raises:
-        DataError: naming the row of the first photo that is not base64 or not a readable photo.
+        DataError: naming the row of the first entry that is not base64 (a malformed request).
     """
     if IMAGE_COLUMN not in request.columns:
         raise DataError(f"the request has no '{IMAGE_COLUMN}' column (it has {', '.join(map(str, request.columns))}); "
                         f"send base64-encoded photo files in a column named '{IMAGE_COLUMN}'")
     texts = list(request[IMAGE_COLUMN])
-    chunks = [np.empty((0, NUM_GRADES), dtype=np.float32)]
+    photos = [_decoded(row, text) for row, text in enumerate(texts)]
+    chunks: list[Judged] = []
     # In batches: a request of hundreds of large photos must not hold them all in memory at once.
-    for start in range(0, len(texts), SERVED_BATCH_SIZE):
-        images = [_prepared(start + offset, text, grader.spec)
-                  for offset, text in enumerate(texts[start:start + SERVED_BATCH_SIZE])]
-        chunks.append(grader.probabilities(torch.stack(images)))
+    for start in range(0, len(photos), SERVED_BATCH_SIZE):
+        prepared = [_prepared(start + offset, photo, grader.spec)
+                    for offset, photo in enumerate(photos[start:start + SERVED_BATCH_SIZE])]
+        probabilities, features = grader.outputs(torch.stack([image for image, _, _ in prepared]))
+        refused = [reason for _, _, reason in prepared]
+        probabilities[[bool(reason) for reason in refused]] = np.nan
+        chunks.append(grader.judge(probabilities, features, np.stack([m for _, m, _ in prepared]), refused))
+    if not chunks:
+        return predictions_frame(np.empty((0, NUM_GRADES)), grader.spec.referable_threshold)
+    judged = Judged(np.concatenate([c.probabilities for c in chunks]), np.concatenate([c.features for c in chunks]),
+                    np.concatenate([c.measures for c in chunks]), [r for c in chunks for r in c.reasons])
     # One photo, one eye: the served model never fuses (a request's rows need not be one patient's).
-    return grader.decide(np.concatenate(chunks))
+    return grader.decide(judged)
 
 
-def _prepared(row: int, text: object, spec: GraderSpec) -> torch.Tensor:
-    """One request row as the network's input; errors name the row."""
+def _decoded(row: int, text: object) -> bytes:
     try:
-        photo = base64.b64decode(text, validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, TypeError, ValueError):
         raise DataError(f"row {row}: '{IMAGE_COLUMN}' is not base64-encoded photo bytes") from None
+
+
+def _prepared(row: int, photo: bytes, spec: GraderSpec) -> tuple[torch.Tensor, np.ndarray, str]:
+    """One request row as the network's input, its measures and its reason to be refused, if any."""
     try:
-        return photo_input(photo, spec.cache_size, spec.image_size, spec.enhance)
+        image, quality = prepared_input(photo, spec.cache_size, spec.image_size, spec.enhance)
+        return image, np.asarray(quality.values(), dtype=np.float64), ""
+    except NotAFundusError as exc:
+        log.warning("row %d: %s", row, exc)
+        reason = NOT_A_FUNDUS
     except DataError as exc:
-        raise DataError(f"row {row}: {exc}") from None
+        log.warning("row %d: %s", row, exc)
+        reason = UNREADABLE
+    return (torch.zeros(3, spec.image_size, spec.image_size, dtype=torch.uint8),
+            np.zeros(len(QUALITY_MEASURES)), reason)

@@ -23,6 +23,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from pipeline.calibration import negative_log_likelihood
 from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, GRADES, REFERABLE_GRADE
 from pipeline.decision import CutPoints, predicted_grades
 
@@ -105,6 +106,40 @@ def per_grade_metrics(targets: np.ndarray, probabilities: np.ndarray,
         metrics[f"precision_grade_{grade}"] = float(precision[grade])
         metrics[f"recall_grade_{grade}"] = float(recall[grade])
     return metrics
+
+
+# Equal-mass bins of the expected calibration error: each holds a fifteenth of the photos.
+CALIBRATION_BINS = 15
+
+
+def expected_calibration_error(confidences: np.ndarray, outcomes: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """ECE over equal-mass bins: the photos sorted by confidence, split into ``bins`` groups of
+    (nearly) equal size; the mean over groups, weighted by their size, of |share of outcomes that
+    happened - mean confidence|. NaN without photos."""
+    confidences, outcomes = np.asarray(confidences, dtype=np.float64), np.asarray(outcomes, dtype=np.float64)
+    if len(confidences) == 0:
+        return float("nan")
+    order = np.argsort(confidences, kind="stable")
+    groups = np.array_split(order, min(bins, len(order)))
+    return float(sum(len(g) * abs(outcomes[g].mean() - confidences[g].mean()) for g in groups) / len(order))
+
+
+def calibration_metrics(targets: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """How far the probabilities are to be trusted: ``ece`` (of the top grade's probability
+    against whether argmax is right), ``referable_ece`` (of P(grade >= 2) against referable DR),
+    ``brier`` (mean squared error of the five probabilities, summed over grades) and ``nll`` (mean
+    -log p of the true grade)."""
+    targets = np.asarray(targets)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if len(targets) == 0 or not np.isfinite(probabilities).all():
+        return {"ece": float("nan"), "referable_ece": float("nan"), "brier": float("nan"), "nll": float("nan")}
+    onehot = np.eye(len(GRADES))[targets]
+    return {
+        "ece": expected_calibration_error(probabilities.max(axis=1), probabilities.argmax(axis=1) == targets),
+        "referable_ece": expected_calibration_error(referable_probability(probabilities), referable_targets(targets)),
+        "brier": float(((probabilities - onehot) ** 2).sum(axis=1).mean()),
+        "nll": negative_log_likelihood(targets, probabilities),
+    }
 
 
 def all_metrics(targets: np.ndarray, probabilities: np.ndarray, threshold: float = DEFAULT_REFERABLE_THRESHOLD,
@@ -234,3 +269,13 @@ def metrics_with_intervals(targets: np.ndarray, probabilities: np.ndarray, patie
     intervals = bootstrap_intervals(targets, probabilities, groups=patients, n_resamples=resamples, seed=seed,
                                     metric_fn=functools.partial(all_metrics, threshold=threshold, cut_points=cut_points))
     return metrics, intervals
+
+
+def calibration_with_intervals(targets: np.ndarray, probabilities: np.ndarray, patients: np.ndarray, *,
+                               resamples: int, seed: int) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """``calibration_metrics`` and, with ``resamples`` > 0, their 95% intervals from a bootstrap over patients."""
+    metrics = calibration_metrics(targets, probabilities)
+    if not resamples or len(targets) == 0:
+        return metrics, {}
+    return metrics, bootstrap_intervals(targets, probabilities, groups=patients, n_resamples=resamples, seed=seed,
+                                        metric_fn=calibration_metrics)

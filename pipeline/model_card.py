@@ -13,6 +13,7 @@ from typing import Any
 from pipeline.catalog import GRADE_NAMES, IMAGENET_WEIGHTS, INTERVAL_METRICS, LAB_RECIPE, REFERABLE_GRADE, config_label
 from pipeline.data.prepare import CACHE_JPEG_QUALITY
 from pipeline.decision import CutPoints
+from pipeline.gradability import UNGRADABLE_REASONS, GradabilityThresholds
 from pipeline.grading import PREDICTION_COLUMNS
 
 CARD_ARTIFACT = "model_card.md"  # on every train run
@@ -23,7 +24,12 @@ METRIC_TITLES = {
     "referable_auc": f"Referable DR (grade >= {REFERABLE_GRADE}) ROC AUC",
     "referable_sensitivity": "Referable DR sensitivity at the operating point",
     "referable_specificity": "Referable DR specificity at the operating point",
+    "ece": "Expected calibration error of the top grade (15 equal-mass bins)",
+    "referable_ece": f"Expected calibration error of P(grade >= {REFERABLE_GRADE})",
+    "brier": "Brier score (5 grades)",
+    "nll": "Negative log-likelihood",
 }
+CALIBRATION_METRICS = ("ece", "referable_ece", "brier", "nll")
 
 
 @dataclass
@@ -44,6 +50,8 @@ class CardFacts:
     cache_size: int
     cut_points: CutPoints | None = None  # decision=kappa_thresholds and they beat argmax on validation
     fuse_weight: float = 0.0  # the fellow eye's weight (fuse_eyes)
+    temperature: float = 1.0  # calibration.fit_temperature on validation
+    gradability: GradabilityThresholds | None = None  # when it refuses a photo
 
 
 def with_interval(metrics: dict[str, float], name: str) -> str:
@@ -93,6 +101,46 @@ def _decision(facts: CardFacts) -> list[str]:
     return lines
 
 
+def _rate(metrics: dict[str, float], name: str) -> str:
+    value = metrics.get(name)
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _gradability(facts: CardFacts) -> list[str]:
+    thresholds, metrics = facts.gradability, facts.metrics
+    if thresholds is None:
+        return []
+    novelty = ("never (no novelty model)" if thresholds.max_novelty == float("inf") else
+               f"its features lie further than {thresholds.max_novelty:.2f} (Mahalanobis) from every grade's training photos")
+    return [
+        "## Which photos it grades",
+        "It refuses a photo as ungradable, with the first reason that applies: no fundus found (`not a fundus "
+        "photograph`), a file it cannot read (`unreadable photo`), a field with median grey level below "
+        f"{thresholds.min_brightness:.1f} (`too dark`), more than {thresholds.max_overexposed:.2f}% burnt out "
+        f"(`over-exposed`), fine detail below {thresholds.min_focus:.2f}% of its brightness (`out of focus`), "
+        f"grey-level spread below {thresholds.min_contrast:.2f}% of it (`low contrast`), or when {novelty} "
+        "(`unlike the training photos`). Each threshold was fitted on the photos it learnt from.",
+        f"- Refused: {_rate(metrics, 'selected_val_ungradable_fraction')} of the validation photos, "
+        f"{_rate(metrics, 'selected_test_ungradable_fraction')} of the test photos.",
+        "- An ungradable photo gets no grade and no referable call: retake it, or examine the eye in person.",
+        "",
+    ]
+
+
+def _calibration(facts: CardFacts) -> list[str]:
+    metrics = facts.metrics
+    lines = ["## Calibration",
+             f"Its probabilities are temperature-scaled (T = {facts.temperature:.3f}, fitted for the negative "
+             "log-likelihood of the gradable validation photos); the cut points and the operating point were "
+             "fitted after it. Before -> after, gradable photos (95% intervals):", "",
+             "| metric | validation | test |", "|---|---|---|"]
+    for name in CALIBRATION_METRICS:
+        cells = [f"{with_interval(metrics, f'selected_{split}_uncalibrated_{name}')} -> "
+                 f"{with_interval(metrics, f'selected_{split}_{name}')}" for split in ("val", "test")]
+        lines.append(f"| {METRIC_TITLES[name]} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def model_card(facts: CardFacts) -> str:
     """The card as markdown."""
     cfg = facts.config
@@ -132,7 +180,9 @@ def model_card(facts: CardFacts) -> str:
            "outputs were not finite)."),
         *_decision(facts),
         "",
-        "## Performance (95% intervals: patient-level bootstrap)",
+        *_gradability(facts),
+        *_calibration(facts),
+        "## Performance on the photos it grades (95% intervals: patient-level bootstrap)",
         "",
         "| metric | validation | test |",
         "|---|---|---|",
@@ -144,14 +194,17 @@ def model_card(facts: CardFacts) -> str:
         "",
         "## Input contract",
         "- `mlflow models serve` / pyfunc input: a DataFrame with one string column `image`, each row the "
-        "base64-encoded bytes of one photo file (JPEG or PNG, any size, colour or greyscale).",
-        f"- Inside: the fundus disc is cropped square, resized to {facts.cache_size} px"
+        "base64-encoded bytes of one photo file (JPEG, PNG, TIFF, BMP or DICOM, any size, colour or greyscale).",
+        f"- Inside: the field of view is found, the square around it cropped (black outside the field), resized to {facts.cache_size} px"
         + (", enhanced as Ben Graham's (local average colour subtracted, rim masked)"
            if cfg.get("enhance", "none") == "ben_graham" else "")
         + f" and JPEG-encoded (quality {CACHE_JPEG_QUALITY}) exactly as `preprocess` caches training photos, then "
         f"resized to {cfg['image_size']} px and ImageNet-normalised.",
         "- Output per photo: " + ", ".join(f"`{column}`" for column in PREDICTION_COLUMNS) + ".",
-        "- A file that is not a readable photo is refused with HTTP 400 naming its row; it is never graded.",
+        "- A photo it refuses is a row with `gradable` false, `ungradable_reason` one of "
+        + ", ".join(f"`{reason}`" for reason in UNGRADABLE_REASONS)
+        + ", `predicted_grade` -1 and no `referable` call: retake it, or examine the eye in person. Only a row "
+        "that is not base64 fails the request (HTTP 400, naming the row).",
         "",
         "## Intended use and limits",
         "- For research and teaching on diabetic retinopathy grading: comparing recipes, reproducing the course "
@@ -181,6 +234,11 @@ def run_description(facts: CardFacts) -> str:
         f"- at the operating point P(grade >= {REFERABLE_GRADE}) >= {facts.referable_threshold:.4f}: sensitivity "
         f"{with_interval(metrics, 'selected_test_referable_sensitivity')}, specificity "
         f"{with_interval(metrics, 'selected_test_referable_specificity')}",
+        f"- refused as ungradable: {_rate(metrics, 'selected_val_ungradable_fraction')} of validation, "
+        f"{_rate(metrics, 'selected_test_ungradable_fraction')} of test photos (the figures above are the graded ones')",
+        f"- calibration: temperature {facts.temperature:.3f}; test ECE "
+        f"{with_interval(metrics, 'selected_test_uncalibrated_ece')} before, "
+        f"{with_interval(metrics, 'selected_test_ece')} after",
         "",
         f"The model card is the artifact `{CARD_ARTIFACT}`.",
     ]) + "\n"

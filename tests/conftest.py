@@ -13,8 +13,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
-import pytest
+# MLflow's telemetry sets and unsets an environment variable from a thread, which races with
+# code iterating os.environ (urllib reading proxies: a KeyError mid-request); these machines are
+# offline anyway. Off before MLflow is imported, and in child processes (subprocess_env).
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
+import mlflow  # noqa: E402
+import pytest  # noqa: E402
 import torch
 import torchvision
 
@@ -215,6 +220,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment for child processes: this venv first on PATH, the project importable from
     any working folder (a sqlite store puts its ./mlruns there), no stray MLflow settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"

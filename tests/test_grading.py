@@ -48,26 +48,33 @@ def test_a_request_gets_one_row_per_photo_in_order(grader, raw_dir):
     answer = grade_request(grader, encode_photos(request))
     assert list(answer.columns) == PREDICTION_COLUMNS and len(answer) == 3
     singles = pd.concat([grade_request(grader, encode_photos([photo])) for photo in request], ignore_index=True)
-    assert np.abs(answer.drop(columns="referable").to_numpy() - singles.drop(columns="referable").to_numpy()).max() < 1e-5
-    assert (answer["referable"] == (answer["p_referable"] >= 0.4)).all()
+    numbers = ["predicted_grade", *PROBABILITY_COLUMNS, "p_referable"]
+    assert np.abs(answer[numbers].to_numpy() - singles[numbers].to_numpy()).max() < 1e-5
+    assert (answer["referable"] == (answer["p_referable"] >= 0.4)).all() and answer["gradable"].all()
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("not base64!", "row 1: 'image' is not base64-encoded photo bytes"),
-    (base64.b64encode(b"GIF89a but no more").decode(), "row 1: the photo is corrupt, truncated or not an image"),
-])
-def test_a_bad_row_is_named(grader, raw_dir, bad, message):
+def test_a_request_that_is_not_base64_is_refused_naming_the_row(grader, raw_dir):
     request = encode_photos(photos(raw_dir, 1))
-    request.loc[1, "image"] = bad
-    with pytest.raises(DataError, match=message):
+    request.loc[1, "image"] = "not base64!"
+    with pytest.raises(DataError, match="row 1: 'image' is not base64-encoded photo bytes"):
         grade_request(grader, request)
 
 
-def test_an_all_black_photo_is_refused_not_graded(grader):
+def blank_png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48)).save(buffer, format="PNG")
-    with pytest.raises(DataError, match="row 0: the photo: not a fundus photograph"):
-        grade_request(grader, encode_photos([buffer.getvalue()]))
+    return buffer.getvalue()
+
+
+def test_an_unreadable_or_blank_photo_is_a_refused_row_and_the_others_are_graded(grader, raw_dir):
+    good = photos(raw_dir, 2)
+    answer = grade_request(grader, encode_photos([good[0], b"GIF89a but no more", blank_png(), good[1]]))
+    assert answer["gradable"].tolist() == [True, False, False, True]
+    assert answer["ungradable_reason"].tolist() == ["", "unreadable photo", "not a fundus photograph", ""]
+    assert answer["predicted_grade"].tolist()[1:3] == [-1, -1] and answer["referable"][1:3].isna().all()
+    assert answer[PROBABILITY_COLUMNS].iloc[1:3].isna().all().all()  # the network never saw them
+    alone = grade_request(grader, encode_photos(good))
+    assert np.abs(answer[PROBABILITY_COLUMNS].iloc[[0, 3]].to_numpy() - alone[PROBABILITY_COLUMNS].to_numpy()).max() < 1e-5
 
 
 def test_a_request_without_the_image_column_says_what_to_send(grader):

@@ -23,12 +23,14 @@ from pipeline.cli import evaluate as evaluate_cli
 from pipeline.cli import predict as predict_cli
 from pipeline.cli import train as train_cli
 from pipeline.data.prepare import cache_image
+from pipeline.data.preprocess import preprocess
+from pipeline.gradability import NOT_A_FUNDUS, OVEREXPOSED, TOO_DARK
 from pipeline.grading import PREDICTION_COLUMNS, PROBABILITY_COLUMNS
 from pipeline.steps.evaluate import TEST_PREDICTIONS
 from pipeline.tracking import registry
 from tests.conftest import VENV_BIN, free_port, mlflow_run, running_server, scratch_dir, subprocess_env
 from tests.dicom_files import PATIENT, VARIANTS, dicom_bytes
-from tests.real_photos import png_bytes
+from tests.real_photos import NON_FUNDUS, non_fundus, png_bytes
 
 pytestmark = pytest.mark.slow  # a training, a real tracking server and a real model server
 
@@ -76,38 +78,92 @@ def invoke(url: str, photos: list[bytes]) -> tuple[int, dict]:
         return error.code, json.loads(error.read() or b"{}")
 
 
-def test_evaluate_predict_and_the_served_model_give_one_answer(champion, model_server, raw_dir, processed_dir,
+@pytest.fixture(scope="module")
+def with_ungradable(raw_dir, tmp_path_factory):
+    """The tiny raw layout with two test photos spoilt (one darkened to 15%, one exposed three times
+    over) and its processed cache: test photos the champion must refuse, wherever it meets them."""
+    with scratch_dir(tmp_path_factory, "ungradable") as root:
+        raw = Path(shutil.copytree(raw_dir, root / "raw"))
+        test_ids = pd.read_csv(raw / "test_img.csv", header=None, dtype=str)[0].tolist()
+        for image_id, gain in zip(test_ids[:2], (0.15, 3.0)):
+            path = raw / "images" / f"{image_id}.jpeg"
+            pixels = np.clip(np.asarray(Image.open(path), float) * gain, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(path, quality=95)
+        preprocess(raw, root / "processed", image_size=64, val_fraction=0.25, seed=0, num_workers=1)
+        yield {"raw": raw, "processed": root / "processed", "spoilt": {test_ids[0]: TOO_DARK, test_ids[1]: OVEREXPOSED}}
+
+
+def test_evaluate_predict_and_the_served_model_give_one_answer(champion, model_server, with_ungradable,
                                                                mlflow_server, monkeypatch, tmp_path):
+    """The same photo gets the same gradable call, reason, grade, referable call and (where graded)
+    probabilities from evaluate's CSV (the processed cache), predict (the raw photo) and the
+    served model (its bytes over HTTP)."""
+    raw = with_ungradable["raw"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "serving")
     monkeypatch.chdir(tmp_path)
-    assert evaluate_cli.main(["--model_uri", champion["uri"], "--data_dir", str(processed_dir),
+    assert evaluate_cli.main(["--model_uri", champion["uri"], "--data_dir", str(with_ungradable["processed"]),
                               "--bootstrap_resamples", "0"]) == 0
     client = MlflowClient(mlflow_server)
     evaluate_run = client.search_runs([client.get_experiment_by_name("serving").experiment_id],
                                       filter_string="tags.`retina_flow.step` = 'evaluate'")[0]
     evaluated = pd.read_csv(client.download_artifacts(evaluate_run.info.run_id, TEST_PREDICTIONS, str(tmp_path)),
-                            dtype={"id": str})
+                            dtype={"id": str, "ungradable_reason": str}, keep_default_na=False)
     assert list(evaluated.columns) == ["id", *PREDICTION_COLUMNS, "grade"]
-    assert predict_cli.main(["--model_uri", champion["uri"], "--input", str(raw_dir / "test_img.csv"),
+    assert predict_cli.main(["--model_uri", champion["uri"], "--input", str(raw / "test_img.csv"),
                              "--output", str(tmp_path / "predicted.csv")]) == 0
-    predicted = pd.read_csv(tmp_path / "predicted.csv", dtype={"id": str})
-    photos = [(raw_dir / "images" / f"{image_id}.jpeg").read_bytes() for image_id in predicted["id"]]
+    predicted = pd.read_csv(tmp_path / "predicted.csv", dtype={"id": str, "ungradable_reason": str},
+                            keep_default_na=False)
+    photos = [(raw / "images" / f"{image_id}.jpeg").read_bytes() for image_id in predicted["id"]]
     status, answer = invoke(model_server, photos)
     assert status == 200, answer
     served = pd.DataFrame(answer["predictions"])
 
+    # The spoilt photos are refused, for the right reason, by all three.
+    reasons = dict(zip(predicted["id"], predicted["ungradable_reason"]))
+    assert {image_id: reasons[image_id] for image_id in with_ungradable["spoilt"]} == with_ungradable["spoilt"]
+    assert evaluate_run.data.metrics["test_ungradable_fraction"] == pytest.approx(
+        (~predicted["gradable"].astype(bool)).mean())
     assert sorted(evaluated["id"]) == sorted(predicted["id"])
     evaluated = evaluated.set_index("id").loc[predicted["id"]].reset_index()
+    gradable = predicted["gradable"].astype(bool).to_numpy()
     for name, other in (("evaluate", evaluated), ("served", served)):
+        assert (other["gradable"].astype(bool).to_numpy() == gradable).all(), name
+        assert (other["ungradable_reason"].fillna("").to_numpy() == predicted["ungradable_reason"].to_numpy()).all(), name
         assert (other["predicted_grade"].to_numpy() == predicted["predicted_grade"].to_numpy()).all(), name
-        assert (other["referable"].to_numpy() == predicted["referable"].to_numpy()).all(), name
-        difference = np.abs(other[PROBABILITY_COLUMNS].to_numpy() - predicted[PROBABILITY_COLUMNS].to_numpy())
-        assert difference.max() <= TOLERANCE, (name, difference.max())
+        assert (other["referable"][gradable].astype(bool).to_numpy()
+                == predicted["referable"][gradable].astype(bool).to_numpy()).all(), name
+        assert other["referable"][~gradable].replace("", None).isna().all(), name  # no call for a refused photo
+        difference = np.abs(other[PROBABILITY_COLUMNS].to_numpy(float) - predicted[PROBABILITY_COLUMNS].to_numpy(float))
+        assert np.nanmax(difference) <= TOLERANCE, (name, np.nanmax(difference))
     # The operating point chosen on validation travels with the model: the served flags follow it.
     threshold = champion["run"].data.metrics["referable_threshold"]
     assert threshold != 0.5 and evaluate_run.data.metrics["referable_threshold"] == threshold
-    assert (served["referable"] == (served["p_referable"] >= threshold)).all()
+    graded = served[gradable]
+    assert (graded["referable"].astype(bool) == (graded["p_referable"] >= threshold)).all()
+
+
+def test_pictures_of_other_things_are_refused_by_the_served_model_and_predict(
+        champion, model_server, raw_dir, mlflow_server, monkeypatch, tmp_path):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for name in NON_FUNDUS:
+        (folder / f"{name}.png").write_bytes(png_bytes(non_fundus(name)))
+    clean = sorted((raw_dir / "images").iterdir())[0]
+    (folder / clean.name).write_bytes(clean.read_bytes())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.chdir(tmp_path)
+    assert predict_cli.main(["--model_uri", champion["uri"], "--input", str(folder), "--output",
+                             str(tmp_path / "out.csv")]) == 0
+    predicted = pd.read_csv(tmp_path / "out.csv", dtype={"id": str, "ungradable_reason": str},
+                            keep_default_na=False).set_index("id")
+    status, answer = invoke(model_server, [png_bytes(non_fundus(name)) for name in NON_FUNDUS] + [clean.read_bytes()])
+    assert status == 200, answer
+    served = pd.DataFrame(answer["predictions"])
+    assert served["ungradable_reason"].tolist()[:-1] == [NOT_A_FUNDUS] * len(NON_FUNDUS)
+    assert predicted.loc[list(NON_FUNDUS), "ungradable_reason"].tolist() == [NOT_A_FUNDUS] * len(NON_FUNDUS)
+    assert served["predicted_grade"].tolist()[:-1] == [-1] * len(NON_FUNDUS)
+    assert served["gradable"].tolist()[-1] == bool(predicted.loc[clean.stem, "gradable"])
 
 
 def recoded(photo: bytes, mode: str, file_format: str) -> bytes:
@@ -142,24 +198,25 @@ def test_greyscale_and_png_photos_get_predicts_answers(model_server, champion, r
                       - expected[PROBABILITY_COLUMNS].to_numpy(float)).max() <= TOLERANCE, name
 
 
-@pytest.mark.parametrize("bad, message", [
-    (b"not a photo at all", "row 1: the photo is corrupt, truncated or not an image"),
-    (None, "row 1: 'image' is not base64-encoded photo bytes"),
-])
-def test_a_bad_photo_is_refused_naming_its_row(model_server, raw_dir, bad, message):
+def test_a_request_that_is_not_base64_is_refused_naming_its_row(model_server, raw_dir):
     photo = sorted((raw_dir / "images").iterdir())[0].read_bytes()
-    if bad is None:
-        body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(photo).decode()], ["%%%"]]}}
-        request = urllib.request.Request(f"{model_server}/invocations", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with pytest.raises(urllib.error.HTTPError) as raised:
-            urllib.request.urlopen(request, timeout=60)
-        status, answer = raised.value.code, json.loads(raised.value.read())
-    else:
-        status, answer = invoke(model_server, [photo, bad])
-    assert status == 400
-    assert message in answer["message"]
+    body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(photo).decode()], ["%%%"]]}}
+    request = urllib.request.Request(f"{model_server}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(request, timeout=60)
+    answer = json.loads(raised.value.read())
+    assert raised.value.code == 400 and "row 1: 'image' is not base64-encoded photo bytes" in answer["message"]
     assert "predictions" not in answer
+
+
+def test_an_unreadable_photo_is_a_refused_row_not_a_failed_request(model_server, raw_dir):
+    photo = sorted((raw_dir / "images").iterdir())[0].read_bytes()
+    status, answer = invoke(model_server, [photo, b"not a photo at all"])
+    assert status == 200, answer
+    rows = answer["predictions"]
+    assert rows[1]["gradable"] is False and rows[1]["ungradable_reason"] == "unreadable photo"
+    assert rows[1]["predicted_grade"] == -1 and rows[1]["referable"] is None
 
 
 def dicom_folder(raw_dir: Path, folder: Path) -> dict[str, bytes]:

@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         frame = run_predict(args.model_uri, args.input, args.output,
                                   coerce_int(args.batch_size, "batch_size", 1), coerce_int(args.num_workers, "num_workers", 0))
-        print(f"{len(frame)} predictions in {args.output}; referable: {int(frame['referable'].sum())}")
+        print(f"{len(frame)} predictions in {args.output}; referable: {int(frame['referable'].sum())}; "
+              f"ungradable: {int((~frame['gradable']).sum())}")
 
     return run_step("predict", body)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -14,10 +15,14 @@ from torchvision.transforms.v2 import functional as F
 
 from pipeline.catalog import AUGMENT_RECIPES
 from pipeline.data import arrays, augment
+from pipeline.data.fov import NotAFundusError
 from pipeline.data.photos import PhotoSource, load_rgb
 from pipeline.data.prepare import cache_image
+from pipeline.data.quality import QUALITY_MEASURES, PhotoQuality
 from pipeline.data.preprocess import MANIFEST, METADATA, PROCESSED_SPLITS, cache_dir
 from pipeline.errors import DataError
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -267,14 +272,31 @@ def _check_size(processed: ProcessedDataset, image_size: int) -> None:
         )
 
 
-def photo_input(source: PhotoSource, cache_size: int, image_size: int, enhance: str = "none") -> torch.Tensor:
+def prepared_input(source: PhotoSource, cache_size: int, image_size: int, enhance: str = "none"
+                   ) -> tuple[torch.Tensor, PhotoQuality]:
     """A new photo as the network sees it: exactly the pixels of its processed-cache image (see
-    ``prepare.cache_image``) through the eval preset, as a uint8 (3, size, size) tensor."""
-    return EvalPreset(image_size)(load_rgb(cache_image(source, cache_size, enhance).jpeg))
+    ``prepare.cache_image``) through the eval preset, as a uint8 (3, size, size) tensor; and its
+    quality measures.
+
+    Raises:
+        DataError: naming the photo when it cannot be read (``NotAFundusError``: it holds no fundus).
+    """
+    prepared = cache_image(source, cache_size, enhance)
+    return EvalPreset(image_size)(load_rgb(prepared.jpeg)), prepared.quality
+
+
+def photo_input(source: PhotoSource, cache_size: int, image_size: int, enhance: str = "none") -> torch.Tensor:
+    """``prepared_input``'s tensor."""
+    return prepared_input(source, cache_size, image_size, enhance)[0]
 
 
 class RawPhotoDataset(Dataset):
-    """New photos (files or bytes) prepared exactly as preprocess + the eval preset prepare training's."""
+    """New photos (files or bytes) prepared exactly as preprocess + the eval preset prepare training's.
+
+    An item is (image, index, quality measures, refusal): refusal 0 for a prepared photo, 1 for one
+    with no fundus, 2 for one that cannot be read (``grading.REFUSALS``), whose image is black.
+    A bad photo never stops the others: it is logged with its file and reported in its item.
+    """
 
     def __init__(self, sources: list[PhotoSource], cache_size: int, image_size: int, enhance: str = "none") -> None:
         self.sources = sources
@@ -285,5 +307,15 @@ class RawPhotoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.sources)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return photo_input(self.sources[index], self.cache_size, self.image_size, self.enhance), index
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor, int]:
+        try:
+            image, quality = prepared_input(self.sources[index], self.cache_size, self.image_size, self.enhance)
+            return image, index, torch.tensor(quality.values(), dtype=torch.float64), 0
+        except NotAFundusError as exc:
+            log.warning("%s", exc)
+            refusal = 1
+        except DataError as exc:
+            log.warning("%s", exc)
+            refusal = 2
+        blank = torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8)
+        return blank, index, torch.zeros(len(QUALITY_MEASURES), dtype=torch.float64), refusal

@@ -68,6 +68,11 @@ MAX_EDGE_POINTS = 500  # an evenly thinned subset beyond this: the fit's cost gr
 # The refinement: rays across the fitted edge, each sampled this far inside and outside it.
 RAYS = 180
 RAY_BAND = 0.12  # of the radius
+RAY_SMOOTHING = 0.01  # of the radius (at least 1 px): the Gaussian along each ray
+RAY_LAG = 0.02  # of the radius (at least 2 px): the fall is measured across this much of the ray
+# A ray finds an edge where its profile falls by this much (log ratio ~1.13): a dark rim on a
+# frame almost as bright; the edge as a whole must be a clearer step (MIN_EDGE_CONTRAST).
+MIN_RAY_FALL = 0.12
 # Most rays cross the aperture's edge itself, so a least-squares circle refitted without the
 # points further from it than OUTLIER_SPREADS robust standard deviations (or 1 px) is exact.
 REFIT_ROUNDS = 2
@@ -387,14 +392,23 @@ def _refine(light: np.ndarray, cx: float, cy: float, radius: float) -> tuple[flo
     # The pixel each sample falls in: sub-pixel accuracy comes from fitting many rays at once.
     rows = np.clip(ys, 0, height - 1).astype(np.intp)
     cols = np.clip(xs, 0, width - 1).astype(np.intp)
-    profiles = light[rows, cols]
-    # The fall over 2 px: the aperture's step, not one noisy pixel.
-    lag = 2
+    # Smoothed along the ray, then the fall over a few % of the radius: the aperture's step, sharp
+    # or blurred (a photo out of focus), not a noisy pixel; its centre is the edge.
+    profiles = ndimage.gaussian_filter1d(light[rows, cols], max(1.0, RAY_SMOOTHING * radius), axis=1, mode="nearest")
+    lag = max(2, round(RAY_LAG * radius))
     fall = np.where(inside[:, :-lag] & inside[:, lag:], profiles[:, :-lag] - profiles[:, lag:], -np.inf)
     best = np.argmax(fall, axis=1)
-    contrast = fall[np.arange(RAYS), best]
-    found = contrast >= MIN_EDGE_CONTRAST
-    edge = distance[0, best] + lag / 2
+    rays = np.arange(RAYS)
+    contrast = fall[rays, best]
+    found = contrast >= MIN_RAY_FALL
+    # The fall's peak to a fraction of a sample: the vertex of the parabola through it and its
+    # neighbours (a blurred edge has a broad peak, whose top one sample may miss by several).
+    left, right = fall[rays, np.maximum(best - 1, 0)], fall[rays, np.minimum(best + 1, fall.shape[1] - 1)]
+    with np.errstate(invalid="ignore"):  # rays that leave the photo: -inf there, no vertex taken
+        curvature = left - 2 * contrast + right
+        usable = np.isfinite(curvature) & (curvature < 0)
+        shift = np.where(usable, 0.5 * (left - right) / np.where(usable, curvature, -1.0), 0.0)
+    edge = distance[0, best] + np.clip(shift, -0.5, 0.5) + lag / 2
     points = np.column_stack([cx + cos[:, 0] * edge, cy + sin[:, 0] * edge])
     # Start from the rays that crossed the coarse circle's edge (rays stopped by a cut or a bar
     # first cross something else), then refit by least squares without the rays that miss it.

@@ -24,6 +24,7 @@ CURVES = (
 )
 CHAMPION_FIGURES = (
     ("roc/test_referable_roc.png", "Champion: referable DR (grade >= 2) ROC on test"),
+    ("calibration/test_reliability.png", "Champion: reliability on test, before and after its temperature"),
     ("gradcam/test_gradcam.png", "Champion: Grad-CAM on a fixed test sample per grade"),
 )
 

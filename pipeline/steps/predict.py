@@ -17,7 +17,11 @@ def run_predict(model_ref: str, source: str, output: str, batch_size: int = 32, 
     inputs = list_inputs(source)
     frame = predict_photos(loaded.grader, inputs, batch_size=batch_size, num_workers=num_workers)
     path = write_predictions(frame, output)
-    metric_sink().log_summary({"images": len(frame), "referable_share": float(frame["referable"].mean()),
+    gradable = frame["gradable"].to_numpy(bool)
+    metric_sink().log_summary({"images": len(frame), "ungradable_share": float(1 - gradable.mean()) if len(frame) else 0.0,
+                               # of the gradable photos: the others get no call
+                               "referable_share": float(frame["referable"][gradable].astype(bool).mean())
+                               if gradable.any() else float("nan"),
                                "referable_threshold": loaded.grader.spec.referable_threshold})
     artifacts.log_artifact(path, "predictions")
     return frame

@@ -92,8 +92,18 @@ def run_study(cfg: StudyConfig) -> StudyOutcome:
     metric_sink().log_summary({"champion_selection_score": champion.selection_score, **evaluation})
     # The study run's page in the MLflow UI opens on the comparison.
     runs.set_tags({tags.NOTE: f"**retina-flow study**: champion `{cfg.registered_model}` v{version} "
-                              f"(`models:/{cfg.registered_model}@{cfg.champion_alias}`).\n\n{comparison.markdown}"})
+                              f"(`models:/{cfg.registered_model}@{cfg.champion_alias}`). {champion_on_test(evaluation)}"
+                              f"\n\n{comparison.markdown}"})
     return StudyOutcome(trained, skipped, champion, version, evaluation, comparison.text)
+
+
+def champion_on_test(evaluation: dict[str, float]) -> str:
+    """A sentence on the champion's test evaluation: what it refused, how calibrated it is."""
+    refused = evaluation.get("test_ungradable_fraction", 0.0)
+    before, after = evaluation.get("test_uncalibrated_ece"), evaluation.get("test_ece")
+    calibration = "" if before is None or after is None else (
+        f"; calibration error (ECE) {before:.3f} before its temperature, {after:.3f} after")
+    return f"On test it refused {refused:.1%} of the photos as ungradable{calibration}."
 
 
 def describe_champion(cfg: StudyConfig, version: str, champion: TrainOutcome) -> None:

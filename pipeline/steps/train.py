@@ -7,6 +7,7 @@ runs it; only rank 0 logs to MLflow and writes the checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import logging
@@ -22,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from pipeline import checkpoint, faults
-from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, NUM_GRADES, config_label
+from pipeline.catalog import NUM_GRADES, config_label
 from pipeline.config import TrainConfig, to_dict, validate_train_config
 from pipeline.data.augment import augment_batch
 from pipeline.data.balance import balanced_weights, class_weights
@@ -39,7 +40,6 @@ from pipeline.data.dataset import (
 from pipeline.data.preprocess import PROCESSED_SPLITS
 from pipeline.data.sampling import EpochSampler
 from pipeline.data.synthetic import render_fundus
-from pipeline.decision import CutPoints, fit_cut_points, fit_fuse_weight, fuse_eyes
 from pipeline.distributed import (
     DistContext,
     broadcast_from_main,
@@ -48,17 +48,19 @@ from pipeline.distributed import (
     init_process_group,
     shard_indices,
 )
-from pipeline.engine import EpochCallback, EvalOutput, FitResult, FitState, fit
+from pipeline.engine import EpochCallback, FitResult, FitState, fit
 from pipeline.errors import ConfigError, RetinaFlowError
 from pipeline.figures import figure_png, gradcam_figure
 from pipeline.gradcam import grad_cam
 from pipeline.hardware import Accelerator, keep_batch_memory, resolve_device, resolve_precision
+from pipeline.fitting import SplitOutputs, fit_grader
+from pipeline.gradability import NOVELTY_PHOTOS
 from pipeline.grading import Grader, GraderSpec
-from pipeline.metrics import epoch_metrics, metrics_with_intervals, operating_threshold
+from pipeline.metrics import epoch_metrics
 from pipeline.model_card import CARD_ARTIFACT, CardFacts, model_card, run_description
 from pipeline.models import build_model, last_conv_stage, with_tta
 from pipeline.schedules import build_optimizer, epoch_lr
-from pipeline.steps.evaluate import log_test_evaluation, metric_scalars
+from pipeline.steps.evaluate import log_split_figures, measures_of, split_metrics
 from pipeline.tracking import artifacts, readback, registry, runs, tags
 from pipeline.tracking.sink import MetricSink, NullSink, metric_sink
 
@@ -269,55 +271,74 @@ def deliver_metrics(sink: MetricSink | NullSink, checkpoint_path: Path, run_id: 
 
 def log_selected_model(cfg: TrainConfig, model: nn.Module, result: FitResult, processed: ProcessedDataset,
                        device: torch.device, sink: MetricSink | NullSink) -> TrainOutcome:
-    """The best epoch's model: its operating point, test and validation metrics with CIs, Grad-CAM,
-    its weights, and the grader as the served model."""
+    """The best epoch's model, fitted into a grader (``fitting.fit_grader``: calibration, decision,
+    operating point, gradability), its test and validation metrics with CIs, Grad-CAM, its weights,
+    and the grader as the served model."""
     model.load_state_dict(result.best_state)
     # fp32 weights in the default memory format: what Grad-CAM and the served model take.
     model = model.float().to(memory_format=torch.contiguous_format)
-    test_rows, val_rows = processed.split("test"), processed.split("val")
-    val_patients, test_patients = val_rows["patient"].to_numpy(), test_rows["patient"].to_numpy()
-    cut_points, fuse_weight = fit_decision(cfg, result.best_val, val_patients)
-    # The operating point, like the cut points, is one eye's: the served model grades single photos.
-    threshold, chosen = choose_operating_point(result.best_val.targets, result.best_val.probabilities,
-                                               cfg.referable_target_sensitivity)
-    val_probabilities = fuse_eyes(result.best_val.probabilities, val_patients, fuse_weight)
-    test_probabilities = fuse_eyes(result.best_test.probabilities, test_patients, fuse_weight)
+    rows = {split: processed.split(split) for split in PROCESSED_SPLITS}
+    base = GraderSpec(cfg.model, cfg.image_size, processed.image_size, tta=cfg.tta, head=cfg.head,
+                      enhance=processed.enhance)
+    network = Grader(model, base, device=device)
+    seen = {split: split_outputs(network, processed, split_rows, cfg) for split, split_rows in rows.items()}
+    # The thresholds of the quality measures see every training photo (the manifest has them all).
+    seen_measures = np.concatenate([measures_of(processed, rows["train"]), seen["val"].measures])
+    fitted = fit_grader(seen["train"], seen["val"], seen_measures, decision=cfg.decision, fuse_eyes=cfg.fuse_eyes,
+                        target_sensitivity=cfg.referable_target_sensitivity)
+    spec = dataclasses.replace(base, referable_threshold=fitted.referable_threshold, cut_points=fitted.cut_points,
+                               fuse_weight=fitted.fuse_weight, temperature=fitted.temperature,
+                               gradability=fitted.gradability)
+    grader = Grader(model, spec, fitted.novelty)
+    label = config_label(cfg.model, cfg.pretrained, cfg.recipe)
+    metrics: dict[str, float] = {}
+    for split in ("val", "test"):
+        outputs = seen[split]
+        judged = grader.judge(grader.calibrated(outputs.probabilities), outputs.features, outputs.measures)
+        scalars = split_metrics(grader, outputs.targets, outputs.probabilities, judged, outputs.patients,
+                                prefix=f"selected_{split}_", resamples=cfg.bootstrap_resamples, seed=cfg.seed)
+        if split == "test":
+            log_split_figures(grader, outputs.targets, outputs.probabilities, judged, outputs.patients,
+                              title=f"{label}: test set, epoch {result.best_epoch} (best {cfg.select_metric})",
+                              split="test", metrics=scalars, resamples=cfg.bootstrap_resamples, seed=cfg.seed)
+        metrics |= scalars
     best = result.history[result.best_epoch - 1]
-    selected = log_test_evaluation(
-        result.best_test.targets, test_probabilities, test_patients, prefix="selected_test_",
-        title=f"{config_label(cfg.model, cfg.pretrained, cfg.recipe)}: test set, epoch {result.best_epoch} (best {cfg.select_metric})",
-        threshold=threshold, resamples=cfg.bootstrap_resamples, seed=cfg.seed, cut_points=cut_points)
-    validation = metric_scalars(*metrics_with_intervals(
-        result.best_val.targets, val_probabilities, val_patients, threshold=threshold,
-        resamples=cfg.bootstrap_resamples, seed=cfg.seed, cut_points=cut_points), prefix="selected_val_")
     sink.log_summary({
         "best_epoch": result.best_epoch,
         f"best_{cfg.select_metric}": result.best_score,
         "selection_score": result.best_score,
         "best_val_accuracy": best["val_accuracy"],
         "highest_test_accuracy": max(h["test_accuracy"] for h in result.history),
-        "referable_threshold": threshold,
-        **decision_metrics(cfg, fuse_weight, cut_points),
-        **selected,
-        **validation,
+        **fitted.metrics(cfg.decision, cfg.fuse_eyes),
+        **metrics,
     })
-    log_gradcam(model, processed, test_rows, cfg.image_size, device)
+    log_gradcam(model, processed, rows["test"], cfg.image_size, device)
     artifacts.log_state_dict({k: v.detach().cpu() for k, v in result.best_state.items()},
                              f"{CHECKPOINT_FOLDER}/{BEST_WEIGHTS}")
-    grader = Grader(model, GraderSpec(cfg.model, cfg.image_size, processed.image_size, threshold, cfg.tta, cfg.head,
-                                      cut_points, fuse_weight, processed.enhance))
     model_uri, _ = registry.log_grader(grader, example_photos(processed.image_size))
     run_id = runs.active_run_id()
     dataset_name, dataset_digest = readback.input_dataset(run_id)
     facts = CardFacts(
         run_id=run_id, config=to_dict(cfg), dataset_name=dataset_name, dataset_digest=dataset_digest,
         grade_counts=processed.metadata["counts"], synthetic=processed.metadata.get("synthetic"),
-        best_epoch=result.best_epoch, selection_score=result.best_score, metrics=selected | validation,
-        referable_threshold=threshold, operating_point_chosen=chosen, cache_size=processed.image_size,
-        cut_points=cut_points, fuse_weight=fuse_weight)
+        best_epoch=result.best_epoch, selection_score=result.best_score, metrics=metrics,
+        referable_threshold=fitted.referable_threshold, operating_point_chosen=fitted.operating_point_chosen,
+        cache_size=processed.image_size, cut_points=fitted.cut_points, fuse_weight=fitted.fuse_weight,
+        temperature=fitted.temperature, gradability=fitted.gradability)
     artifacts.log_text(model_card(facts), CARD_ARTIFACT)
     runs.set_tags({tags.NOTE: run_description(facts)})
-    return TrainOutcome(run_id, model_uri, result.best_epoch, result.best_score, selected["selected_test_accuracy"])
+    return TrainOutcome(run_id, model_uri, result.best_epoch, result.best_score, metrics["selected_test_accuracy"])
+
+
+def split_outputs(grader: Grader, processed: ProcessedDataset, rows: pd.DataFrame, cfg: TrainConfig) -> SplitOutputs:
+    """What the selected network (``grader``, read uncalibrated) gives a split's photos; of the
+    training split, a sample of at most ``NOVELTY_PHOTOS``, evenly spread (all the novelty model needs)."""
+    if rows["split"].iloc[0] == "train" and len(rows) > NOVELTY_PHOTOS:
+        rows = rows.iloc[np.linspace(0, len(rows) - 1, NOVELTY_PHOTOS).astype(int)].reset_index(drop=True)
+    dataset = FundusDataset(processed.root, rows, EvalPreset(cfg.image_size))
+    loader = make_loader(dataset, cfg.batch_size, shuffle=False, num_workers=cfg.num_workers, seed=cfg.seed)
+    targets, probabilities, features = grader.outputs_of(loader, calibrated=False)
+    return SplitOutputs(targets, probabilities, features, measures_of(processed, rows), rows["patient"].to_numpy())
 
 
 def outcome_of_run(run_id: str) -> TrainOutcome:
@@ -325,37 +346,6 @@ def outcome_of_run(run_id: str) -> TrainOutcome:
     model_uri, metrics = readback.train_result(run_id)
     return TrainOutcome(run_id, model_uri, int(metrics["best_epoch"]), metrics["selection_score"],
                         metrics["selected_test_accuracy"])
-
-
-def fit_decision(cfg: TrainConfig, val: EvalOutput, val_patients: np.ndarray) -> tuple[CutPoints | None, float]:
-    """How the selected model decides, fitted on its validation predictions: the cut points
-    (``kappa_thresholds``) on each eye's own probabilities, as the served model grades a single
-    photo; then the fellow eye's weight (``fuse_eyes``) with which those cut points score best."""
-    cut_points = fit_cut_points(val.targets, val.probabilities) if cfg.decision == "kappa_thresholds" else None
-    weight = fit_fuse_weight(val.targets, val.probabilities, val_patients, cut_points) if cfg.fuse_eyes else 0.0
-    return cut_points, weight
-
-
-def decision_metrics(cfg: TrainConfig, fuse_weight: float, cut_points: CutPoints | None) -> dict[str, float]:
-    """``fuse_weight`` and ``threshold_1``..``threshold_4`` as the run's metrics, where asked for;
-    the thresholds are NaN when validation kept argmax (no cut points beat it there)."""
-    metrics = {"fuse_weight": fuse_weight} if cfg.fuse_eyes else {}
-    if cfg.decision == "kappa_thresholds":
-        cuts = cut_points or (float("nan"),) * (NUM_GRADES - 1)
-        metrics |= {f"threshold_{k}": cut for k, cut in enumerate(cuts, start=1)}
-    return metrics
-
-
-def choose_operating_point(targets: np.ndarray, probabilities: np.ndarray, target_sensitivity: float
-                           ) -> tuple[float, bool]:
-    """The referable threshold chosen on validation (see ``metrics.operating_threshold``), and
-    whether it was: without a referable eye or finite outputs it falls back on the default."""
-    threshold = operating_threshold(targets, probabilities, target_sensitivity)
-    if np.isnan(threshold):
-        log.warning("no operating point can be chosen on validation (no referable eye, or the model diverged); "
-                    "using P(grade >= 2) >= %g", DEFAULT_REFERABLE_THRESHOLD)
-        return DEFAULT_REFERABLE_THRESHOLD, False
-    return threshold, True
 
 
 def example_photos(side: int, count: int = SERVING_EXAMPLE_IMAGES) -> list[bytes]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
@@ -20,7 +21,7 @@ import pipeline
 from pipeline.errors import ConfigError
 from pipeline.grading import Grader, encode_photos, grade_request
 from pipeline.tracking import tags
-from pipeline.tracking.served import SPEC_ARTIFACT, WEIGHTS_ARTIFACT, GraderModel
+from pipeline.tracking.served import NOVELTY_ARTIFACT, SPEC_ARTIFACT, WEIGHTS_ARTIFACT, GraderModel
 
 # What the served model imports, pinned to the versions it was trained with. Explicit: inferring
 # requirements costs ~18 s per logged model on these machines.
@@ -48,10 +49,15 @@ def log_grader(grader: Grader, example_photos: list[bytes]) -> tuple[str, str]:
         weights, spec = Path(tmp) / "weights.pt", Path(tmp) / "grader.json"
         torch.save({k: v.detach().cpu() for k, v in grader.network.state_dict().items()}, weights)
         spec.write_text(json.dumps(grader.spec.to_dict(), indent=2))
+        files = {WEIGHTS_ARTIFACT: str(weights), SPEC_ARTIFACT: str(spec)}
+        if grader.novelty is not None:
+            novelty = Path(tmp) / "novelty.npz"
+            np.savez(novelty, **grader.novelty.to_arrays())
+            files[NOVELTY_ARTIFACT] = str(novelty)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=GraderModel(),
-            artifacts={WEIGHTS_ARTIFACT: str(weights), SPEC_ARTIFACT: str(spec)},
+            artifacts=files,
             code_paths=[str(Path(pipeline.__file__).parent)],
             signature=signature,
             input_example=example,

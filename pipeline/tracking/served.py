@@ -1,22 +1,26 @@
 """The served model: the grader as an MLflow pyfunc that takes photos.
 
-Input: a DataFrame with one string column ``image`` of base64-encoded photo files (JPEG or PNG,
-any size). Output: one row per photo, ``predicted_grade``, ``p_grade_0``..``p_grade_4``,
-``p_referable``, ``referable``. A photo that cannot be read is refused naming its row
-(``mlflow models serve`` answers HTTP 400), never graded.
+Input: a DataFrame with one string column ``image`` of base64-encoded photo files (JPEG, PNG,
+TIFF, BMP or DICOM, any size). Output: one row per photo, ``grading.PREDICTION_COLUMNS``: the grade,
+probabilities and referable call, or for a photo the grader refuses (unreadable, no fundus, too
+dark, ...) ``gradable`` false, its ``ungradable_reason``, grade -1 and no referable call. Only a
+row that is not base64 fails the request (``mlflow models serve`` answers HTTP 400, naming it).
 """
 
 import json
 
 import mlflow
+import numpy as np
 import pandas as pd
 import torch
 
 from pipeline.errors import DataError
+from pipeline.gradability import NoveltyModel
 from pipeline.grading import Grader, GraderSpec, grade_request
 
 WEIGHTS_ARTIFACT = "weights"  # the network's state dict (torch.load(..., weights_only=True))
 SPEC_ARTIFACT = "grader"  # GraderSpec as JSON
+NOVELTY_ARTIFACT = "novelty"  # gradability.NoveltyModel's arrays (.npz, loaded without pickle)
 
 
 class GraderModel(mlflow.pyfunc.PythonModel):
@@ -28,7 +32,11 @@ class GraderModel(mlflow.pyfunc.PythonModel):
         with open(context.artifacts[SPEC_ARTIFACT]) as file:
             spec = GraderSpec.from_dict(json.load(file))
         state = torch.load(context.artifacts[WEIGHTS_ARTIFACT], map_location="cpu", weights_only=True)
-        self.grader = Grader.from_state_dict(spec, state)
+        novelty = None
+        if NOVELTY_ARTIFACT in context.artifacts:  # graders logged before it existed have none
+            with np.load(context.artifacts[NOVELTY_ARTIFACT], allow_pickle=False) as arrays:
+                novelty = NoveltyModel.from_arrays(dict(arrays))
+        self.grader = Grader.from_state_dict(spec, state, novelty)
 
     # A DataFrame hint: MLflow infers no signature from it, so the one logged with the model holds.
     def predict(self, context: object, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
