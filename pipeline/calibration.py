@@ -2,9 +2,12 @@
 
 A network's softmax is typically over-confident. Temperature scaling divides its logits by one
 number T fitted to minimise the negative log-likelihood on the validation set (Guo et al., 2017):
-grades by argmax do not change, the probabilities do. It is applied here to the log of the
-grader's probabilities, which equals the logits up to a constant per photo that the softmax
-cancels, so it works alike for a plain head, the ordinal head and flip-averaged outputs.
+grades by argmax do not change, the probabilities do. It is applied here to the grader's
+probabilities themselves, as softmax(log p / T), i.e. p^(1/T) renormalised: for a plain head that
+is exactly temperature scaling of its logits (log p differs from them by a constant per photo,
+which the softmax cancels); for the ordinal head and flip-averaged outputs, whose probabilities
+are no softmax of one set of logits, it is the same one-parameter sharpening or softening, which
+keeps every photo's order of grades and is fitted the same way.
 """
 
 from __future__ import annotations

@@ -88,3 +88,15 @@ ENHANCEMENTS = ("none", "ben_graham")
 # Training augmentation: the labs' flips + rotation, or the field's flips, any rotation, shift,
 # scale, brightness and contrast (after YijinHuang/pytorch-classification's EyePACS config).
 AUGMENT_RECIPES = ("lab", "field")
+
+# Why the grader refuses a photo (a prediction row's ``ungradable_reason``), in the order they are
+# checked (see ``gradability``): no field of view, an unreadable file, a quality measure beyond its
+# threshold, and the network's own view of a photo unlike those it learnt from.
+NOT_A_FUNDUS = "not a fundus photograph"
+UNREADABLE = "unreadable photo"
+TOO_DARK = "too dark"
+OVEREXPOSED = "over-exposed"
+OUT_OF_FOCUS = "out of focus"
+LOW_CONTRAST = "low contrast"
+UNLIKE_TRAINING = "unlike the training photos"
+UNGRADABLE_REASONS = (NOT_A_FUNDUS, UNREADABLE, TOO_DARK, OVEREXPOSED, OUT_OF_FOCUS, LOW_CONTRAST, UNLIKE_TRAINING)

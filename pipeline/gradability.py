@@ -1,7 +1,8 @@
 """Whether the grader may grade a photo, and why not: the checks every grader applies alike.
 
 A screening programme sends an ungradable photo back ("retake, or examine in person"); so does the
-grader. It refuses a photo, with the first reason that applies, in this order:
+grader. It refuses a photo, with the first reason that applies (``catalog.UNGRADABLE_REASONS``), in
+this order:
 
 1. ``not a fundus photograph``: no field of view was found (``data.fov``);
 2. ``unreadable photo``: the file is corrupt, truncated or no image;
@@ -23,17 +24,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sklearn.covariance import LedoitWolf
 
+from pipeline.catalog import LOW_CONTRAST, OUT_OF_FOCUS, OVEREXPOSED, TOO_DARK, UNLIKE_TRAINING
 from pipeline.data.quality import QUALITY_MEASURES
-
-NOT_A_FUNDUS = "not a fundus photograph"
-UNREADABLE = "unreadable photo"
-TOO_DARK = "too dark"
-OVEREXPOSED = "over-exposed"
-OUT_OF_FOCUS = "out of focus"
-LOW_CONTRAST = "low contrast"
-UNLIKE_TRAINING = "unlike the training photos"
-# Every reason a prediction row's ``ungradable_reason`` can hold, in the order they are checked.
-UNGRADABLE_REASONS = (NOT_A_FUNDUS, UNREADABLE, TOO_DARK, OVEREXPOSED, OUT_OF_FOCUS, LOW_CONTRAST, UNLIKE_TRAINING)
 
 # Each threshold rejects at most this share of the photos it is fitted on...
 REJECT_SHARE = 0.005
@@ -58,13 +50,13 @@ class GradabilityThresholds:
     max_overexposed: float  # % of the field burnt out
     min_focus: float  # fine detail, % of the brightness
     min_contrast: float  # spread of grey levels, % of the brightness
-    max_novelty: float  # Mahalanobis distance of the pooled features (inf: no novelty check)
+    max_novelty: float | None  # Mahalanobis distance of the pooled features (None: no novelty check)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
     def as_metrics(self) -> dict[str, float]:
-        return {f"gradable_{name}": value for name, value in asdict(self).items()}
+        return {f"gradable_{name}": value for name, value in asdict(self).items() if value is not None}
 
 
 def _log_spread(values: np.ndarray) -> tuple[float, float]:
@@ -104,7 +96,7 @@ def fit_thresholds(measures: np.ndarray, novelty: np.ndarray | None) -> Gradabil
         max_overexposed=max(MIN_OVEREXPOSED, upper_threshold(columns["overexposed"])),
         min_focus=lower_threshold(columns["focus"]),
         min_contrast=lower_threshold(columns["contrast"]),
-        max_novelty=float("inf") if novelty is None or len(novelty) == 0 else upper_threshold(novelty),
+        max_novelty=None if novelty is None or len(novelty) == 0 else upper_threshold(novelty),
     )
 
 
@@ -120,7 +112,7 @@ def reasons(measures: np.ndarray, novelty: np.ndarray | None, thresholds: Gradab
               (OVEREXPOSED, overexposed > thresholds.max_overexposed),
               (OUT_OF_FOCUS, focus < thresholds.min_focus),
               (LOW_CONTRAST, contrast < thresholds.min_contrast)]
-    if novelty is not None:
+    if novelty is not None and thresholds.max_novelty is not None:
         checks.append((UNLIKE_TRAINING, np.asarray(novelty) > thresholds.max_novelty))
     found = [""] * len(measures)
     for reason, failing in reversed(checks):  # the first check that fails names the reason
@@ -141,6 +133,7 @@ class NoveltyModel:
 
     @classmethod
     def fit(cls, features: np.ndarray, grades: np.ndarray) -> NoveltyModel:
+        """Grade means and the shared within-grade precision of (N, features) training rows."""
         features = np.asarray(features, dtype=np.float64)
         grades = np.asarray(grades)
         seen = np.unique(grades)

@@ -27,13 +27,12 @@ from tqdm import tqdm
 
 from pipeline.calibration import calibrate
 from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, NUM_GRADES
-from pipeline.data.dataset import RawPhotoDataset, prepared_input, to_unit_float
-from pipeline.data.fov import NotAFundusError
-from pipeline.data.photos import PhotoSource
 from pipeline.data.quality import QUALITY_MEASURES
+from pipeline.data.dataset import RawPhotoDataset, prepared_or_refused, to_unit_float
+from pipeline.data.photos import PhotoSource
 from pipeline.decision import CutPoints, fuse_eyes, predicted_grades
 from pipeline.errors import DataError
-from pipeline.gradability import NOT_A_FUNDUS, UNREADABLE, GradabilityThresholds, NoveltyModel, reasons
+from pipeline.gradability import GradabilityThresholds, NoveltyModel, reasons
 from pipeline.metrics import referable_probability
 from pipeline.models import build_model, head_of, serving_model
 
@@ -162,6 +161,13 @@ class Grader:
             found = [earlier or later for earlier, later in zip(refused, found)]
         return Judged(probabilities, features, np.asarray(measures, dtype=np.float64), found)
 
+    def judge_images(self, images: torch.Tensor, measures: np.ndarray, refused: list[str]) -> Judged:
+        """``judge`` of a batch of prepared photos, those already ``refused`` (black images: see
+        ``dataset.prepared_or_refused``) without probabilities."""
+        probabilities, features = self.outputs(images)
+        probabilities[[bool(reason) for reason in refused]] = np.nan  # the network saw a blank
+        return self.judge(probabilities, features, measures, refused)
+
     def fused(self, probabilities: np.ndarray, patients: np.ndarray | None,
               gradable: np.ndarray | None = None) -> np.ndarray:
         """``probabilities`` with each eye blended with its fellow's (``fuse_weight``), where the
@@ -188,23 +194,17 @@ class Grader:
         others."""
         dataset = RawPhotoDataset(sources, self.spec.cache_size, self.spec.image_size, self.spec.enhance)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-        probabilities, features, measures, refused = [], [], [], []
-        for images, _, batch_measures, failures in tqdm(loader, desc="predict", unit="batch", disable=None):
-            batch_probabilities, batch_features = self.outputs(images)
-            failures = [REFUSALS[int(code)] for code in failures]
-            batch_probabilities[[bool(reason) for reason in failures]] = np.nan  # the network saw a blank
-            probabilities.append(batch_probabilities)
-            features.append(batch_features)
-            measures.append(batch_measures.numpy())
-            refused += failures
-        if not sources:
-            return predictions_frame(np.empty((0, NUM_GRADES)), self.spec.referable_threshold, None, [])
-        judged = self.judge(np.concatenate(probabilities), np.concatenate(features), np.concatenate(measures), refused)
-        return self.decide(judged, patients)
+        judged = [self.judge_images(images, np.asarray(measures), list(refused))
+                  for images, _, measures, refused in tqdm(loader, desc="predict", unit="batch", disable=None)]
+        return self.decide(concatenated(judged), patients)
 
 
-# What RawPhotoDataset reports of a photo it could not prepare: 0 none, else the reason's index.
-REFUSALS = ("", NOT_A_FUNDUS, UNREADABLE)
+def concatenated(parts: list[Judged]) -> Judged:
+    """Batches of judged photos as one."""
+    if not parts:
+        return Judged(np.empty((0, NUM_GRADES)), np.empty((0, 0)), np.empty((0, len(QUALITY_MEASURES))), [])
+    return Judged(np.concatenate([p.probabilities for p in parts]), np.concatenate([p.features for p in parts]),
+                  np.concatenate([p.measures for p in parts]), [reason for p in parts for reason in p.reasons])
 
 
 def predictions_frame(probabilities: np.ndarray, referable_threshold: float, cut_points: CutPoints | None = None,
@@ -254,21 +254,16 @@ def grade_request(grader: Grader, request: pd.DataFrame) -> pd.DataFrame:
                         f"send base64-encoded photo files in a column named '{IMAGE_COLUMN}'")
     texts = list(request[IMAGE_COLUMN])
     photos = [_decoded(row, text) for row, text in enumerate(texts)]
-    chunks: list[Judged] = []
+    judged = []
     # In batches: a request of hundreds of large photos must not hold them all in memory at once.
     for start in range(0, len(photos), SERVED_BATCH_SIZE):
-        prepared = [_prepared(start + offset, photo, grader.spec)
+        prepared = [prepared_or_refused(photo, grader.spec.cache_size, grader.spec.image_size, grader.spec.enhance,
+                                        name=f"row {start + offset}")
                     for offset, photo in enumerate(photos[start:start + SERVED_BATCH_SIZE])]
-        probabilities, features = grader.outputs(torch.stack([image for image, _, _ in prepared]))
-        refused = [reason for _, _, reason in prepared]
-        probabilities[[bool(reason) for reason in refused]] = np.nan
-        chunks.append(grader.judge(probabilities, features, np.stack([m for _, m, _ in prepared]), refused))
-    if not chunks:
-        return predictions_frame(np.empty((0, NUM_GRADES)), grader.spec.referable_threshold)
-    judged = Judged(np.concatenate([c.probabilities for c in chunks]), np.concatenate([c.features for c in chunks]),
-                    np.concatenate([c.measures for c in chunks]), [r for c in chunks for r in c.reasons])
+        images, measures, refused = zip(*prepared)
+        judged.append(grader.judge_images(torch.stack(images), np.stack(measures), list(refused)))
     # One photo, one eye: the served model never fuses (a request's rows need not be one patient's).
-    return grader.decide(judged)
+    return grader.decide(concatenated(judged))
 
 
 def _decoded(row: int, text: object) -> bytes:
@@ -278,16 +273,12 @@ def _decoded(row: int, text: object) -> bytes:
         raise DataError(f"row {row}: '{IMAGE_COLUMN}' is not base64-encoded photo bytes") from None
 
 
-def _prepared(row: int, photo: bytes, spec: GraderSpec) -> tuple[torch.Tensor, np.ndarray, str]:
-    """One request row as the network's input, its measures and its reason to be refused, if any."""
-    try:
-        image, quality = prepared_input(photo, spec.cache_size, spec.image_size, spec.enhance)
-        return image, np.asarray(quality.values(), dtype=np.float64), ""
-    except NotAFundusError as exc:
-        log.warning("row %d: %s", row, exc)
-        reason = NOT_A_FUNDUS
-    except DataError as exc:
-        log.warning("row %d: %s", row, exc)
-        reason = UNREADABLE
-    return (torch.zeros(3, spec.image_size, spec.image_size, dtype=torch.uint8),
-            np.zeros(len(QUALITY_MEASURES)), reason)
+def with_nulls(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every missing value None (its column then of objects): JSON null in the served
+    answer, where a NaN would be the bare token ``NaN`` that strict JSON parsers refuse."""
+    frame = frame.copy()
+    for column in frame.columns:
+        missing = frame[column].isna()
+        if missing.any():
+            frame[column] = frame[column].astype(object).where(~missing, None)
+    return frame

@@ -13,7 +13,8 @@ from typing import Any
 from pipeline.catalog import GRADE_NAMES, IMAGENET_WEIGHTS, INTERVAL_METRICS, LAB_RECIPE, REFERABLE_GRADE, config_label
 from pipeline.data.prepare import CACHE_JPEG_QUALITY
 from pipeline.decision import CutPoints
-from pipeline.gradability import UNGRADABLE_REASONS, GradabilityThresholds
+from pipeline.catalog import UNGRADABLE_REASONS
+from pipeline.gradability import GradabilityThresholds
 from pipeline.grading import PREDICTION_COLUMNS
 
 CARD_ARTIFACT = "model_card.md"  # on every train run
@@ -110,7 +111,7 @@ def _gradability(facts: CardFacts) -> list[str]:
     thresholds, metrics = facts.gradability, facts.metrics
     if thresholds is None:
         return []
-    novelty = ("never (no novelty model)" if thresholds.max_novelty == float("inf") else
+    novelty = ("never (no novelty model)" if thresholds.max_novelty is None else
                f"its features lie further than {thresholds.max_novelty:.2f} (Mahalanobis) from every grade's training photos")
     return [
         "## Which photos it grades",

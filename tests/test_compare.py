@@ -73,3 +73,14 @@ def test_each_recipe_is_a_row_of_its_own():
     assert table["configuration"].tolist() == ["resnet18 pretrained", "resnet18 scratch", "resnet18 pretrained field"]
     assert table["test_accuracy_at_best_val"].tolist()[::2] == [0.71, 0.82]
     assert table["status"].tolist()[1] == "not run: no finished train run found"
+
+
+def test_each_configuration_shows_its_refusals_and_calibration():
+    run = record("resnet18", False, val=[0.5, 0.8], test=[0.6, 0.7])
+    run.metrics.update({"selected_test_ungradable_fraction": 0.04, "selected_test_ece": 0.031,
+                        "selected_test_uncalibrated_ece": 0.12})
+    table = comparison_table([run], grid(["resnet18"], [False]))
+    assert table.loc[0, "test_ungradable_fraction"] == 0.04 and table.loc[0, "test_ece"] == 0.031
+    assert table.loc[0, "test_uncalibrated_ece"] == 0.12
+    header = markdown_table(table).splitlines()[0]
+    assert "test_ungradable_fraction" in header and "test_ece" in header

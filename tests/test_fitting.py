@@ -71,17 +71,34 @@ def test_the_operating_point_is_chosen_on_the_calibrated_probabilities():
         (calibrated[referable] >= fit.referable_threshold).mean(), abs=0.02)
 
 
-def test_cut_points_and_the_fellow_eyes_weight_are_fitted_where_asked():
-    val = constructed(400, seed=5)
+def test_cut_points_are_fitted_on_the_calibrated_probabilities():
+    """Grade 0 always most probable, the rest of the mass leaning to the true grade: argmax gets no
+    grade but 0, cut points on the expected grade do. Calibration changes the expected grades, so
+    the cut points must be those of the calibrated probabilities: they score on them as fitted."""
+    from pipeline.calibration import calibrate
+    from pipeline.decision import predicted_grades, quadratic_kappa
+
+    rng = np.random.default_rng(5)
+    targets = rng.integers(0, 5, 600)
+    probabilities = np.full((600, 5), 0.05)
+    probabilities[:, 0] = 0.5
+    probabilities[np.arange(600), np.maximum(targets, 1)] += 0.3
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    base = constructed(600, seed=5)
+    val = dataclasses.replace(base, targets=targets, probabilities=probabilities)
     fit = fitted(val, decision="kappa_thresholds", fuse_eyes=True)
-    assert fit.cut_points is None or len(fit.cut_points) == 4
+    calibrated = calibrate(probabilities, fit.temperature)
+    assert fit.temperature != pytest.approx(1.0, abs=0.05)
+    assert fit.cut_points is not None
+    assert quadratic_kappa(targets, predicted_grades(calibrated, fit.cut_points)) > 0.8
+    assert quadratic_kappa(targets, predicted_grades(calibrated)) < 0.1  # argmax: grade 0 only
     metrics = fit.metrics("kappa_thresholds", True)
-    assert {"threshold_1", "threshold_4", "fuse_weight"} <= set(metrics)
-    assert 0.0 <= fit.fuse_weight <= 0.5
+    assert {"threshold_1", "threshold_4", "fuse_weight"} <= set(metrics) and 0.0 <= fit.fuse_weight <= 0.5
 
 
 def test_a_diverged_network_gets_no_novelty_model():
     val = constructed(100, seed=6)
     broken = dataclasses.replace(val, features=np.full_like(val.features, np.nan))
     fit = fit_grader(broken, val, val.measures, decision="argmax", fuse_eyes=False, target_sensitivity=0.9)
-    assert fit.novelty is None and fit.gradability.max_novelty == float("inf")
+    assert fit.novelty is None and fit.gradability.max_novelty is None
+    assert "gradable_max_novelty" not in fit.metrics("argmax", False)

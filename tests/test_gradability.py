@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
+from pipeline.catalog import UNGRADABLE_REASONS
 from pipeline.gradability import (
     MIN_OVEREXPOSED,
     REJECT_SHARE,
     ROBUST_SPREADS,
-    UNGRADABLE_REASONS,
     GradabilityThresholds,
     NoveltyModel,
     fit_thresholds,
@@ -36,7 +36,7 @@ def test_on_a_few_photos_the_threshold_is_the_quantile_when_that_is_further_out(
 def test_thresholds_fitted_on_photos_with_no_burnt_out_pixels_keep_the_floor():
     measures = np.column_stack([np.full(50, 90.0), np.zeros(50), np.full(50, 3.0), np.full(50, 20.0)])
     thresholds = fit_thresholds(measures, novelty=None)
-    assert thresholds.max_overexposed == MIN_OVEREXPOSED and thresholds.max_novelty == float("inf")
+    assert thresholds.max_overexposed == MIN_OVEREXPOSED and thresholds.max_novelty is None
     assert thresholds.min_brightness == pytest.approx(90.0) and thresholds.min_focus == pytest.approx(3.0)
 
 

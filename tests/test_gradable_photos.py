@@ -15,7 +15,7 @@ from PIL import Image, ImageFilter
 from pipeline.cli import train as train_cli
 from pipeline.data.preprocess import preprocess
 from pipeline.data.synthetic import UNIFORM_GRADE_SHARES, generate_eyepacs_layout
-from pipeline.gradability import NOT_A_FUNDUS, OUT_OF_FOCUS, OVEREXPOSED, TOO_DARK
+from pipeline.catalog import NOT_A_FUNDUS, OUT_OF_FOCUS, OVEREXPOSED, TOO_DARK
 from pipeline.predict import list_inputs, predict_photos
 from pipeline.tracking import registry
 from tests.conftest import scratch_dir
@@ -56,7 +56,7 @@ def trained(tmp_path_factory):
 
 def test_the_thresholds_are_fitted_and_logged(trained):
     thresholds, metrics = trained["grader"].spec.gradability, trained["run"].data.metrics
-    assert thresholds is not None and np.isfinite(thresholds.max_novelty)
+    assert thresholds is not None and thresholds.max_novelty is not None and np.isfinite(thresholds.max_novelty)
     for name, value in thresholds.to_dict().items():
         assert metrics[f"gradable_{name}"] == pytest.approx(value)
     assert metrics["temperature"] == pytest.approx(trained["grader"].spec.temperature)

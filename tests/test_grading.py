@@ -1,6 +1,5 @@
 """The grader: one preparation path for a photo, and the served model's request contract."""
 
-import base64
 import dataclasses
 import io
 import json

@@ -66,3 +66,22 @@ def test_the_card_states_the_field_recipe_and_its_fitted_decision():
     assert "5-grade classification head" in labs and "SGD momentum 0.9" in labs and "the most probable one (argmax)" in labs
     kept = model_card(facts(config=field_config, cut_points=None, fuse_weight=0.0))
     assert "no cut points beat it on validation" in kept
+
+
+def test_the_card_and_description_state_rejection_rates_and_calibration():
+    from pipeline.gradability import GradabilityThresholds
+
+    metrics = METRICS | {"selected_val_ungradable_fraction": 0.012, "selected_test_ungradable_fraction": 0.031,
+                         "selected_test_uncalibrated_ece": 0.142, "selected_test_ece": 0.048,
+                         "selected_test_ece_ci_low": 0.03, "selected_test_ece_ci_high": 0.07}
+    thresholds = GradabilityThresholds(min_brightness=38.5, max_overexposed=5.0, min_focus=6.2, min_contrast=9.1,
+                                       max_novelty=41.0)
+    card = model_card(facts(metrics=metrics, temperature=1.734, gradability=thresholds))
+    assert "Refused: 1.2% of the validation photos, 3.1% of the test photos" in card
+    assert "median grey level below 38.5 (`too dark`)" in card and "further than 41.00" in card
+    assert "T = 1.734" in card
+    assert "| Expected calibration error of the top grade (15 equal-mass bins) | - -> - | 0.142 -> 0.048 [0.030, 0.070] |" in card
+    assert "retake it, or examine the eye in person" in card
+    text = run_description(facts(metrics=metrics, temperature=1.734, gradability=thresholds))
+    assert "refused as ungradable: 1.2% of validation, 3.1% of test photos" in text
+    assert "temperature 1.734; test ECE 0.142 before, 0.048 [0.030, 0.070] after" in text

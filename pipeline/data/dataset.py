@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
@@ -13,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from pipeline.catalog import AUGMENT_RECIPES
+from pipeline.catalog import AUGMENT_RECIPES, NOT_A_FUNDUS, UNREADABLE
 from pipeline.data import arrays, augment
 from pipeline.data.fov import NotAFundusError
 from pipeline.data.photos import PhotoSource, load_rgb
@@ -290,12 +291,28 @@ def photo_input(source: PhotoSource, cache_size: int, image_size: int, enhance: 
     return prepared_input(source, cache_size, image_size, enhance)[0]
 
 
+def prepared_or_refused(source: PhotoSource, cache_size: int, image_size: int, enhance: str = "none",
+                        name: str = "") -> tuple[torch.Tensor, np.ndarray, str]:
+    """``prepared_input`` with the measures as an array, and "" for the reason to refuse it; or, for
+    a photo with no fundus or that cannot be read, a black image, zero measures and the reason
+    (``catalog.NOT_A_FUNDUS``, ``catalog.UNREADABLE``). A bad photo is logged (after ``name``, such
+    as its row), never raised: it must not stop the others."""
+    try:
+        image, quality = prepared_input(source, cache_size, image_size, enhance)
+        return image, np.asarray(quality.values(), dtype=np.float64), ""
+    except NotAFundusError as exc:
+        reason, message = NOT_A_FUNDUS, str(exc)
+    except DataError as exc:
+        reason, message = UNREADABLE, str(exc)
+    log.warning("%s%s", f"{name}: " if name else "", message)
+    return (torch.zeros(3, image_size, image_size, dtype=torch.uint8), np.zeros(len(QUALITY_MEASURES)), reason)
+
+
 class RawPhotoDataset(Dataset):
     """New photos (files or bytes) prepared exactly as preprocess + the eval preset prepare training's.
 
-    An item is (image, index, quality measures, refusal): refusal 0 for a prepared photo, 1 for one
-    with no fundus, 2 for one that cannot be read (``grading.REFUSALS``), whose image is black.
-    A bad photo never stops the others: it is logged with its file and reported in its item.
+    An item is ``prepared_or_refused``'s (image, measures, reason) with the item's index: a bad
+    photo is a black image with its reason, and never stops the others.
     """
 
     def __init__(self, sources: list[PhotoSource], cache_size: int, image_size: int, enhance: str = "none") -> None:
@@ -307,15 +324,7 @@ class RawPhotoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.sources)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor, int]:
-        try:
-            image, quality = prepared_input(self.sources[index], self.cache_size, self.image_size, self.enhance)
-            return image, index, torch.tensor(quality.values(), dtype=torch.float64), 0
-        except NotAFundusError as exc:
-            log.warning("%s", exc)
-            refusal = 1
-        except DataError as exc:
-            log.warning("%s", exc)
-            refusal = 2
-        blank = torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8)
-        return blank, index, torch.zeros(len(QUALITY_MEASURES), dtype=torch.float64), refusal
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, np.ndarray, str]:
+        image, measures, reason = prepared_or_refused(self.sources[index], self.cache_size, self.image_size,
+                                                      self.enhance)
+        return image, index, measures, reason

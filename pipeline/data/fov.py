@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -44,6 +45,8 @@ from pipeline.errors import DataError
 
 # The four edges of a photo, in the order ``clipped`` lists them.
 EDGES = ("top", "bottom", "left", "right")
+# A field of view as the manifest (and the generator's fields.csv) records it: ``field_record``.
+FIELD_COLUMNS = ("fundus_x", "fundus_y", "fundus_radius", "clipped")
 
 # --- The numbers that tune the search, each explained once ----------------------------------
 # The working copy's long side: the disc's edge then spans hundreds of pixels (a RANSAC fit of
@@ -81,8 +84,8 @@ COARSE_TOLERANCE = 0.03  # of the radius: the coarse circle is within a working 
 # A ray sees the edge where its steepest fall lies within this share of the radius (or 1 px) of
 # the refined circle: on fundus photos 90-100% of the visible rays do, on other pictures < 45%.
 SUPPORT_TOLERANCE = 0.01
-# A plausible field: a radius within these shares of the photo's short side, the centre no
-# further outside the photo than this share of the radius.
+# A plausible field: a radius of at least the first share of the photo's short side and at most
+# the second of its long side, the centre no further outside the photo than this share of the radius.
 MIN_RADIUS_SHARE, MAX_RADIUS_SHARE = 0.08, 1.0
 MAX_CENTRE_OUTSIDE = 0.35
 # A fundus: of the circle's visible length, at least this share shows the edge, which is at
@@ -145,19 +148,24 @@ class FieldOfView:
         return FieldOfView(self.x * sx, self.y * sy, self.radius * (sx + sy) / 2,
                            self.left * sx, self.top * sy, self.right * sx, self.bottom * sy)
 
-    def contains(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-        """Whether the points (broadcast ``xs``, ``ys``) lie in the field, less its ``EDGE_MARGIN``
-        (the ring a crop leaves black)."""
-        inside = (xs - self.x) ** 2 + (ys - self.y) ** 2 <= (self.radius * (1 - EDGE_MARGIN)) ** 2
-        margin = EDGE_MARGIN * self.radius
+    def contains(self, xs: np.ndarray, ys: np.ndarray, margin: float = EDGE_MARGIN) -> np.ndarray:
+        """Whether the points (broadcast ``xs``, ``ys``) lie in the field, less ``margin`` of its
+        radius (``EDGE_MARGIN``: the ring a crop leaves black)."""
+        inside = (xs - self.x) ** 2 + (ys - self.y) ** 2 <= (self.radius * (1 - margin)) ** 2
+        margin = margin * self.radius
         cut = {edge: margin if edge in self.clipped else 0.0 for edge in EDGES}
         return (inside & (xs >= self.left + cut["left"]) & (xs <= self.right - cut["right"])
                 & (ys >= self.top + cut["top"]) & (ys <= self.bottom - cut["bottom"]))
 
-    def mask(self, width: int, height: int) -> np.ndarray:
-        """Boolean (height, width) mask of the pixels of a photo of that size whose centres lie in the field."""
+    def mask(self, width: int, height: int, margin: float = EDGE_MARGIN) -> np.ndarray:
+        """Boolean (height, width) mask of the pixels of a photo of that size whose centres lie in
+        the field (less ``margin``, see ``contains``)."""
         ys, xs = np.ogrid[:height, :width]
-        return self.contains(xs + 0.5, ys + 0.5)
+        return self.contains(xs + 0.5, ys + 0.5, margin)
+
+    def record(self) -> dict[str, float | str]:
+        """``FIELD_COLUMNS``: the centre and radius (rounded to 0.01 px) and the cut edges, comma-separated."""
+        return dict(zip(FIELD_COLUMNS, (round(self.x, 2), round(self.y, 2), round(self.radius, 2), ",".join(self.clipped))))
 
 
 def crop_field(img: Image.Image, fov: FieldOfView, size: int) -> Image.Image:
@@ -264,7 +272,7 @@ class _Channels:
     def __init__(self, light: np.ndarray, img: Image.Image) -> None:
         self.light, self.img, self._dullest = light, img, None
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[np.ndarray]:
         yield self.light
         if self._dullest is None:
             self._dullest = _log(_dullest(self.img))
@@ -309,9 +317,9 @@ class _InwardCircle:
         self.circle = circle
 
     @classmethod
-    def from_estimate(cls, points: np.ndarray, normals: np.ndarray):
+    def from_estimate(cls, points: np.ndarray, normals: np.ndarray) -> _InwardCircle | object:
         circle = CircleModel.from_estimate(points)
-        return cls(circle) if circle else circle  # a failed estimate is falsy
+        return cls(circle) if circle else circle  # a failed estimate is falsy (skimage's FailedEstimation)
 
     def residuals(self, points: np.ndarray, normals: np.ndarray) -> np.ndarray:
         offset = self.circle.center - points
@@ -343,7 +351,7 @@ def _coarse_circle(light: np.ndarray) -> tuple[float, float, float] | None:
 
     def plausible(model: _InwardCircle, sample: np.ndarray, sample_normals: np.ndarray) -> bool:
         (x, y), radius = model.circle.center, model.circle.radius
-        if not MIN_RADIUS_SHARE * short <= radius <= MAX_RADIUS_SHARE * short:
+        if not MIN_RADIUS_SHARE * short <= radius <= MAX_RADIUS_SHARE * long_side:
             return False
         outside = MAX_CENTRE_OUTSIDE * radius
         if not (-outside <= x <= width + outside and -outside <= y <= height + outside):

@@ -48,10 +48,7 @@ class Photo:
     def field_mask(self) -> np.ndarray:
         """Pixels inside the true field (circle and cuts, no margin)."""
         height, width = self.pixels.shape[:2]
-        yy, xx = np.ogrid[:height, :width]
-        f = self.field
-        return (((xx + 0.5 - f.x) ** 2 + (yy + 0.5 - f.y) ** 2 <= f.radius ** 2)
-                & (xx + 0.5 >= f.left) & (xx + 0.5 <= f.right) & (yy + 0.5 >= f.top) & (yy + 0.5 <= f.bottom))
+        return self.field.mask(width, height, margin=0.0)
 
 
 def _moved(field: FieldOfView, dx: float, dy: float, width: int, height: int) -> FieldOfView:

@@ -19,7 +19,7 @@ from PIL import Image, ImageFilter
 from pipeline.catalog import ENHANCEMENTS
 from pipeline.data.fov import FieldOfView, NotAFundusError, crop_field, crop_mask, find_field_of_view
 from pipeline.data.photos import PhotoSource, decode, describe
-from pipeline.data.quality import RIM_PIXELS, PhotoQuality, measure, measured_size
+from pipeline.data.quality import RIM_PIXELS, PhotoQuality, measure, reduction
 
 CACHE_JPEG_QUALITY = 95  # q95 decodes ~60x faster than the raw photos and keeps lesion detail
 # Ben Graham's recipe, in units of the fundus radius: the blur's sigma, and the circle kept (his
@@ -80,9 +80,10 @@ def _cropped(source: PhotoSource, image_size: int) -> tuple[Image.Image, FieldOf
 
 def photo_quality(fundus: Image.Image, field: FieldOfView) -> PhotoQuality:
     """``quality.measure`` of ``crop_field``'s crop of ``field`` (any coordinates: the crop's
-    circle fills it), at ``quality.measured_size``."""
-    side = measured_size(fundus.width)
-    reduced = fundus.reduce(fundus.width // side) if side < fundus.width else fundus
+    circle fills it), reduced by ``quality.reduction``."""
+    factor = reduction(fundus.width)
+    reduced = fundus.reduce(factor) if factor > 1 else fundus
+    side = reduced.width  # reduce() rounds up: a 513 px crop becomes 257 px
     return measure(reduced, crop_mask(field, side), crop_mask(field, side, inset=RIM_PIXELS))
 
 

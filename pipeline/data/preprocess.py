@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from pipeline.catalog import NUM_GRADES
 from pipeline.data.eyepacs import SPLITS, SYNTHETIC_MARKER, read_split
+from pipeline.data.fov import FIELD_COLUMNS
 from pipeline.data.prepare import PreparedPhoto, cache_image
 from pipeline.data.quality import QUALITY_MEASURES, PhotoQuality
 from pipeline.errors import DataError
@@ -36,12 +37,10 @@ SKIPPED = "skipped_images.csv"
 METADATA = "dataset.json"
 PROCESSED_SPLITS = ("train", "val", "test")  # the manifest's split column: train's patients split off val
 # 2: the field of view is fitted as a circle and everything outside it is black; the manifest
-# records it (FIELD_COLUMNS) and the photo's quality measures (QUALITY_MEASURES). Images of an
-# older format are never reused.
+# records it (FIELD_COLUMNS: in the photo's own pixels, the centre, the radius and the cut edges,
+# ``top,bottom`` or empty) and the photo's quality measures (QUALITY_MEASURES). Images of an older
+# format are never reused.
 FORMAT_VERSION = 2
-# Each photo's field of view in the manifest, in the photo's own pixels: the centre, the radius,
-# and which edges cut it (``top,bottom``; empty when the whole circle is in the photo).
-FIELD_COLUMNS = ("fundus_x", "fundus_y", "fundus_radius", "clipped")
 
 
 @dataclass(frozen=True)
@@ -68,9 +67,7 @@ class Processed:
 
     @classmethod
     def of(cls, prepared: PreparedPhoto) -> Processed:
-        field = prepared.field
-        return cls(prepared.source_size, round(field.x, 2), round(field.y, 2), round(field.radius, 2),
-                   ",".join(field.clipped), prepared.quality)
+        return cls(prepared.source_size, **prepared.field.record(), quality=prepared.quality)
 
 
 def cache_dir(data_dir: str | Path, image_size: int, enhance: str = "none") -> Path:

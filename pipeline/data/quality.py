@@ -1,6 +1,6 @@
 """Measures of a photo's quality, each a number a person can read, taken on the field of view as the
-network receives it: the crop (before any enhancement), inside the field, at ``QUALITY_SIDE`` px
-or the cache's size where that is smaller.
+network receives it: the crop (before any enhancement), inside the field, reduced by a whole factor
+to about ``QUALITY_SIDE`` px (a smaller cache as it is).
 
 - ``brightness``: the median grey level of the field, 0-255 (a well-exposed fundus is ~60-150);
 - ``overexposed``: the share of the field burnt out, in % (a pixel with a channel at 250 or more);
@@ -51,8 +51,8 @@ class PhotoQuality:
 
 def measure(crop: Image.Image, field: np.ndarray, inner: np.ndarray) -> PhotoQuality:
     """The measures of a crop (RGB) inside ``field``; focus and contrast inside ``inner``, the
-    field less its outermost ``RIM_PIXELS`` (boolean masks of the crop's shape, at the size
-    ``measured_size`` gives for it: see ``prepare``)."""
+    field less its outermost ``RIM_PIXELS`` (boolean masks of the crop's shape; ``prepare``
+    reduces the cache's crop by ``reduction`` first)."""
     if not inner.any():  # a field with no pixels: it cannot happen to a found field
         return PhotoQuality(0.0, 0.0, 0.0, 0.0)
     grey_image = crop.convert("L")
@@ -72,7 +72,7 @@ def measure(crop: Image.Image, field: np.ndarray, inner: np.ndarray) -> PhotoQua
     return PhotoQuality(round(brightness, 4), round(overexposed, 4), round(focus, 4), round(contrast, 4))
 
 
-def measured_size(cache_size: int) -> int:
-    """The side a crop of ``cache_size`` is measured at: reduced by a whole factor to about
-    ``QUALITY_SIDE``, never enlarged."""
-    return cache_size // max(1, cache_size // QUALITY_SIDE)
+def reduction(cache_size: int) -> int:
+    """The whole factor a crop of ``cache_size`` is reduced by to be measured: to about
+    ``QUALITY_SIDE`` px (from 256 to 511 px at most), never enlarged."""
+    return max(1, cache_size // QUALITY_SIDE)

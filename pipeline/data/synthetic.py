@@ -21,7 +21,7 @@ import logging
 import math
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -693,7 +693,7 @@ def _patient_grades(n_patients: int, shares: np.ndarray, rng: np.random.Generato
 
 # What clinics' exports do to a photo (``photo_defects``), each as the generator applies it; a
 # share of the photos (``defects``) gets one, drawn per photo.
-DEFECTS: dict[str, object] = {
+DEFECTS: dict[str, Callable[[photo_defects.Photo], photo_defects.Photo]] = {
     "grey frame and text": lambda p: _with_text(photo_defects.on_frame(p, photo_defects.DARK_GREY, 0.35)),
     "navy frame": lambda p: photo_defects.on_frame(p, photo_defects.NAVY, 0.15),
     "white bar over a clipped field": lambda p: photo_defects.edge_bar(
@@ -727,8 +727,7 @@ def _render_task(task: tuple[str, int, str, tuple[int, int], int, int, int | Non
         photo = DEFECTS[defect](photo_defects.Photo.of(np.asarray(img), field))
         img, field = photo.image, photo.field
     save_photo(img, path, quality)
-    return {"id": Path(path).stem, "fundus_x": round(field.x, 2), "fundus_y": round(field.y, 2),
-            "fundus_radius": round(field.radius, 2), "clipped": ",".join(field.clipped), "defect": defect}
+    return {"id": Path(path).stem, **field.record(), "defect": defect}
 
 
 def generate_eyepacs_layout(

@@ -77,19 +77,28 @@ def log_split_figures(grader: Grader, targets: np.ndarray, uncalibrated: np.ndar
     reliability diagram, and every metric in ``metrics/{split}_metrics.json``."""
     gradable = judged.gradable
     probabilities = grader.fused(judged.probabilities, patients, gradable)[gradable]
-    matrices = confusion_matrices(targets[gradable], predicted_grades(probabilities, grader.spec.cut_points))
-    artifacts.log_dict(matrices, f"confusion_matrix/{split}_confusion_matrix.json")
-    artifacts.log_bytes(figure_png(confusion_figure(matrices, title)), f"confusion_matrix/{split}_confusion_matrix.png")
-    artifacts.log_bytes(figure_png(roc_figure(targets[gradable], probabilities, grader.spec.referable_threshold)),
-                        f"roc/{split}_referable_roc.png")
-    artifacts.log_bytes(figure_png(reliability_figure(
-        targets[gradable], uncalibrated[gradable], judged.probabilities[gradable],
-        f"{title}: calibration at temperature {grader.spec.temperature:.3f}")), f"calibration/{split}_reliability.png")
+    if gradable.any():
+        _log_gradable_figures(grader, targets[gradable], probabilities, uncalibrated[gradable],
+                              judged.probabilities[gradable], title=title, split=split)
     artifacts.log_dict({"metrics": metrics, "referable_threshold": grader.spec.referable_threshold,
                         "temperature": grader.spec.temperature,
                         "cut_points": None if grader.spec.cut_points is None else list(grader.spec.cut_points),
                         "bootstrap": {"resamples": resamples, "unit": "patient", "seed": seed},
                         "images": len(targets), "gradable_images": int(gradable.sum())}, f"metrics/{split}_metrics.json")
+
+
+def _log_gradable_figures(grader: Grader, targets: np.ndarray, probabilities: np.ndarray, uncalibrated: np.ndarray,
+                          calibrated: np.ndarray, *, title: str, split: str) -> None:
+    """``log_split_figures``' figures of the gradable photos (``probabilities`` fused where the
+    grader fuses eyes, ``calibrated`` each eye alone)."""
+    matrices = confusion_matrices(targets, predicted_grades(probabilities, grader.spec.cut_points))
+    artifacts.log_dict(matrices, f"confusion_matrix/{split}_confusion_matrix.json")
+    artifacts.log_bytes(figure_png(confusion_figure(matrices, title)), f"confusion_matrix/{split}_confusion_matrix.png")
+    artifacts.log_bytes(figure_png(roc_figure(targets, probabilities, grader.spec.referable_threshold)),
+                        f"roc/{split}_referable_roc.png")
+    artifacts.log_bytes(figure_png(reliability_figure(
+        targets, uncalibrated, calibrated, f"{title}: calibration at temperature {grader.spec.temperature:.3f}")),
+        f"calibration/{split}_reliability.png")
 
 
 def run_evaluate(model_ref: str, data_dir: str, batch_size: int = 32, num_workers: int = 0,
@@ -121,7 +130,7 @@ def run_evaluate(model_ref: str, data_dir: str, batch_size: int = 32, num_worker
     predictions = pd.concat([test_rows[["id"]], grader.decide(judged, patients)], axis=1)
     predictions["grade"] = targets
     artifacts.log_text(predictions.to_csv(index=False, float_format="%.6f"), TEST_PREDICTIONS)
-    labels = test_rows[GRADABLE_LABEL].astype(bool).to_numpy() if GRADABLE_LABEL in test_rows.columns else None
+    labels = gradable_labels(processed, test_rows)
     test_metrics = split_metrics(grader, targets, uncalibrated, judged, patients, prefix="test_", resamples=resamples,
                                  seed=0, labels=labels)
     log_split_figures(grader, targets, uncalibrated, judged, patients, title=f"{uri}: test set", split="test",
@@ -129,6 +138,24 @@ def run_evaluate(model_ref: str, data_dir: str, batch_size: int = 32, num_worker
     test_metrics["referable_threshold"] = spec.referable_threshold
     metric_sink().log_summary(test_metrics, model_id=loaded.model_id)
     return test_metrics
+
+
+def gradable_labels(processed: ProcessedDataset, rows: pd.DataFrame) -> np.ndarray | None:
+    """The dataset's own gradability labels of ``rows`` (``GRADABLE_LABEL``), where it has them.
+
+    Raises:
+        DataError: naming a value that is no true/false.
+    """
+    if GRADABLE_LABEL not in rows.columns:
+        return None
+    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    labels = []
+    for value in rows[GRADABLE_LABEL]:
+        label = words.get(str(value).strip().lower())
+        if label is None:
+            raise DataError(f"{processed.root / 'manifest.csv'}: '{GRADABLE_LABEL}' value {value!r} is neither true nor false")
+        labels.append(label)
+    return np.array(labels, dtype=bool)
 
 
 def measures_of(processed: ProcessedDataset, rows: pd.DataFrame) -> np.ndarray:

@@ -18,7 +18,7 @@ def run_predict(model_ref: str, source: str, output: str, batch_size: int = 32, 
     frame = predict_photos(loaded.grader, inputs, batch_size=batch_size, num_workers=num_workers)
     path = write_predictions(frame, output)
     gradable = frame["gradable"].to_numpy(bool)
-    metric_sink().log_summary({"images": len(frame), "ungradable_share": float(1 - gradable.mean()) if len(frame) else 0.0,
+    metric_sink().log_summary({"images": len(frame), "ungradable_fraction": float(1 - gradable.mean()) if len(frame) else 0.0,
                                # of the gradable photos: the others get no call
                                "referable_share": float(frame["referable"][gradable].astype(bool).mean())
                                if gradable.any() else float("nan"),

@@ -111,7 +111,8 @@ def describe_champion(cfg: StudyConfig, version: str, champion: TrainOutcome) ->
     card = (artifacts.read_artifact(champion.run_id, CARD_ARTIFACT) or b"").decode()
     heading = (f"**Version {version} is the champion** (`models:/{cfg.registered_model}@{cfg.champion_alias}`), "
                f"chosen over the study's other configurations by `{cfg.train.select_metric}` on validation.\n\n")
-    registry.describe(cfg.registered_model, version, heading + card, card)
+    registry.describe(cfg.registered_model, version, heading + card, card,
+                      more=f"The whole card is the artifact `{CARD_ARTIFACT}` of train run `{champion.run_id}`.")
 
 
 def train_jobs(cfg: StudyConfig, skipped: set[str]) -> list[TrainJob]:

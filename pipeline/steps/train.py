@@ -289,7 +289,7 @@ def log_selected_model(cfg: TrainConfig, model: nn.Module, result: FitResult, pr
     spec = dataclasses.replace(base, referable_threshold=fitted.referable_threshold, cut_points=fitted.cut_points,
                                fuse_weight=fitted.fuse_weight, temperature=fitted.temperature,
                                gradability=fitted.gradability)
-    grader = Grader(model, spec, fitted.novelty)
+    grader = Grader(model, spec, fitted.novelty, device=device)
     label = config_label(cfg.model, cfg.pretrained, cfg.recipe)
     metrics: dict[str, float] = {}
     for split in ("val", "test"):
@@ -327,7 +327,9 @@ def log_selected_model(cfg: TrainConfig, model: nn.Module, result: FitResult, pr
         temperature=fitted.temperature, gradability=fitted.gradability)
     artifacts.log_text(model_card(facts), CARD_ARTIFACT)
     runs.set_tags({tags.NOTE: run_description(facts)})
-    return TrainOutcome(run_id, model_uri, result.best_epoch, result.best_score, metrics["selected_test_accuracy"])
+    # No test photo gradable (another camera's, say): the outcome says so with NaN.
+    return TrainOutcome(run_id, model_uri, result.best_epoch, result.best_score,
+                        metrics.get("selected_test_accuracy", float("nan")))
 
 
 def split_outputs(grader: Grader, processed: ProcessedDataset, rows: pd.DataFrame, cfg: TrainConfig) -> SplitOutputs:

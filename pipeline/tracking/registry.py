@@ -110,11 +110,27 @@ def load_model(uri: str) -> LoadedModel:
     return LoadedModel(served.grader, uri, info.run_id, getattr(info, "model_id", None))
 
 
-def describe(name: str, version: str, model_description: str, version_description: str) -> None:
-    """Markdown descriptions of a registered model and one of its versions (the UI shows both)."""
+# MLflow's SQL stores keep a registered model's and a version's description in VARCHAR(5000):
+# PostgreSQL refuses a longer one (SQLite does not check).
+DESCRIPTION_LIMIT = 5000
+
+
+def describe(name: str, version: str, model_description: str, version_description: str, more: str = "") -> None:
+    """Markdown descriptions of a registered model and one of its versions (the UI shows both),
+    each cut at a section boundary to fit ``DESCRIPTION_LIMIT`` with ``more`` saying where the rest is."""
     client = MlflowClient()
-    client.update_registered_model(name, description=model_description)
-    client.update_model_version(name, version, description=version_description)
+    client.update_registered_model(name, description=fitted_description(model_description, more))
+    client.update_model_version(name, version, description=fitted_description(version_description, more))
+
+
+def fitted_description(text: str, more: str) -> str:
+    """``text`` if it fits the registry's descriptions, else its sections up to the last that fits,
+    then ``more``."""
+    if len(text) <= DESCRIPTION_LIMIT:
+        return text
+    note = f"\n\n*(cut to fit the model registry)* {more}\n"
+    cut = text.rfind("\n## ", 0, DESCRIPTION_LIMIT - len(note))
+    return text[:cut if cut > 0 else DESCRIPTION_LIMIT - len(note)].rstrip() + note
 
 
 def register_model(model_uri: str, name: str, alias: str, version_tags: dict[str, str] | None = None) -> str:

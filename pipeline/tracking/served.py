@@ -16,7 +16,7 @@ import torch
 
 from pipeline.errors import DataError
 from pipeline.gradability import NoveltyModel
-from pipeline.grading import Grader, GraderSpec, grade_request
+from pipeline.grading import Grader, GraderSpec, grade_request, with_nulls
 
 WEIGHTS_ARTIFACT = "weights"  # the network's state dict (torch.load(..., weights_only=True))
 SPEC_ARTIFACT = "grader"  # GraderSpec as JSON
@@ -42,6 +42,6 @@ class GraderModel(mlflow.pyfunc.PythonModel):
     def predict(self, context: object, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """``model_input``: a DataFrame with the column ``image``; returns the prediction columns."""
         try:
-            return grade_request(self.grader, model_input)
+            return with_nulls(grade_request(self.grader, model_input))
         except DataError as exc:
             raise mlflow.exceptions.MlflowException.invalid_parameter_value(str(exc)) from None

@@ -1,5 +1,4 @@
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -11,7 +10,8 @@ from PIL import Image
 from pipeline.data import preprocess as preprocess_module
 from pipeline.data.dataset import ProcessedDataset
 from pipeline.data.prepare import cache_image, crop_and_resize
-from pipeline.data.preprocess import FIELD_COLUMNS, MANIFEST, METADATA, cache_dir, preprocess, split_by_patient
+from pipeline.data.fov import FIELD_COLUMNS
+from pipeline.data.preprocess import MANIFEST, METADATA, cache_dir, preprocess, split_by_patient
 from pipeline.errors import DataError
 
 

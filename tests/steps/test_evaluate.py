@@ -46,3 +46,22 @@ def test_evaluate_fuses_each_eye_with_its_fellow_and_decides_by_the_cut_points(p
     predictions = pd.read_csv(client.download_artifacts(run.info.run_id, TEST_PREDICTIONS, str(tmp_path)))
     assert predictions["predicted_grade"].tolist() == grades.tolist()
     assert predictions[PROBABILITY_COLUMNS].to_numpy() == pytest.approx(fused, abs=1e-5)
+
+
+def test_the_check_is_scored_against_a_datasets_own_gradability_labels():
+    """Ten photos, the last three labelled ungradable; the grader refuses two of those and one of
+    the others: it finds 2/3 of the ungradable ones and grades 6/7 of the gradable ones."""
+    from pipeline.grading import Judged
+    from pipeline.steps.evaluate import split_metrics
+
+    grader = Grader(build_model("resnet18", pretrained=False), GraderSpec("resnet18", 32, 64, 0.5))
+    probabilities = np.full((10, 5), 0.2)
+    reasons = ["", "", "", "", "", "too dark", "", "out of focus", "", "too dark"]
+    judged = Judged(probabilities, np.zeros((10, 4)), np.zeros((10, 4)), reasons)
+    labels = np.array([True] * 7 + [False] * 3)
+    metrics = split_metrics(grader, np.zeros(10, int), probabilities, judged, np.arange(10), prefix="test_",
+                            resamples=0, seed=0, labels=labels)
+    assert metrics["test_ungradable_fraction"] == pytest.approx(0.3)
+    assert metrics["test_ungradable_sensitivity"] == pytest.approx(2 / 3)
+    assert metrics["test_ungradable_specificity"] == pytest.approx(6 / 7)
+    assert metrics["test_accuracy"] == pytest.approx(1.0) and metrics["test_all_accuracy"] == pytest.approx(1.0)

@@ -32,3 +32,14 @@ def test_runs_logging_one_dataset_at_once_all_record_it(server_tracking):
         assert run_at_once(log_the_dataset) == []
         digests = {client.get_run(run_id).inputs.dataset_inputs[0].dataset.digest for run_id in run_ids}
         assert len(run_ids) == RACERS and len(digests) == 1
+
+
+def test_a_description_too_long_for_the_registry_is_cut_at_a_section():
+    from pipeline.tracking.registry import DESCRIPTION_LIMIT, fitted_description
+
+    card = "# Card\n" + "".join(f"\n## Section {k}\n" + "x" * 900 for k in range(8))
+    assert len(card) > DESCRIPTION_LIMIT
+    cut = fitted_description(card, "The whole card is the artifact model_card.md.")
+    assert len(cut) <= DESCRIPTION_LIMIT and cut.endswith("The whole card is the artifact model_card.md.\n")
+    assert "## Section 4" in cut and "## Section 5" not in cut  # whole sections only
+    assert fitted_description("short", "more") == "short"
