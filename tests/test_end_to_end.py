@@ -213,10 +213,15 @@ def test_torchrun_two_processes_make_one_complete_run(mlflow_server, processed_d
     assert single["val"].loss == pytest.approx(logged_loss[best_epoch], rel=2e-3)
 
     test = single["test"]
+    logged_test = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "test_accuracy")}
+    assert test.accuracy == pytest.approx(logged_test[best_epoch])  # gathered from both ranks, in order
     intervals = bootstrap_intervals(test.targets, test.probabilities, n_resamples=200, seed=0,
                                     groups=processed.split("test")["patient"].to_numpy())
-    for name in ("accuracy", "kappa"):  # argmax-based, so kernel rounding cannot move them
-        logged = (run.data.metrics[f"selected_test_{name}_ci_low"], run.data.metrics[f"selected_test_{name}_ci_high"])
+    # The selected model's figures over all test photos (the gradable ones' may leave some out),
+    # each paired with its patient: argmax-based, so kernel rounding cannot move them.
+    for name in ("accuracy", "kappa"):
+        logged = (run.data.metrics[f"selected_test_all_{name}_ci_low"],
+                  run.data.metrics[f"selected_test_all_{name}_ci_high"])
         assert logged == pytest.approx(intervals[name], abs=1e-9), name
 
 

@@ -100,13 +100,17 @@ def test_predict_folder_and_csv(two_seed_study, raw_dir, tmp_path, monkeypatch):
     assert merged["p_referable_csv"].to_numpy() == pytest.approx(merged["p_referable_folder"].to_numpy(), abs=1e-6)
 
 
-def test_predict_names_a_bad_photo(two_seed_study, tmp_path, monkeypatch, capsys):
+def test_predict_names_a_bad_photo_and_grades_the_others(two_seed_study, raw_dir, tmp_path, monkeypatch, caplog):
     _, client, root = two_seed_study
     monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
     monkeypatch.chdir(root)
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "bad.jpeg").write_bytes(b"not a photo")
+    good = sorted((raw_dir / "images").iterdir())[0]
+    (tmp_path / "photos" / good.name).write_bytes(good.read_bytes())
     assert predict_cli.main(["--model_uri", f"models:/{SEEDS_MODEL}@champion", "--input", str(tmp_path / "photos"),
-                             "--output", str(tmp_path / "out.csv")]) == 2
-    assert "bad.jpeg is corrupt" in capsys.readouterr().err
-    assert not (tmp_path / "out.csv").exists()
+                             "--output", str(tmp_path / "out.csv")]) == 0
+    assert any("bad.jpeg is corrupt" in record.getMessage() for record in caplog.records)  # the log names the file
+    predicted = pd.read_csv(tmp_path / "out.csv", dtype={"id": str}, keep_default_na=False).set_index("id")
+    assert predicted.loc["bad", "ungradable_reason"] == "unreadable photo" and predicted.loc["bad", "predicted_grade"] == -1
+    assert predicted.loc[good.stem, "p_grade_0"] != "" and predicted.loc["bad", "p_grade_0"] == ""  # seen / not
