@@ -26,7 +26,7 @@ from tqdm import tqdm
 from pipeline.catalog import NUM_GRADES
 from pipeline.data.eyepacs import SPLITS, SYNTHETIC_MARKER, read_split
 from pipeline.data.fov import FIELD_COLUMNS
-from pipeline.data.prepare import PreparedPhoto, cache_image
+from pipeline.data.prepare import PreparedPhoto, cache_image, warm_up
 from pipeline.data.quality import QUALITY_MEASURES, PhotoQuality
 from pipeline.errors import DataError
 
@@ -269,7 +269,9 @@ def _run_jobs(jobs: list[ImageJob], workers: int) -> list[Processed | str | None
                 progress.update()
             return results
         # One photo at a time: a photo (~50 ms at 512 px) costs far more than handing it over, and
-        # no worker idles at the end while another finishes a chunk of several.
+        # no worker idles at the end while another finishes a chunk of several. The workers fork
+        # from this process once it has prepared a photo: none pays the first one's set-up again.
+        warm_up()
         with ProcessPoolExecutor(max_workers=workers) as pool:
             for index, result in zip(fresh, pool.map(_process, [jobs[index] for index in fresh], chunksize=1)):
                 results[index] = result
