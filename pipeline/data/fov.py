@@ -89,15 +89,18 @@ SUPPORT_TOLERANCE = 0.01
 MIN_RADIUS_SHARE, MAX_RADIUS_SHARE = 0.08, 1.0
 MAX_CENTRE_OUTSIDE = 0.35
 # A fundus: of the circle's visible length, at least this share shows the edge, which is at
-# least this much of the whole circle; across it the retina is this much brighter (log ratio).
+# least this much of the whole circle; across it the retina is this much brighter (median log
+# ratio over the edge, ~1.16: a dark synthetic rim on a grey frame comes to ~1.2).
 MIN_SUPPORT = 0.7
 MIN_VISIBLE_ARC = 0.2
-MIN_EDGE_CONTRAST = 0.25
-# A cut: a straight edge across at least this share of the field's chord, with no arc beyond it,
+MIN_EDGE_CONTRAST = 0.15
+# A cut: a straight edge (a step of at least CUT_STEP) across at least this share of the field's
+# chord, with no arc beyond it,
 # no deeper than this share of the radius into the field; a photo's border cuts the field when
 # the circle leaves it by more than CUT_TOLERANCE of the radius.
 CUT_SPAN = 0.8
 CUT_MAX_DEPTH = 0.6
+CUT_STEP = 0.25  # the step (log ratio, ~1.28) across a cut at each point of its chord
 CUT_TOLERANCE = 0.02
 # A crop's resampling: antialiased bilinear (a triangle filter as wide as the reduction), as
 # torchvision's Resize; bicubic kept a little more contrast at 1.8x its cost, the largest step of
@@ -475,8 +478,8 @@ def _straight_cut(fov: FieldOfView, channels: _Channels, support: _Support, edge
         image = turn(channel)[first - 2:last + 2]  # the lines the candidates compare
         pairs = (image[:-1] + image[1:]) / 2
         step = pairs[candidates - first + 2] - pairs[candidates - first]  # field side minus covered side
-        brighter = ((step > MIN_EDGE_CONTRAST) & chord).sum(axis=1)
-        darker = ((step < -MIN_EDGE_CONTRAST) & chord).sum(axis=1)
+        brighter = ((step > CUT_STEP) & chord).sum(axis=1)
+        darker = ((step < -CUT_STEP) & chord).sum(axis=1)
         span = np.maximum(span, np.where(width >= 8, np.maximum(brighter, darker) / np.maximum(width, 1), 0.0))
     best = int(np.argmax(span))
     if span[best] < CUT_SPAN:
