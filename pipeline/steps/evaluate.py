@@ -49,18 +49,21 @@ def split_metrics(grader: Grader, targets: np.ndarray, uncalibrated: np.ndarray,
     """
     spec, gradable = grader.spec, judged.gradable
     scalars: dict[str, float] = {f"{prefix}ungradable_fraction": float(1 - gradable.mean()) if len(gradable) else 0.0}
-    fused = grader.fused(judged.probabilities, patients, gradable)[gradable]
+    graded: tuple[dict[str, float], dict[str, tuple[float, float]]] = ({}, {})
     if gradable.any():
-        scalars |= metric_scalars(*metrics_with_intervals(
-            targets[gradable], fused, patients[gradable], threshold=spec.referable_threshold, resamples=resamples,
-            seed=seed, cut_points=spec.cut_points), prefix=prefix)
+        graded = metrics_with_intervals(
+            targets[gradable], grader.fused(judged.probabilities, patients, gradable)[gradable], patients[gradable],
+            threshold=spec.referable_threshold, resamples=resamples, seed=seed, cut_points=spec.cut_points)
         for name, probabilities in (("", judged.probabilities), ("uncalibrated_", uncalibrated)):
             scalars |= metric_scalars(*calibration_with_intervals(
                 targets[gradable], probabilities[gradable], patients[gradable], resamples=resamples, seed=seed),
                 prefix=f"{prefix}{name}")
-    scalars |= metric_scalars(*metrics_with_intervals(
+    scalars |= metric_scalars(*graded, prefix=prefix)
+    # Every photo graded: the same photos, the same figures (a bootstrap of them all costs ~10 s).
+    everyone = graded if gradable.all() else metrics_with_intervals(
         targets, grader.fused(judged.probabilities, patients), patients, threshold=spec.referable_threshold,
-        resamples=resamples, seed=seed, cut_points=spec.cut_points), prefix=f"{prefix}all_")
+        resamples=resamples, seed=seed, cut_points=spec.cut_points)
+    scalars |= metric_scalars(*everyone, prefix=f"{prefix}all_")
     if labels is not None:
         labels = np.asarray(labels, dtype=bool)
         # The check as a detector of ungradable photos: how many of those it refused, and how many
