@@ -25,7 +25,7 @@ from PIL import Image
 from benchmarks.common import print_table, realistic_photos, write_json
 from pipeline.data.fov import crop_field, find_field_of_view
 from pipeline.data.photos import decode
-from pipeline.data.prepare import CACHE_JPEG_QUALITY, cache_image
+from pipeline.data.prepare import CACHE_JPEG_QUALITY, cache_image, photo_quality
 from pipeline.data.preprocess import preprocess
 
 
@@ -63,6 +63,7 @@ def stage_costs(paths: list[Path], size: int) -> list[dict[str, object]]:
         record("decode at reduced scale (draft)", lambda: decode(path, (size, size)))
         record("field of view", lambda: find_field_of_view(img))
         record("crop, resize and mask", lambda: crop_field(img, field, size))
+        record("quality measures", lambda: photo_quality(fundus, field))
         record(f"JPEG encode q{CACHE_JPEG_QUALITY}", lambda: fundus.save(io.BytesIO(), format="JPEG", quality=CACHE_JPEG_QUALITY))
         record("cache_image, all of the above", lambda: cache_image(path, size))
         record("naive: full decode", lambda: full_decode(path), 1)
