@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 DEMO_RAW ?= data/raw
 DEMO_DATA ?= data/processed
+# The demo's external set (experiments/external.yaml reads it from here).
+DEMO_EXTERNAL := data/external/messidor2
 
 .PHONY: install browser postgres demo test ui server clean
 
@@ -20,8 +22,9 @@ install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/python -m pipeline.cli.generate --out $(DEMO_RAW) --train_patients 150 --test_patients 50 --size 512x384 --shares uniform --defects 0.1
+	$(BIN)/python -m pipeline.cli.generate --layout messidor2 --out $(DEMO_EXTERNAL) --train_patients 40 --test_patients 10 --size 576x384 --seed 1
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run . -e main --env-manager local --experiment-name retina-flow \
-		-P config=experiments/demo.yaml -P raw_dir=$(DEMO_RAW) -P data_dir=$(DEMO_DATA) -P skip_unavailable_weights=true
+		-P config=experiments/external.yaml -P raw_dir=$(DEMO_RAW) -P data_dir=$(DEMO_DATA) -P skip_unavailable_weights=true
 	@echo
 	@echo "Results are in $(MLFLOW_TRACKING_URI) (artifacts under ./mlruns). Browse them with: make ui"
 

@@ -85,6 +85,12 @@ DECISIONS = ("argmax", "kappa_thresholds")
 # Photo enhancement in the processed cache: none, or Ben Graham's local-average subtraction
 # (Kaggle 2015). Each has a cache of its own, and a grader prepares photos with its own.
 ENHANCEMENTS = ("none", "ben_graham")
+# The public DR sets' own layouts that preprocess reads (see ``data.layouts``); ``labs`` is the
+# course labs' four header-less CSVs.
+LAYOUTS = ("labs", "kaggle_eyepacs", "aptos2019", "messidor2", "idrid", "ddr", "folder")
+# What preprocess makes of a set: the study's train/val/test, or (``external``) every photo a test
+# photo, for validating a champion trained elsewhere.
+DATASET_ROLES = ("study", "external")
 # Training augmentation: the labs' flips + rotation, or the field's flips, any rotation, shift,
 # scale, brightness and contrast (after YijinHuang/pytorch-classification's EyePACS config).
 AUGMENT_RECIPES = ("lab", "field")

@@ -115,10 +115,54 @@ def markdown_table(table: pd.DataFrame) -> str:
     shown = display_table(table)
     shown = shown[[c for c in SUMMARY_COLUMNS if c in shown.columns]].astype(str)
     shown["status"] = shown["status"].str.split(":").str[0]
-    rows = [list(shown.columns), ["---"] * len(shown.columns), *shown.to_numpy().tolist()]
-    return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows)
+    return markdown_of(shown)
 
 
 def format_table(table: pd.DataFrame) -> str:
     """The table as text for the console and the ``comparison.txt`` artifact."""
     return display_table(table).to_string(index=False)
+
+
+# The champion's figures on each dataset (its internal test split and every external set), each
+# with its patient-bootstrap 95% interval: ``cross_dataset_table``.
+CROSS_DATASET_METRICS = ("kappa", "referable_auc", "referable_sensitivity", "referable_specificity")
+
+
+def cross_dataset_table(evaluations: dict[str, dict[str, float]], layouts: dict[str, str]) -> pd.DataFrame:
+    """One row per dataset from ``evaluate``'s metrics (``test_*``): ``n`` the photos graded,
+    ``ungradable_fraction`` those refused, quadratic weighted kappa and referable AUC, sensitivity
+    and specificity at the champion's operating point, each with ``_ci_low``/``_ci_high``."""
+    rows = []
+    for name, metrics in evaluations.items():
+        row: dict[str, object] = {"dataset": name, "layout": layouts.get(name, ""),
+                                  "n": metrics.get("test_graded_images"),
+                                  "ungradable_fraction": metrics.get("test_ungradable_fraction")}
+        for metric in CROSS_DATASET_METRICS:
+            row[metric] = metrics.get(f"test_{metric}")
+            row[f"{metric}_ci_low"] = metrics.get(f"test_{metric}_ci_low")
+            row[f"{metric}_ci_high"] = metrics.get(f"test_{metric}_ci_high")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def display_cross_dataset(table: pd.DataFrame) -> pd.DataFrame:
+    """``value [low, high]`` cells, for the report, the study's description and the model card."""
+    shown = table[["dataset", "layout"]].copy()
+    shown["n"] = table["n"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
+    shown["ungradable"] = table["ungradable_fraction"].map(lambda v: "" if pd.isna(v) else f"{v:.1%}")
+    for metric in CROSS_DATASET_METRICS:
+        shown[metric] = [_with_interval(v, lo, hi) for v, lo, hi in
+                         zip(table[metric], table[f"{metric}_ci_low"], table[f"{metric}_ci_high"])]
+    return shown
+
+
+def _with_interval(value: float | None, low: float | None, high: float | None) -> str:
+    if value is None or pd.isna(value):
+        return "-"
+    return f"{value:.3f}" + ("" if low is None or pd.isna(low) else f" [{low:.3f}, {high:.3f}]")
+
+
+def markdown_of(table: pd.DataFrame) -> str:
+    """A display table as markdown rows."""
+    rows = [list(table.columns), ["---"] * len(table.columns), *table.astype(str).to_numpy().tolist()]
+    return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +20,12 @@ import yaml
 
 from pipeline.catalog import (
     AUGMENT_RECIPES,
+    DATASET_ROLES,
     DECISIONS,
     ENHANCEMENTS,
     HEADS,
     LAB_RECIPE,
+    LAYOUTS,
     LR_SCHEDULES,
     OPTIMIZERS,
     SELECT_METRICS,
@@ -53,6 +56,11 @@ class PreprocessConfig:
     max_bad_fraction: float = 0.01  # with skip: fail anyway when more than this share is bad
     # none | ben_graham: subtract the local average colour, black rim (a cache of its own, <size>px-ben_graham)
     enhance: str = "none"
+    layout: str = "labs"  # the set's own layout (catalog.LAYOUTS; data.layouts reads each)
+    # Where a set ships no labelled test split: this share of its patients becomes test (seeded,
+    # stratified by grade, whole patients).
+    test_fraction: float = 0.2
+    role: str = "study"  # study: train/val/test | external: every photo a test photo (validation elsewhere)
 
 
 @dataclass
@@ -127,6 +135,17 @@ class RecipeConfig:
 
 
 @dataclass
+class ExternalDatasetConfig:
+    """A set the champion is validated on after the study: preprocessed with the study's cache
+    settings, every photo a test photo; never trained or selected on."""
+
+    name: str = ""  # how tables and runs name it
+    raw_dir: str = ""
+    layout: str = "labs"
+    image_dir: str = ""
+
+
+@dataclass
 class StudyConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -141,6 +160,8 @@ class StudyConfig:
     parallel: int = 1
     registered_model: str = "dr-resnet"
     champion_alias: str = "champion"
+    # Sets the champion is validated on once chosen (the cross-dataset table); none by default.
+    external: list[ExternalDatasetConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -406,6 +427,10 @@ def validate_train_config(cfg: TrainConfig) -> None:
 
 def validate_preprocess_config(cfg: PreprocessConfig) -> None:
     require_choice("on_bad_image", cfg.on_bad_image, BAD_IMAGE_POLICIES)
+    require_choice("layout", cfg.layout, LAYOUTS)
+    require_choice("role", cfg.role, DATASET_ROLES)
+    if not 0 < cfg.test_fraction < 1:
+        raise ConfigError(f"test_fraction={cfg.test_fraction} must be between 0 and 1 (exclusive)")
     require_choice("enhance", cfg.enhance, ENHANCEMENTS)
     if not 0 <= cfg.max_bad_fraction < 1:
         raise ConfigError(f"max_bad_fraction={cfg.max_bad_fraction} must be in [0, 1)")
@@ -413,6 +438,23 @@ def validate_preprocess_config(cfg: PreprocessConfig) -> None:
         raise ConfigError(f"image_size={cfg.image_size} is too small: ResNets need at least {MIN_IMAGE_SIZE} px")
     if not 0 < cfg.val_fraction < 1:
         raise ConfigError(f"val_fraction={cfg.val_fraction} must be between 0 and 1 (exclusive)")
+
+
+# An external set's name names its processed folder and its runs.
+EXTERNAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def validate_external(external: list[ExternalDatasetConfig]) -> None:
+    names = [dataset.name for dataset in external]
+    if len(set(names)) < len(names) or not all(names):
+        raise ConfigError(f"external datasets must each have a name, each once; got {names}")
+    for dataset in external:
+        if not EXTERNAL_NAME.fullmatch(dataset.name):
+            raise ConfigError(f"external name {dataset.name!r} must be letters, digits, '.', '_' or '-' (it names "
+                              "a folder and a run)")
+        require_choice(f"external[{dataset.name}].layout", dataset.layout, LAYOUTS)
+        if not dataset.raw_dir:
+            raise ConfigError(f"external[{dataset.name}] names no raw_dir")
 
 
 def validate_study_config(cfg: StudyConfig) -> None:
@@ -429,6 +471,7 @@ def validate_study_config(cfg: StudyConfig) -> None:
         raise ConfigError(f"recipes must name at least one recipe, each once and non-empty; got {names}")
     validate_preprocess_config(cfg.preprocess)
     validate_train_config(cfg.train)
+    validate_external(cfg.external)
     for recipe in cfg.recipes:
         train = recipe_train_config(cfg.train, recipe)
         try:

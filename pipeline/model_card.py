@@ -18,6 +18,7 @@ from pipeline.gradability import GradabilityThresholds
 from pipeline.grading import PREDICTION_COLUMNS
 
 CARD_ARTIFACT = "model_card.md"  # on every train run
+PERFORMANCE_HEADING = "## Performance on the photos it grades (95% intervals: patient-level bootstrap)"
 # How the card names each metric that has an interval (catalog.INTERVAL_METRICS).
 METRIC_TITLES = {
     "accuracy": "Accuracy (5 grades)",
@@ -183,7 +184,7 @@ def model_card(facts: CardFacts) -> str:
         "",
         *_gradability(facts),
         *_calibration(facts),
-        "## Performance on the photos it grades (95% intervals: patient-level bootstrap)",
+        PERFORMANCE_HEADING,
         "",
         "| metric | validation | test |",
         "|---|---|---|",
@@ -243,3 +244,30 @@ def run_description(facts: CardFacts) -> str:
         "",
         f"The model card is the artifact `{CARD_ARTIFACT}`.",
     ]) + "\n"
+
+
+VALIDATED_HEADING = "## Validated on"
+
+
+def validated_on(table_markdown: str) -> str:
+    """The card's section on the datasets the champion was evaluated on once chosen: its internal
+    test split and every external set, at its own operating point (a markdown table)."""
+    return "\n".join([
+        VALIDATED_HEADING, "",
+        "Evaluated after it was chosen, never trained or selected on, at its own operating point; n is the "
+        "photos it graded (95% intervals: patient-level bootstrap):", "",
+        table_markdown, ""])
+
+
+def with_validation(card: str, table_markdown: str) -> str:
+    """``card`` with its "Validated on" section (replacing an earlier one) right after the section
+    on its test performance, so that a description cut to fit the registry keeps it."""
+    start = card.find(f"\n{VALIDATED_HEADING}\n")
+    if start >= 0:
+        end = card.find("\n## ", start + 1)
+        card = card[:start] + (card[end:] if end >= 0 else "\n")
+    after = card.find(f"\n{PERFORMANCE_HEADING}")
+    at = card.find("\n## ", after + 1) if after >= 0 else -1
+    if at < 0:
+        return f"{card.rstrip()}\n\n{validated_on(table_markdown)}"
+    return f"{card[:at].rstrip()}\n\n{validated_on(table_markdown)}{card[at:]}"

@@ -62,7 +62,7 @@ def _table_html(table: pd.DataFrame) -> str:
 
 def build_html_report(*, title: str, summary_table: pd.DataFrame, figures: dict[str, bytes],
                       run_links: dict[str, str], notes: Iterable[str] = (),
-                      documents: dict[str, str] | None = None) -> str:
+                      documents: dict[str, str] | None = None, tables: dict[str, pd.DataFrame] | None = None) -> str:
     """The report page as one HTML string with no external resources.
 
     Args:
@@ -72,6 +72,7 @@ def build_html_report(*, title: str, summary_table: pd.DataFrame, figures: dict[
         run_links: label -> URL of the run in the tracking UI.
         notes: free-text remarks (caveats, skipped configurations), shown as a list.
         documents: heading -> plain text (a model card's markdown), shown as preformatted text.
+        tables: heading -> a further table (the champion's cross-dataset validation), after the summary.
 
     Returns:
         The HTML document; all text is escaped.
@@ -97,6 +98,9 @@ def build_html_report(*, title: str, summary_table: pd.DataFrame, figures: dict[
         f'<div class="table-wrap">{_table_html(summary_table)}</div>',
         "</section>",
     ]
+    for heading, table in (tables or {}).items():
+        parts += ['<section class="table">', f"<h2>{esc(heading)}</h2>",
+                  f'<div class="table-wrap">{_table_html(table)}</div>', "</section>"]
     if figures:
         parts.append('<section id="figures">')
         for name, png in figures.items():

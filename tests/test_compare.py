@@ -1,7 +1,16 @@
+import pandas as pd
 import pytest
 
 from pipeline.catalog import Configuration
-from pipeline.compare import comparison_table, format_table, markdown_table, run_summary
+from pipeline.compare import (
+    comparison_table,
+    cross_dataset_table,
+    display_cross_dataset,
+    format_table,
+    markdown_of,
+    markdown_table,
+    run_summary,
+)
 from pipeline.records import TrainRunRecord
 
 
@@ -84,3 +93,25 @@ def test_each_configuration_shows_its_refusals_and_calibration():
     assert table.loc[0, "test_uncalibrated_ece"] == 0.12
     header = markdown_table(table).splitlines()[0]
     assert "test_ungradable_fraction" in header and "test_ece" in header
+
+
+def evaluation(n, kappa, auc=None, ungradable=0.0):
+    metrics = {"test_graded_images": n, "test_ungradable_fraction": ungradable, "test_kappa": kappa,
+               "test_kappa_ci_low": kappa - 0.1, "test_kappa_ci_high": kappa + 0.05,
+               "test_referable_sensitivity": 0.8, "test_referable_sensitivity_ci_low": 0.7,
+               "test_referable_sensitivity_ci_high": 0.9, "test_referable_specificity": 0.6}
+    return metrics | ({"test_referable_auc": auc} if auc is not None else {})
+
+
+def test_cross_dataset_table_has_a_row_per_dataset_with_its_intervals():
+    table = cross_dataset_table({"internal test": evaluation(40, 0.5, auc=0.81), "m2": evaluation(9, 0.25, ungradable=0.1)},
+                                {"internal test": "labs", "m2": "messidor2"})
+    assert table["dataset"].tolist() == ["internal test", "m2"] and table["layout"].tolist() == ["labs", "messidor2"]
+    assert table["n"].tolist() == [40, 9] and table["kappa_ci_low"].tolist() == pytest.approx([0.4, 0.15])
+    assert table.loc[1, "ungradable_fraction"] == 0.1 and pd.isna(table.loc[1, "referable_auc"])
+    shown = display_cross_dataset(table)
+    assert shown.loc[0, "kappa"] == "0.500 [0.400, 0.550]" and shown.loc[1, "ungradable"] == "10.0%"
+    assert shown.loc[1, "referable_auc"] == "-" and shown.loc[0, "referable_specificity"] == "0.600"  # no interval logged
+    lines = markdown_of(shown).splitlines()
+    assert lines[0].startswith("| dataset | layout | n | ungradable | kappa |") and lines[1].startswith("| --- |")
+    assert lines[3].startswith("| m2 | messidor2 | 9 | 10.0% | 0.250 [0.150, 0.300] |")

@@ -7,6 +7,7 @@ import yaml
 
 from pipeline.catalog import SUPPORTED_MODELS
 from pipeline.config import (
+    ExternalDatasetConfig,
     PreprocessConfig,
     StudyConfig,
     SweepConfig,
@@ -205,6 +206,9 @@ PREPROCESS_REJECTIONS = [
     ({"image_size": 31}, "image_size=31 is too small: ResNets need at least 32 px"),
     ({"val_fraction": 0.0}, "val_fraction=0.0 must be between 0 and 1 (exclusive)"),
     ({"val_fraction": 1.0}, "val_fraction=1.0 must be between 0 and 1 (exclusive)"),
+    ({"test_fraction": 0.0}, "test_fraction=0.0 must be between 0 and 1 (exclusive)"),
+    ({"layout": "eyepacs"}, "layout='eyepacs' is not supported; choose one of labs, kaggle_eyepacs, aptos2019, "),
+    ({"role": "holdout"}, "role='holdout' is not supported; choose one of study, external"),
 ]
 
 
@@ -236,7 +240,14 @@ def test_preprocess_rule_boundary_is_accepted(values):
     ({"pretrained": []}, "models and pretrained must each list at least one value"),
     ({"seeds": 0}, "seeds=0 must be at least 1"),
     ({"parallel": 0}, "parallel=0 must be at least 1"),
-], ids=["unknown-model", "empty-models", "empty-pretrained", "seeds=0", "parallel=0"])
+    ({"external": [ExternalDatasetConfig("m2", "raw", "messidor")]},
+     "external[m2].layout='messidor' is not supported; choose one of labs, "),
+    ({"external": [ExternalDatasetConfig("m2", "")]}, "external[m2] names no raw_dir"),
+    ({"external": [ExternalDatasetConfig("m2", "a"), ExternalDatasetConfig("m2", "b")]},
+     "external datasets must each have a name, each once; got ['m2', 'm2']"),
+    ({"external": [ExternalDatasetConfig("../m2", "a")]}, "external name '../m2' must be letters, digits, "),
+], ids=["unknown-model", "empty-models", "empty-pretrained", "seeds=0", "parallel=0", "external-layout",
+        "external-raw-dir", "external-twice", "external-name"])
 def test_study_rule_rejects_and_names_key_and_value(values, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate_study_config(StudyConfig(**values))

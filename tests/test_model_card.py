@@ -3,7 +3,15 @@
 import pytest
 
 from pipeline.config import TrainConfig, to_dict
-from pipeline.model_card import CardFacts, model_card, run_description
+from pipeline.model_card import (
+    PERFORMANCE_HEADING,
+    VALIDATED_HEADING,
+    CardFacts,
+    model_card,
+    run_description,
+    validated_on,
+    with_validation,
+)
 
 METRICS = {"selected_test_accuracy": 0.44, "selected_test_accuracy_ci_low": 0.34, "selected_test_accuracy_ci_high": 0.54,
            "selected_val_kappa": 0.805, "selected_test_referable_sensitivity": 0.875}
@@ -85,3 +93,18 @@ def test_the_card_and_description_state_rejection_rates_and_calibration():
     text = run_description(facts(metrics=metrics, temperature=1.734, gradability=thresholds))
     assert "refused as ungradable: 1.2% of validation, 3.1% of test photos" in text
     assert "temperature 1.734; test ECE 0.142 before, 0.048 [0.030, 0.070] after" in text
+
+
+def test_validated_on_is_added_once_and_replaced_by_a_later_table():
+    card = model_card(facts())
+    first = with_validation(card, "| dataset |\n| --- |\n| internal test |")
+    assert first.count(VALIDATED_HEADING) == 1 and "| internal test |" in first
+    assert first.replace("\n\n" + validated_on("| dataset |\n| --- |\n| internal test |"), "\n") == card  # nothing else changed
+    second = with_validation(first, "| dataset |\n| --- |\n| m2 |")
+    assert second.count(VALIDATED_HEADING) == 1 and "| m2 |" in second and "| internal test |" not in second
+
+
+def test_validated_on_follows_the_test_performance_so_a_cut_description_keeps_it():
+    card = with_validation(model_card(facts()), "| dataset |\n| --- |\n| m2 |")
+    sections = [line for line in card.splitlines() if line.startswith("## ")]
+    assert sections.index(VALIDATED_HEADING) == sections.index(PERFORMANCE_HEADING) + 1 < len(sections) - 1

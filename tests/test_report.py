@@ -119,6 +119,17 @@ def test_report_without_optional_parts(table):
     assert "<img" not in page and 'id="runs"' not in page and 'id="notes"' not in page
 
 
+def test_further_tables_follow_the_summary_under_their_headings(table):
+    cross = pd.DataFrame({"dataset": ["internal test", "messidor2 <ext>"], "kappa": ["0.512 [0.401, 0.620]", "-"]})
+    page = build_html_report(title="t", summary_table=table, figures={}, run_links={},
+                             tables={"The champion on each dataset (95% CI)": cross})
+    summary, heading = page.index("resnet18 scratch"), page.index("<h2>The champion on each dataset (95% CI)</h2>")
+    tables = [page[start:page.index("</table>", start)] for start in
+              [i for i in range(len(page)) if page.startswith("<table", i)]]
+    assert summary < heading < page.index("0.512 [0.401, 0.620]") and len(tables) == 2
+    assert "messidor2 &lt;ext&gt;" in tables[1] and "internal test" in tables[1]
+
+
 # --- in a real browser -----------------------------------------------------------------------
 
 

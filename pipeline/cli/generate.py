@@ -1,4 +1,4 @@
-"""Entry point ``generate``: synthetic fundus photos in the Kaggle EyePACS layout (for demos and tests)."""
+"""Entry point ``generate``: synthetic fundus photos in a public DR set's own layout (for demos and tests)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import sys
 
 from pipeline.cli._runner import setup_logging
+from pipeline.catalog import LAYOUTS
 from pipeline.config import coerce_int, coerce_value
 from pipeline.data.synthetic import EYEPACS_GRADE_SHARES, UNIFORM_GRADE_SHARES, generate_eyepacs_layout
 from pipeline.errors import ConfigError
@@ -34,7 +35,10 @@ def parse_shares(text: str) -> tuple[float, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="generate", description=__doc__)
-    parser.add_argument("--out", default="data/raw", help="folder for the CSVs and images/ (default %(default)s)")
+    parser.add_argument("--out", default="data/raw", help="folder for the set: its label files and photos "
+                        "(default %(default)s)")
+    parser.add_argument("--layout", default="labs", choices=LAYOUTS,
+                        help="the set whose layout to write (default %(default)s: the course labs' CSVs)")
     parser.add_argument("--train_patients", default="150")
     parser.add_argument("--test_patients", default="50")
     parser.add_argument("--size", default="512x384", help="photo WIDTHxHEIGHT; real EyePACS photos are up to 4752x3168")
@@ -55,11 +59,12 @@ def main(argv: list[str] | None = None) -> int:
             seed=coerce_int(args.seed, "seed"),
             workers=coerce_int(args.workers, "workers", 0) or os.cpu_count() or 1,
             defects=coerce_value(args.defects, float, "defects"),
+            layout=args.layout,
         )
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"synthetic EyePACS layout in {args.out}: " + ", ".join(f"{k} {v} images" for k, v in counts.items()))
+    print(f"synthetic {args.layout} layout in {args.out}: " + ", ".join(f"{k} {v} images" for k, v in counts.items()))
     return 0
 
 

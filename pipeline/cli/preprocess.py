@@ -1,4 +1,4 @@
-"""Entry point ``preprocess``: raw EyePACS layout -> processed dataset (crop, resize, split, manifest)."""
+"""Entry point ``preprocess``: a raw set in its own layout -> processed dataset (crop, resize, split, manifest)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         cfg = load_section(args, "preprocess")
         summary = run_preprocess(cfg)
-        print(f"processed dataset: {cfg.data_dir} ({summary['image_size']} px)")
+        print(f"processed dataset: {cfg.data_dir} ({summary['image_size']} px, layout {summary['layout']}, "
+              f"role {summary['role']}); test: {summary['test_split']}")
         for split, counts in summary["counts"].items():
-            print(f"  {split:5s} {sum(counts):6d} images, per grade {counts}")
+            ungradable = summary["ungradable"][split]
+            labelled = f", {ungradable} labelled ungradable (not trained on)" if ungradable else ""
+            print(f"  {split:5s} {sum(counts):6d} images, per grade {counts}{labelled}")
 
     return run_step("preprocess", body)
 

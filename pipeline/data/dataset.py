@@ -14,11 +14,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from pipeline.catalog import AUGMENT_RECIPES, NOT_A_FUNDUS, UNREADABLE
+from pipeline.catalog import AUGMENT_RECIPES
 from pipeline.data import arrays, augment
-from pipeline.data.fov import NotAFundusError
 from pipeline.data.photos import PhotoSource, load_rgb
-from pipeline.data.prepare import cache_image
+from pipeline.data.prepare import cache_image, refusal_reason
 from pipeline.data.quality import QUALITY_MEASURES, PhotoQuality
 from pipeline.data.preprocess import MANIFEST, METADATA, PROCESSED_SPLITS, cache_dir
 from pipeline.errors import DataError
@@ -156,11 +155,15 @@ class ProcessedDataset:
         # Datasets preprocessed before enhance existed record none, which is what they hold.
         return str(self.metadata.get("enhance", "none"))
 
-    def split(self, name: str) -> pd.DataFrame:
-        rows = self.manifest[self.manifest["split"] == name].reset_index(drop=True)
+    def split(self, name: str, with_ungradable: bool = False) -> pd.DataFrame:
+        """One split's rows; photos the set labels ungradable (no grade to learn from or score)
+        only ``with_ungradable``, for scoring the grader's own check."""
+        rows = self.manifest[self.manifest["split"] == name]
+        if not with_ungradable and "gradable" in rows.columns:
+            rows = rows[rows["gradable"].astype(bool)]
         if rows.empty:
             raise DataError(f"{self.root / MANIFEST} has no '{name}' images")
-        return rows
+        return rows.reset_index(drop=True)
 
 
 class FundusDataset(Dataset):
@@ -300,12 +303,10 @@ def prepared_or_refused(source: PhotoSource, cache_size: int, image_size: int, e
     try:
         image, quality = prepared_input(source, cache_size, image_size, enhance)
         return image, np.asarray(quality.values(), dtype=np.float64), ""
-    except NotAFundusError as exc:
-        reason, message = NOT_A_FUNDUS, str(exc)
     except DataError as exc:
-        reason, message = UNREADABLE, str(exc)
-    log.warning("%s%s", f"{name}: " if name else "", message)
-    return (torch.zeros(3, image_size, image_size, dtype=torch.uint8), np.zeros(len(QUALITY_MEASURES)), reason)
+        log.warning("%s%s", f"{name}: " if name else "", exc)
+        return (torch.zeros(3, image_size, image_size, dtype=torch.uint8), np.zeros(len(QUALITY_MEASURES)),
+                refusal_reason(exc))
 
 
 class RawPhotoDataset(Dataset):

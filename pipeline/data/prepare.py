@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from pipeline.catalog import ENHANCEMENTS
+from pipeline.catalog import ENHANCEMENTS, NOT_A_FUNDUS, UNREADABLE
 from pipeline.data.fov import FieldOfView, NotAFundusError, crop_field, crop_mask, find_field_of_view
 from pipeline.data.photos import PhotoSource, decode, describe
 from pipeline.data.quality import RIM_PIXELS, PhotoQuality, measure, reduction
+from pipeline.errors import DataError
 
 CACHE_JPEG_QUALITY = 95  # q95 decodes ~60x faster than the raw photos and keeps lesion detail
 # Ben Graham's recipe, in units of the fundus radius: the blur's sigma, and the circle kept (his
@@ -121,6 +122,19 @@ def cache_image(source: PhotoSource, cache_size: int, enhance: str = "none") -> 
     buffer = io.BytesIO()
     fundus.save(buffer, format="JPEG", quality=CACHE_JPEG_QUALITY)
     return PreparedPhoto(buffer.getvalue(), source_size, field, quality)
+
+
+def refusal_reason(error: DataError) -> str:
+    """The grader's reason to refuse a photo ``cache_image`` could not prepare: no fundus in it, or
+    a file it could not read (``catalog.UNGRADABLE_REASONS``)."""
+    return NOT_A_FUNDUS if isinstance(error, NotAFundusError) else UNREADABLE
+
+
+def blank_cache_image(cache_size: int) -> bytes:
+    """The cache's stand-in for a photo refused before the network (black, as the grader's own)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (cache_size, cache_size)).save(buffer, format="JPEG", quality=CACHE_JPEG_QUALITY)
+    return buffer.getvalue()
 
 
 def warm_up() -> None:

@@ -1,4 +1,5 @@
-"""Synthetic fundus photographs in the Kaggle EyePACS layout.
+"""Synthetic fundus photographs in the public DR sets' layouts (the course labs' Kaggle EyePACS
+subset by default; ``layouts`` reads each).
 
 The real EyePACS data cannot be redistributed or downloaded in every environment, so tests,
 the demo and the benchmarks run on generated photos instead.  They imitate the things a model
@@ -21,10 +22,12 @@ import logging
 import math
 import numbers
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,7 +35,36 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from pipeline.catalog import NUM_GRADES
 from pipeline.data import photo_defects
+from pipeline.data.eyepacs import SPLITS as LABS_SPLITS
 from pipeline.data.eyepacs import SYNTHETIC_MARKER
+from pipeline.data.layouts import (
+    APTOS_IMAGES,
+    APTOS_LABELS,
+    APTOS_TEST_IMAGES,
+    APTOS_TEST_LIST,
+    DDR_ROOT,
+    DDR_SPLITS,
+    DDR_UNGRADABLE,
+    EYEPACS_FOLDERS,
+    EYEPACS_TEST_LABELS,
+    EYEPACS_TRAIN_LABELS,
+    FOLDER_COLUMNS,
+    FOLDER_LABELS,
+    FOLDER_OPTIONAL,
+    IDRID_COLUMNS,
+    IDRID_ID_PREFIX,
+    IDRID_IMAGES,
+    IDRID_LABELS,
+    IDRID_ROOT,
+    LAYOUTS,
+    MESSIDOR_COLUMNS,
+    MESSIDOR_IMAGES,
+    MESSIDOR_LABELS,
+    MESSIDOR_PAIR_COLUMNS,
+    MESSIDOR_PAIR_DELIMITER,
+    MESSIDOR_PAIRS,
+    UNGRADED,
+)
 from pipeline.data.fov import FieldOfView
 
 logger = logging.getLogger(__name__)
@@ -715,24 +747,255 @@ def _with_text(photo: photo_defects.Photo) -> photo_defects.Photo:
         return photo
 
 
-def _render_task(task: tuple[str, int, str, tuple[int, int], int, int, int | None, float]) -> dict[str, object]:
+# Photos a set labels ungradable (DDR's grade 5, Messidor-2's adjudicated_gradable 0, the folder
+# layout's gradable false) are this share of its photos, at least one, and ungradable in their
+# pixels too: blurred by this share of the photo's short side, so vessels and lesions smear away,
+# and darkened to this share of their exposure (the grader refuses 1.5% blur or 15% exposure alone).
+UNGRADABLE_SHARE = 0.1
+_UNGRADABLE_BLUR = 0.03
+_UNGRADABLE_EXPOSURE = 0.3
+# The share of the Kaggle EyePACS test photos on its public leaderboard (the rest are Private).
+_EYEPACS_PUBLIC_SHARE = 0.2
+# What ``generate_layout`` returns: every photo written, as ``layouts.read_layout`` must read it
+# back (``file`` is its path under the output folder).
+RECORD_COLUMNS = ("id", "grade", "gradable", "patient", "split", "file")
+# The split of the photos a set lists without grades (APTOS's test.csv): no reader returns them.
+UNLABELLED = "unlabelled"
+
+
+@dataclass(frozen=True)
+class _Eye:
+    """A photo as drawn: one eye of a patient of the train or test split, and its grade."""
+
+    split: str
+    patient: int
+    eye: str
+    grade: int
+
+
+@dataclass(frozen=True)
+class _RenderTask:
+    """One photo to render and write (a worker's unit of work, so it pickles)."""
+
+    path: str
+    image_id: str
+    grade: int
+    eye: str
+    size: tuple[int, int]
+    seed: int
+    index: int
+    quality: int | None
+    defects: float
+    ungradable: bool
+
+
+def _render_task(task: _RenderTask) -> dict[str, object]:
     """Worker entry point: renders one image, writes it and returns its field's record (top level so it pickles)."""
-    path, grade, eye, size, seed, index, quality, defects = task
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
-    img, field = render_photo(grade, eye, size, rng)
+    rng = np.random.default_rng(np.random.SeedSequence(task.seed, spawn_key=(task.index,)))
+    img, field = render_photo(task.grade, task.eye, task.size, rng)
     defect = ""
     # Drawn after the rendering, so a photo's rendering never depends on ``defects``.
-    if defects > 0 and rng.random() < defects:
+    if task.defects > 0 and rng.random() < task.defects:
         defect = list(DEFECTS)[int(rng.integers(len(DEFECTS)))]
         photo = DEFECTS[defect](photo_defects.Photo.of(np.asarray(img), field))
         img, field = photo.image, photo.field
-    save_photo(img, path, quality)
-    return {"id": Path(path).stem, **field.record(), "defect": defect}
+    if task.ungradable:
+        img = _make_ungradable(img, field)
+    _save(img, Path(task.path), task.quality)
+    return {"id": task.image_id, **field.record(), "defect": defect}
 
 
-def generate_eyepacs_layout(
+def _make_ungradable(img: Image.Image, field: FieldOfView) -> Image.Image:
+    blurred = img.filter(ImageFilter.GaussianBlur(_UNGRADABLE_BLUR * min(img.size)))
+    return photo_defects.darken(photo_defects.Photo.of(np.asarray(blurred), field), _UNGRADABLE_EXPOSURE).image
+
+
+def _save(img: Image.Image, path: Path, quality: int | None) -> None:
+    """PNG where the set's file is a PNG (APTOS, Messidor-Original), else ``save_photo``'s JPEG."""
+    if path.suffix.lower() == ".png":
+        img.save(path, format="PNG")
+    else:
+        save_photo(img, path, quality)
+
+
+def _render_all(tasks: list[_RenderTask], workers: int) -> list[dict[str, object]]:
+    workers = min(workers, len(tasks), os.cpu_count() or 1) if workers > 1 else 1
+    logger.info("Rendering %d synthetic fundus images (%dx%d) with %d worker(s)", len(tasks), *tasks[0].size, workers)
+    if workers == 1:
+        return [_render_task(task) for task in tasks]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        # Consuming the iterator re-raises any worker exception here.
+        return list(pool.map(_render_task, tasks, chunksize=max(1, len(tasks) // (workers * 8))))
+
+
+def _draw_eyes(train_patients: int, test_patients: int, shares: np.ndarray, rng: np.random.Generator) -> list[_Eye]:
+    """Both eyes of every patient, train patients first; train and test patients are disjoint."""
+    n_total = train_patients + test_patients
+    # Sparse, increasing patient numbers like the real ones (10, 13, 15, 16, ...).
+    patient_numbers = 10 + np.cumsum(rng.integers(1, 5, n_total))
+    order = rng.permutation(n_total)
+    splits = {
+        "train": np.sort(patient_numbers[order[:train_patients]]),
+        "test": np.sort(patient_numbers[order[train_patients:]]),
+    }
+    eyes = []
+    for split, patients in splits.items():
+        for patient, pair in zip(patients, _patient_grades(len(patients), shares, rng)):
+            eyes += [_Eye(split, int(patient), eye, int(grade)) for eye, grade in zip(EYES, pair)]
+    return eyes
+
+
+def _row(eye: _Eye, image_id: str, file: str, split: str, patient: str = "",
+         gradable: bool = True) -> dict[str, object]:
+    """A photo's record: what the reader must give (``RECORD_COLUMNS``) and what to render."""
+    return {"id": image_id, "grade": eye.grade if gradable else UNGRADED, "gradable": gradable,
+            "patient": patient or image_id, "split": split, "file": file, "eye": eye.eye, "drawn": eye.grade}
+
+
+def _ungradable(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Which of ``n`` photos the set labels ungradable: ``UNGRADABLE_SHARE``, at least one."""
+    chosen = np.zeros(n, dtype=bool)
+    chosen[rng.choice(n, size=max(1, round(UNGRADABLE_SHARE * n)), replace=False)] = True
+    return chosen
+
+
+def _write_text(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{line}\n" for line in lines))
+
+
+def _write_labs(out: Path, eyes: list[_Eye], rng: np.random.Generator) -> list[dict[str, object]]:
+    rows = [_row(eye, f"{eye.patient}_{eye.eye}", f"images/{eye.patient}_{eye.eye}.jpeg", eye.split, str(eye.patient))
+            for eye in eyes]
+    for split in LABS_SPLITS:
+        pd.Series([row["id"] for row in rows if row["split"] == split]).to_csv(
+            out / f"{split}_img.csv", header=False, index=False)
+        pd.Series([row["grade"] for row in rows if row["split"] == split], dtype=int).to_csv(
+            out / f"{split}_label.csv", header=False, index=False)
+    return rows
+
+
+def _write_kaggle_eyepacs(out: Path, eyes: list[_Eye], rng: np.random.Generator) -> list[dict[str, object]]:
+    rows = [_row(eye, f"{eye.patient}_{eye.eye}", f"{EYEPACS_FOLDERS[eye.split]}/{eye.patient}_{eye.eye}.jpeg",
+                 eye.split, str(eye.patient)) for eye in eyes]
+    for split, name in (("train", EYEPACS_TRAIN_LABELS), ("test", EYEPACS_TEST_LABELS)):
+        mine = [row for row in rows if row["split"] == split]
+        table = pd.DataFrame({"image": [row["id"] for row in mine], "level": [row["grade"] for row in mine]})
+        if split == "test":
+            table["Usage"] = np.where(rng.random(len(mine)) < _EYEPACS_PUBLIC_SHARE, "Public", "Private")
+        table.to_csv(out / name, index=False)
+    return rows
+
+
+def _write_aptos2019(out: Path, eyes: list[_Eye], rng: np.random.Generator) -> list[dict[str, object]]:
+    """Train patients' photos graded in train.csv; test patients' listed ungraded in test.csv."""
+    codes = [f"{code:012x}" for code in rng.choice(16 ** 12, size=len(eyes), replace=False)]
+    rows = [_row(eye, code, f"{APTOS_IMAGES}/{code}.png", "") if eye.split == "train"
+            else _row(eye, code, f"{APTOS_TEST_IMAGES}/{code}.png", UNLABELLED) for eye, code in zip(eyes, codes)]
+    graded = [row for row in rows if row["split"] == ""]
+    pd.DataFrame({"id_code": [row["id"] for row in graded], "diagnosis": [row["grade"] for row in graded]}).to_csv(
+        out / APTOS_LABELS, index=False)
+    pd.DataFrame({"id_code": [row["id"] for row in rows if row["split"] == UNLABELLED]}).to_csv(
+        out / APTOS_TEST_LIST, index=False)
+    return rows
+
+
+def _messidor_names(exam: int) -> tuple[str, str]:
+    """An examination's (left, right) file names: Messidor-Original's PNGs for every other one,
+    Messidor-Extension's JPGs (upper-case extension) for the rest."""
+    if exam % 2 == 0:
+        number = 43808 + 24 * exam
+        return f"20051020_{number:05d}_0100_PP.png", f"20051020_{number + 1:05d}_0100_PP.png"
+    number = 12 + 2 * exam
+    return f"IM{number + 1:06d}.JPG", f"IM{number:06d}.JPG"
+
+
+def _write_messidor2(out: Path, eyes: list[_Eye], rng: np.random.Generator) -> list[dict[str, object]]:
+    """Every patient one examination (the set fixes no split); the grades name the JPGs ``.jpg``."""
+    ungradable = _ungradable(len(eyes), rng)
+    edema = (rng.random(len(eyes)) < 0.5) & [eye.grade >= 2 for eye in eyes]  # referable DME: some moderate+ DR
+    rows, table, exams = [], [], []
+    for exam, first in enumerate(range(0, len(eyes), 2)):  # _draw_eyes: each patient's left, then right eye
+        names = _messidor_names(exam)
+        exams.append(MESSIDOR_PAIR_DELIMITER.join(names))
+        for index, name in enumerate(names, first):
+            eye, bad, stem = eyes[index], bool(ungradable[index]), Path(name).stem
+            rows.append(_row(eye, stem, f"{MESSIDOR_IMAGES}/{name}", "", Path(names[0]).stem, gradable=not bad))
+            graded = ["", ""] if bad else [eye.grade, int(edema[index])]
+            table.append([name if name.endswith(".png") else f"{stem}.jpg", *graded, int(not bad)])
+    pd.DataFrame(table, columns=list(MESSIDOR_COLUMNS)).to_csv(out / MESSIDOR_LABELS, index=False)
+    _write_text(out / MESSIDOR_PAIRS, [MESSIDOR_PAIR_DELIMITER.join(MESSIDOR_PAIR_COLUMNS), *exams])
+    return rows
+
+
+def _write_idrid(out: Path, eyes: list[_Eye], rng: np.random.Generator) -> list[dict[str, object]]:
+    """Each split numbered from IDRiD_001; the CSVs with the set's stray space, empty columns and empty last row."""
+    rows = []
+    for split in ("train", "test"):
+        mine = [eye for eye in eyes if eye.split == split]
+        names = [f"IDRiD_{number:03d}" for number in range(1, len(mine) + 1)]
+        # Risk of macular edema 0-2, none below moderate DR.
+        edema = np.where([eye.grade >= 2 for eye in mine], rng.integers(1, 3, len(mine)), 0)
+        lines = [",".join(IDRID_COLUMNS) + ",,,",
+                 *(f"{name},{eye.grade},{risk},,," for name, eye, risk in zip(names, mine, edema)), ",,,,,"]
+        _write_text(out / IDRID_ROOT / IDRID_LABELS[split], lines)
+        rows += [_row(eye, IDRID_ID_PREFIX[split] + name, f"{IDRID_ROOT}/{IDRID_IMAGES[split]}/{name}.jpg", split)
+                 for name, eye in zip(names, mine)]
+    return rows
+
+
+def _write_ddr(out: Path, eyes: list[_Eye], rng: np.random.Generator) -> list[dict[str, object]]:
+    """The last quarter of the train patients are DDR's valid split; a share of photos graded 5."""
+    ungradable = _ungradable(len(eyes), rng)
+    train = sorted({eye.patient for eye in eyes if eye.split == "train"})
+    valid = set(train[len(train) - len(train) // 4:])
+    lists: dict[str, list[str]] = {name: [] for name in DDR_SPLITS}
+    rows = []
+    for index, (eye, bad) in enumerate(zip(eyes, ungradable)):
+        folder = "test" if eye.split == "test" else "valid" if eye.patient in valid else "train"
+        # Both of the set's naming schemes: hospital-patient-photo numbers, and capture times.
+        name = (f"007-{eye.patient:04d}-{EYES.index(eye.eye):03d}.jpg" if eye.patient % 2
+                else f"{20170323093305605 + 7919 * index}.jpg")
+        lists[folder].append(f"{name} {DDR_UNGRADABLE if bad else eye.grade}")
+        rows.append(_row(eye, Path(name).stem, f"{DDR_ROOT}/{folder}/{name}", DDR_SPLITS[folder], gradable=not bad))
+    for folder, lines in lists.items():
+        _write_text(out / DDR_ROOT / f"{folder}.txt", lines)
+    return rows
+
+
+def _write_folder(out: Path, eyes: list[_Eye], rng: np.random.Generator) -> list[dict[str, object]]:
+    """Every optional column, photos in a folder per split, a share ungradable with a blank grade."""
+    ungradable = _ungradable(len(eyes), rng)
+    rows, table = [], []
+    for eye, bad in zip(eyes, ungradable):
+        image_id = f"{eye.patient}_{eye.eye}"
+        file = f"photos/{eye.split}/{image_id}.jpg"
+        rows.append(_row(eye, image_id, file, eye.split, str(eye.patient), gradable=not bad))
+        table.append([file, "" if bad else eye.grade, eye.patient, eye.split, "false" if bad else "true"])
+    pd.DataFrame(table, columns=[*FOLDER_COLUMNS, *FOLDER_OPTIONAL]).to_csv(out / FOLDER_LABELS, index=False)
+    return rows
+
+
+_WRITERS: dict[str, Callable[[Path, list[_Eye], np.random.Generator], list[dict[str, object]]]] = {
+    "labs": _write_labs,
+    "kaggle_eyepacs": _write_kaggle_eyepacs,
+    "aptos2019": _write_aptos2019,
+    "messidor2": _write_messidor2,
+    "idrid": _write_idrid,
+    "ddr": _write_ddr,
+    "folder": _write_folder,
+}
+
+
+def layout_counts(record: pd.DataFrame) -> dict[str, int]:
+    """Photos per split of a generator's record, in the order written (``unsplit``: the caller's to split)."""
+    return {split or "unsplit": count for split, count in Counter(record["split"]).items()}
+
+
+def generate_layout(
     out_dir: str | Path,
     *,
+    layout: str = "labs",
     train_patients: int,
     test_patients: int,
     size: tuple[int, int] = (512, 384),
@@ -741,22 +1004,39 @@ def generate_eyepacs_layout(
     jpeg_quality: int | None = None,
     workers: int = 1,
     defects: float = 0.0,
-) -> dict[str, int]:
-    """Writes the Kaggle EyePACS course-lab layout and returns the image count per split.
+) -> pd.DataFrame:
+    """Writes a synthetic copy of a public set in its own layout (``layouts.LAYOUTS``) and returns
+    the record of every photo written (``RECORD_COLUMNS``).
 
-    Layout: ``{train,test}_img.csv`` (image ids, no header), ``{train,test}_label.csv`` (grades
-    0-4, same rows, no header) and ``images/<id>.jpeg``.  Ids are ``<patient>_left`` and
-    ``<patient>_right``; train and test patients are disjoint.  The output depends only on the
-    arguments other than ``workers``: image ``i`` is rendered from ``SeedSequence(seed,
-    spawn_key=(i,))``, so any worker count produces byte-identical files.
+    Both eyes of ``train_patients`` + ``test_patients`` patients are drawn as for every layout;
+    each layout then names, lists and splits them as its set does (``layouts`` draws each tree):
+
+    * ``labs``: ``{train,test}_img.csv`` / ``_label.csv``, ``images/<patient>_<eye>.jpeg``;
+    * ``kaggle_eyepacs``: ``trainLabels.csv`` + ``train/``, the test patients in
+      ``retinopathy_solution.csv`` (Usage Public | Private) + ``test/``;
+    * ``aptos2019``: the train patients' photos graded in ``train.csv`` + ``train_images/*.png``,
+      the test patients' listed ungraded in ``test.csv`` + ``test_images/`` (split ``unlabelled``);
+    * ``messidor2``: every patient an examination (PNG and ``.JPG`` names, the grades calling the
+      JPGs ``.jpg``), ``messidor_data.csv``, ``messidor-2.csv``, ``IMAGES/``;
+    * ``idrid``: each split numbered from ``IDRiD_001``, the CSVs with the set's quirks;
+    * ``ddr``: ``DR_grading/{train,valid,test}.txt``, the last quarter of the train patients valid;
+    * ``folder``: ``labels.csv`` with every optional column, ``photos/<split>/<patient>_<eye>.jpg``.
+
+    ``UNGRADABLE_SHARE`` of the ``messidor2``, ``ddr`` and ``folder`` photos are labelled
+    ungradable and rendered so. ``synthetic.json`` (the arguments and counts) lies in ``out_dir``.
+
+    The output depends only on the arguments other than ``workers``: image ``i`` is rendered from
+    ``SeedSequence(seed, spawn_key=(i,))``, so any worker count produces byte-identical files.
 
     ``jpeg_quality`` None writes as a camera does at camera sizes (longest side >=
     ``CAMERA_MIN_SIDE``: sensor noise, q95 with 4:2:2 chroma, ~2 MB at 3888x2592) and q90 below.
 
     ``defects`` is the share of photos given one of clinics' defects (``DEFECTS``: frames, text,
     bars, markers, clipping, dark photos, a small fundus); ``fields.csv`` records every photo's
-    field of view as drawn (in its pixels) and its defect.
+    field of view as drawn (in its pixels, by id) and its defect.
     """
+    if layout not in _WRITERS:
+        raise SyntheticDataError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     train_patients = _check_count("train_patients", train_patients)
     test_patients = _check_count("test_patients", test_patients)
     width, height = _check_size(size)
@@ -769,54 +1049,32 @@ def generate_eyepacs_layout(
         raise SyntheticDataError(f"defects must be a share in [0, 1], got {defects!r}")
 
     out = Path(out_dir)
-    images_dir = out / "images"
-    images_dir.mkdir(parents=True, exist_ok=True)
-
+    out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(np.random.SeedSequence(seed))
-    n_total = train_patients + test_patients
-    # Sparse, increasing patient numbers like the real ones (10, 13, 15, 16, ...).
-    patient_numbers = 10 + np.cumsum(rng.integers(1, 5, n_total))
-    order = rng.permutation(n_total)
-    splits = {
-        "train": np.sort(patient_numbers[order[:train_patients]]),
-        "test": np.sort(patient_numbers[order[train_patients:]]),
-    }
-
-    tasks: list[tuple[str, int, str, tuple[int, int], int, int, int | None, float]] = []
-    counts: dict[str, int] = {}
-    for split, patients in splits.items():
-        grades = _patient_grades(len(patients), shares, rng)
-        ids: list[str] = []
-        labels: list[int] = []
-        for patient, pair in zip(patients, grades):
-            for eye, grade in zip(EYES, pair):
-                image_id = f"{int(patient)}_{eye}"
-                ids.append(image_id)
-                labels.append(int(grade))
-                tasks.append(
-                    (str(images_dir / f"{image_id}.jpeg"), int(grade), eye, (width, height), seed, len(tasks),
-                     jpeg_quality, float(defects))
-                )
-        pd.Series(ids).to_csv(out / f"{split}_img.csv", header=False, index=False)
-        pd.Series(labels, dtype=int).to_csv(out / f"{split}_label.csv", header=False, index=False)
-        counts[split] = len(ids)
-
-    workers = min(workers, len(tasks), os.cpu_count() or 1) if workers > 1 else 1
-    logger.info(
-        "Rendering %d synthetic fundus images (%dx%d) into %s with %d worker(s)",
-        len(tasks), width, height, out, workers,
-    )
-    if workers == 1:
-        fields = [_render_task(task) for task in tasks]
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            # Consuming the iterator re-raises any worker exception here.
-            fields = list(pool.map(_render_task, tasks, chunksize=max(1, len(tasks) // (workers * 8))))
-    pd.DataFrame(fields).to_csv(out / FIELDS_FILE, index=False)
+    eyes = _draw_eyes(train_patients, test_patients, shares, rng)
+    record = pd.DataFrame(_WRITERS[layout](out, eyes, rng))
+    for folder in sorted({(out / file).parent for file in record["file"]}):
+        folder.mkdir(parents=True, exist_ok=True)
+    tasks = [_RenderTask(str(out / row.file), row.id, row.drawn, row.eye, (width, height), seed, index,
+                         jpeg_quality, float(defects), not row.gradable)
+             for index, row in enumerate(record.itertuples(index=False))]
+    pd.DataFrame(_render_all(tasks, workers)).to_csv(out / FIELDS_FILE, index=False)
+    counts = layout_counts(record)
     (out / SYNTHETIC_MARKER).write_text(json.dumps({
         "generator": "retina-flow synthetic fundus generator (pipeline/data/synthetic.py)",
         "size": [width, height], "camera_format": is_camera_size((width, height)), "grade_shares": [float(s) for s in shares], "seed": seed, "counts": counts,
         "defects": float(defects),
     }, indent=2))
-    logger.info("Synthetic EyePACS layout written: %s", counts)
-    return counts
+    logger.info("Synthetic %s layout written to %s: %s", layout, out, counts)
+    return record[list(RECORD_COLUMNS)]
+
+
+def generate_eyepacs_layout(out_dir: str | Path, **options: Any) -> dict[str, int]:
+    """Writes the Kaggle EyePACS course-lab layout (or the ``layout`` option's, see
+    ``generate_layout``, whose options it takes) and returns the image count per split.
+
+    Layout: ``{train,test}_img.csv`` (image ids, no header), ``{train,test}_label.csv`` (grades
+    0-4, same rows, no header) and ``images/<id>.jpeg``.  Ids are ``<patient>_left`` and
+    ``<patient>_right``; train and test patients are disjoint.
+    """
+    return layout_counts(generate_layout(out_dir, **options))

@@ -6,8 +6,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import pandas as pd
+
 from pipeline.catalog import Configuration
-from pipeline.compare import comparison_table, display_table, format_table, markdown_table
+from pipeline.compare import (
+    comparison_table,
+    display_cross_dataset,
+    display_table,
+    format_table,
+    markdown_of,
+    markdown_table,
+)
 from pipeline.engine import ranking_score
 from pipeline.figures import confusion_grid_figure, curves_figure, figure_png
 from pipeline.model_card import CARD_ARTIFACT
@@ -16,6 +25,8 @@ from pipeline.report import build_html_report
 from pipeline.tracking import artifacts, readback, runs
 
 REPORT_TITLE = "retina-flow: ResNet depth x ImageNet pretraining x training recipe"
+CROSS_DATASET_CSV = "comparison/cross_dataset.csv"
+CROSS_DATASET_HEADING = "The champion on each dataset (95% CI)"
 # (artifact name, report heading, per-epoch metrics, y axis): the course labs' curves.
 CURVES = (
     ("accuracy_curves", "Train and test accuracy per epoch", ("train_accuracy", "test_accuracy"), "accuracy"),
@@ -35,14 +46,21 @@ class Comparison:
     markdown: str  # the table, the champion and links to every train run, for a run description
 
 
-def run_compare(configurations: list[Configuration], parent_run_id: str | None = None) -> Comparison:
-    """Reads train runs back from the tracking server; logs the table, figures and an HTML report."""
+def run_compare(configurations: list[Configuration], parent_run_id: str | None = None,
+                cross_dataset: pd.DataFrame | None = None) -> Comparison:
+    """Reads train runs back from the tracking server; logs the table, figures and an HTML report
+    (with ``cross_dataset``, the champion's validation on each dataset, where the study made one)."""
     records = readback.search_train_runs(runs.experiment_ids(), parent_run_id)
     not_run = readback.skipped_configurations(parent_run_id) if parent_run_id else {}
     table = comparison_table(records, configurations, not_run)
     text = format_table(table)
     runs.log_params({"configurations": [c.label for c in configurations], "parent_run_id": parent_run_id or "",
                      "train_runs": len(records)})
+    tables = {}
+    if cross_dataset is not None:
+        artifacts.log_text(cross_dataset.to_csv(index=False), CROSS_DATASET_CSV)
+        tables[CROSS_DATASET_HEADING] = display_cross_dataset(cross_dataset)
+        text += f"\n\n{CROSS_DATASET_HEADING}:\n" + tables[CROSS_DATASET_HEADING].to_string(index=False)
     artifacts.log_text(text, "comparison/comparison.txt")
     artifacts.log_text(table.to_csv(index=False), "comparison/comparison.csv")
     figures = log_comparison_figures(records, configurations)
@@ -62,9 +80,11 @@ def run_compare(configurations: list[Configuration], parent_run_id: str | None =
             run_links[f"Champion's model card ({champion.run_id[:8]})"] = runs.artifact_url(champion.run_id, CARD_ARTIFACT)
             documents["Champion's model card"] = card.decode()
     report = build_html_report(title=REPORT_TITLE, summary_table=display_table(table), figures=figures, notes=notes,
-                               run_links=run_links, documents=documents)
+                               run_links=run_links, documents=documents, tables=tables)
     artifacts.log_text(report, "comparison/report.html")
     lines = [markdown_table(table), ""] + [f"- {note}" for note in notes]
+    if cross_dataset is not None:
+        lines += ["", f"**{CROSS_DATASET_HEADING}**", "", markdown_of(display_cross_dataset(cross_dataset))]
     lines += ["", "Train runs: " + ", ".join(f"[{label}]({url})" for label, url in run_links.items()),
               "", "The full report with every figure is the compare run's artifact `comparison/report.html`."]
     return Comparison(text, "\n".join(lines) + "\n")

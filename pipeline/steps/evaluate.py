@@ -45,31 +45,37 @@ def split_metrics(grader: Grader, targets: np.ndarray, uncalibrated: np.ndarray,
     Args:
         uncalibrated: the network's probabilities before the grader's temperature.
         judged: the grader's view of the photos (calibrated probabilities, reasons).
-        labels: the dataset's own gradable (True) / ungradable (False) labels, where it has them.
+        labels: the set's own gradability labels (True: graded by its readers), where it has them:
+            photos labelled ungradable have no grade, so only the check is scored on them.
     """
-    spec, gradable = grader.spec, judged.gradable
-    scalars: dict[str, float] = {f"{prefix}ungradable_fraction": float(1 - gradable.mean()) if len(gradable) else 0.0}
-    graded: tuple[dict[str, float], dict[str, tuple[float, float]]] = ({}, {})
+    spec = grader.spec
+    graded = np.ones(len(targets), bool) if labels is None else np.asarray(labels, dtype=bool)
+    gradable = judged.gradable & graded
+    scalars: dict[str, float] = {f"{prefix}images": float(len(targets)), f"{prefix}graded_images": float(gradable.sum()),
+                                 f"{prefix}ungradable_fraction": float(1 - judged.gradable.mean()) if len(targets) else 0.0}
+    found: tuple[dict[str, float], dict[str, tuple[float, float]]] = ({}, {})
     if gradable.any():
-        graded = metrics_with_intervals(
+        found = metrics_with_intervals(
             targets[gradable], grader.fused(judged.probabilities, patients, gradable)[gradable], patients[gradable],
             threshold=spec.referable_threshold, resamples=resamples, seed=seed, cut_points=spec.cut_points)
         for name, probabilities in (("", judged.probabilities), ("uncalibrated_", uncalibrated)):
             scalars |= metric_scalars(*calibration_with_intervals(
                 targets[gradable], probabilities[gradable], patients[gradable], resamples=resamples, seed=seed),
                 prefix=f"{prefix}{name}")
-    scalars |= metric_scalars(*graded, prefix=prefix)
-    # Every photo graded: the same photos, the same figures (a bootstrap of them all costs ~10 s).
-    everyone = graded if gradable.all() else metrics_with_intervals(
-        targets, grader.fused(judged.probabilities, patients), patients, threshold=spec.referable_threshold,
-        resamples=resamples, seed=seed, cut_points=spec.cut_points)
+    scalars |= metric_scalars(*found, prefix=prefix)
+    # Every graded photo accepted: the same photos, the same figures (a bootstrap of them all costs ~10 s).
+    if gradable.sum() == graded.sum():
+        everyone = found
+    else:
+        everyone = metrics_with_intervals(
+            targets[graded], grader.fused(judged.probabilities, patients, graded)[graded], patients[graded],
+            threshold=spec.referable_threshold, resamples=resamples, seed=seed, cut_points=spec.cut_points)
     scalars |= metric_scalars(*everyone, prefix=f"{prefix}all_")
-    if labels is not None:
-        labels = np.asarray(labels, dtype=bool)
-        # The check as a detector of ungradable photos: how many of those it refused, and how many
-        # gradable ones it let through.
-        scalars[f"{prefix}ungradable_sensitivity"] = float((~gradable[~labels]).mean()) if (~labels).any() else np.nan
-        scalars[f"{prefix}ungradable_specificity"] = float(gradable[labels].mean()) if labels.any() else np.nan
+    if labels is not None and not graded.all():
+        # The check as a detector of the photos the set labels ungradable: how many of those it
+        # refused, and how many of the others it graded.
+        scalars[f"{prefix}ungradable_sensitivity"] = float((~judged.gradable[~graded]).mean())
+        scalars[f"{prefix}ungradable_specificity"] = float(judged.gradable[graded].mean())
     return scalars
 
 
@@ -78,7 +84,7 @@ def log_split_figures(grader: Grader, targets: np.ndarray, uncalibrated: np.ndar
                       seed: int) -> None:
     """The gradable photos' confusion matrices, referable ROC with the operating point and
     reliability diagram, and every metric in ``metrics/{split}_metrics.json``."""
-    gradable = judged.gradable
+    gradable = judged.gradable & (targets >= 0)  # labelled ungradable photos have no grade to show
     probabilities = grader.fused(judged.probabilities, patients, gradable)[gradable]
     if gradable.any():
         _log_gradable_figures(grader, targets[gradable], probabilities, uncalibrated[gradable],
@@ -124,11 +130,13 @@ def run_evaluate(model_ref: str, data_dir: str, batch_size: int = 32, num_worker
         # The grader sees photos through the cache it learnt from; another cache gives other pixels.
         raise DataError(f"{uri} was trained on the {spec.cache_size} px cache, but {data_dir} has "
                         f"{processed.image_size} px; run preprocess with image_size={spec.cache_size}")
-    test_rows = processed.split("test")
+    test_rows = processed.split("test", with_ungradable=True)
     test = FundusDataset(processed.root, test_rows, EvalPreset(spec.image_size))
     loader = make_loader(test, batch_size, shuffle=False, num_workers=num_workers, seed=0)
     targets, uncalibrated, features = grader.outputs_of(loader, calibrated=False)
-    judged = grader.judge(grader.calibrated(uncalibrated), features, measures_of(processed, test_rows))
+    refused = refused_in_preprocess(test_rows)
+    uncalibrated[[bool(reason) for reason in refused]] = np.nan  # the network saw a blank
+    judged = grader.judge(grader.calibrated(uncalibrated), features, measures_of(processed, test_rows), refused)
     patients = test_rows["patient"].to_numpy()
     predictions = pd.concat([test_rows[["id"]], grader.decide(judged, patients)], axis=1)
     predictions["grade"] = targets
@@ -159,6 +167,14 @@ def gradable_labels(processed: ProcessedDataset, rows: pd.DataFrame) -> np.ndarr
             raise DataError(f"{processed.root / 'manifest.csv'}: '{GRADABLE_LABEL}' value {value!r} is neither true nor false")
         labels.append(label)
     return np.array(labels, dtype=bool)
+
+
+def refused_in_preprocess(rows: pd.DataFrame) -> list[str]:
+    """Each row's reason to be refused known from preprocess: photos the set labels ungradable in
+    which no fundus was found or that could not be read ("" for the others)."""
+    if "refused" not in rows.columns:  # a dataset processed before labelled-ungradable photos were kept
+        return [""] * len(rows)
+    return rows["refused"].fillna("").astype(str).tolist()
 
 
 def measures_of(processed: ProcessedDataset, rows: pd.DataFrame) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The ``preprocess`` step: raw EyePACS layout -> processed dataset, its counts logged."""
+"""The ``preprocess`` step: a raw set in its own layout -> processed dataset, its counts logged."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ def run_preprocess(cfg: PreprocessConfig) -> dict[str, object]:
     runs.log_config(to_dict(cfg), to_dict(cfg))
     summary = preprocess(cfg.raw_dir, cfg.data_dir, image_size=cfg.image_size, image_dir=cfg.image_dir,
                          val_fraction=cfg.val_fraction, seed=cfg.seed, num_workers=cfg.num_workers,
-                         on_bad_image=cfg.on_bad_image, max_bad_fraction=cfg.max_bad_fraction, enhance=cfg.enhance)
+                         on_bad_image=cfg.on_bad_image, max_bad_fraction=cfg.max_bad_fraction, enhance=cfg.enhance,
+                         layout=cfg.layout, test_fraction=cfg.test_fraction, role=cfg.role)
     counts = summary["counts"]
     metric_sink().log_summary({f"{split}_images": sum(grades) for split, grades in counts.items()}
+                              | {f"{split}_ungradable_labels": n for split, n in summary["ungradable"].items() if n}
                               | {"preprocess_seconds": summary["seconds"],
                                  "skipped_images": len(summary["skipped_images"])})
     if summary["skipped_images"]:

@@ -11,10 +11,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
+from pipeline.compare import cross_dataset_table, display_cross_dataset, markdown_of
 from pipeline.config import StudyConfig, flatten, recipe_train_config, study_configurations, to_dict, validate_study_config
 from pipeline.engine import ranking_score
 from pipeline.errors import ConfigError, WeightsUnavailableError
-from pipeline.model_card import CARD_ARTIFACT
+from pipeline.model_card import CARD_ARTIFACT, with_validation
 from pipeline.models import ensure_pretrained_available, weights_cache_file
 from pipeline.steps.compare import run_compare
 from pipeline.steps.evaluate import run_evaluate
@@ -67,8 +70,15 @@ def check_pretrained_weights(cfg: StudyConfig) -> list[SkippedConfiguration]:
     return skipped
 
 
+# The champion's own test split, as the cross-dataset table names it; external sets are processed
+# into <data_dir>/<EXTERNAL_FOLDER>/<name>.
+INTERNAL_TEST = "internal test"
+EXTERNAL_FOLDER = "external"
+
+
 def run_study(cfg: StudyConfig) -> StudyOutcome:
-    """preprocess -> train every configuration -> register the best on validation -> evaluate -> compare."""
+    """preprocess -> train every configuration -> register the best on validation -> evaluate (on
+    the test split and every external set) -> compare."""
     validate_study_config(cfg)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, data_dir=cfg.preprocess.data_dir))
     runs.log_config(to_dict(cfg), flatten(to_dict(cfg)))
@@ -84,11 +94,16 @@ def run_study(cfg: StudyConfig) -> StudyOutcome:
                                       version_tags={"train_run_id": champion.run_id})
     runs.set_tags({tags.CHAMPION_RUN: champion.run_id, tags.CHAMPION_VERSION: f"{cfg.registered_model} v{version}"})
     champion_uri = f"models:/{cfg.registered_model}@{cfg.champion_alias}"
-    describe_champion(cfg, version, champion)
     with runs.step_run("evaluate", "evaluate-champion", nested=True):
         evaluation = run_evaluate(champion_uri, cfg.preprocess.data_dir, resamples=cfg.train.bootstrap_resamples)
+    cross_dataset = None
+    if cfg.external:
+        evaluations = {INTERNAL_TEST: evaluation, **validate_externally(cfg, champion_uri)}
+        layouts = {INTERNAL_TEST: cfg.preprocess.layout, **{d.name: d.layout for d in cfg.external}}
+        cross_dataset = cross_dataset_table(evaluations, layouts)
+    describe_champion(cfg, version, champion, cross_dataset)
     with runs.step_run("compare", "compare", nested=True):
-        comparison = run_compare(study_configurations(cfg), parent_run_id=study_run_id)
+        comparison = run_compare(study_configurations(cfg), parent_run_id=study_run_id, cross_dataset=cross_dataset)
     metric_sink().log_summary({"champion_selection_score": champion.selection_score, **evaluation})
     # The study run's page in the MLflow UI opens on the comparison.
     runs.set_tags({tags.NOTE: f"**retina-flow study**: champion `{cfg.registered_model}` v{version} "
@@ -106,9 +121,31 @@ def champion_on_test(evaluation: dict[str, float]) -> str:
     return f"On test it refused {refused:.1%} of the photos as ungradable{calibration}."
 
 
-def describe_champion(cfg: StudyConfig, version: str, champion: TrainOutcome) -> None:
-    """The champion's model card on the registered model and on its version."""
+def validate_externally(cfg: StudyConfig, champion_uri: str) -> dict[str, dict[str, float]]:
+    """The champion evaluated on every external set: each preprocessed with the study's cache
+    settings (every photo a test photo) into ``<data_dir>/external/<name>``, then evaluated, each
+    step a run nested in the study."""
+    results = {}
+    for dataset in cfg.external:
+        processed = Path(cfg.preprocess.data_dir) / EXTERNAL_FOLDER / dataset.name
+        settings = dataclasses.replace(cfg.preprocess, raw_dir=dataset.raw_dir, image_dir=dataset.image_dir,
+                                       layout=dataset.layout, data_dir=str(processed), role="external")
+        with runs.step_run("preprocess", f"preprocess-{dataset.name}", nested=True):
+            run_preprocess(settings)
+        with runs.step_run("evaluate", f"evaluate-{dataset.name}", nested=True):
+            runs.set_tags({tags.DATASET: dataset.name})
+            results[dataset.name] = run_evaluate(champion_uri, str(processed), resamples=cfg.train.bootstrap_resamples)
+    return results
+
+
+def describe_champion(cfg: StudyConfig, version: str, champion: TrainOutcome,
+                      cross_dataset: pd.DataFrame | None = None) -> None:
+    """The champion's model card on the registered model and on its version; with the datasets it
+    was validated on, its card (the train run's artifact too) lists them."""
     card = (artifacts.read_artifact(champion.run_id, CARD_ARTIFACT) or b"").decode()
+    if cross_dataset is not None:
+        card = with_validation(card, markdown_of(display_cross_dataset(cross_dataset)))
+        artifacts.log_text_to_run(champion.run_id, card, CARD_ARTIFACT)
     heading = (f"**Version {version} is the champion** (`models:/{cfg.registered_model}@{cfg.champion_alias}`), "
                f"chosen over the study's other configurations by `{cfg.train.select_metric}` on validation.\n\n")
     registry.describe(cfg.registered_model, version, heading + card, card,

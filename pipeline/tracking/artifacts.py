@@ -38,6 +38,11 @@ def log_text(text: str, artifact_file: str) -> None:
 
 
 @main_process_only
+def log_text_to_run(run_id: str, text: str, artifact_file: str) -> None:
+    """``log_text`` to another (possibly finished) run: a champion's card once it is validated."""
+    MlflowClient().log_text(run_id, text, artifact_file)
+
+
 def log_bytes(data: bytes, artifact_file: str) -> None:
     """Any bytes (a PNG from ``figures.figure_png``, say) as one artifact file."""
     with _staged(artifact_file) as path:

@@ -4,6 +4,7 @@ STEP = "retina_flow.step"  # which entry point a run is: preprocess, train, eval
 ERROR = "retina_flow.error"  # a failed step's user-facing message
 MODEL_URI = "retina_flow.model_uri"  # a train run's logged model
 SOURCE_RUN = "retina_flow.model_run_id"  # on evaluate: the train run of the model it evaluated
+DATASET = "retina_flow.dataset"  # on a study's evaluate of an external set: the set's name
 RESUMED_RUN = "retina_flow.resumed_run_id"  # on a resume's launcher run: the run it continued
 SKIPPED_PREFIX = "retina_flow.skipped."  # on a study run: + configuration label -> why it was not run
 OPTUNA_STUDY = "retina_flow.optuna_study"  # on a sweep run and its trials' train runs: the Optuna study's name

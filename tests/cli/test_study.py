@@ -1,15 +1,23 @@
-"""Entry points in-process against the real tracking server: repeats over seeds, evaluate, predict."""
+"""Entry points in-process against the real tracking server: repeats over seeds, an external set,
+evaluate, predict."""
 
 import tempfile
+from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.cli import evaluate as evaluate_cli
 from pipeline.cli import main as main_cli
 from pipeline.cli import predict as predict_cli
+from pipeline.compare import CROSS_DATASET_METRICS
+from pipeline.data.synthetic import UNIFORM_GRADE_SHARES, generate_layout
+from pipeline.model_card import CARD_ARTIFACT, VALIDATED_HEADING
+from pipeline.steps.compare import CROSS_DATASET_CSV, CROSS_DATASET_HEADING
+from pipeline.steps.study import INTERNAL_TEST
 from pipeline.tracking import tags
 from tests.conftest import PROJECT_ROOT, scratch_dir
 
@@ -18,15 +26,31 @@ pytestmark = pytest.mark.slow  # a whole study against a real server
 SEEDS_MODEL = "dr-resnet-seeds"
 
 
+EXTERNAL = "messidor2-synthetic"
+
+
+def external_config(root: Path) -> Path:
+    """tiny.yaml with one external set: a synthetic Messidor-2 (its ungradable labels included),
+    drawn from other seeds than the study's photos and on another frame (3:2, as Messidor's)."""
+    external = root / "messidor2"
+    generate_layout(external, layout="messidor2", train_patients=4, test_patients=2, size=(144, 96),
+                    grade_shares=UNIFORM_GRADE_SHARES, seed=11)
+    config = root / "external.yaml"
+    config.write_text(yaml.safe_dump({
+        "base": str(PROJECT_ROOT / "experiments" / "tiny.yaml"),
+        "external": [{"name": EXTERNAL, "raw_dir": str(external), "layout": "messidor2"}]}))
+    return config
+
+
 @pytest.fixture(scope="module")
 def two_seed_study(raw_dir, mlflow_server, tmp_path_factory):
-    """`main` with seeds=2 over one configuration, tracked on the real server."""
+    """`main` with seeds=2 over one configuration and one external set, tracked on the real server."""
     uri = mlflow_server
     with scratch_dir(tmp_path_factory, "study") as root, pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "study-seeds")
         monkeypatch.chdir(root)
-        code = main_cli.main(["--config", str(PROJECT_ROOT / "experiments" / "tiny.yaml"), "--raw_dir", str(raw_dir),
+        code = main_cli.main(["--config", str(external_config(root)), "--raw_dir", str(raw_dir),
                               "--data_dir", str(root / "data"), "--models", "resnet18", "--pretrained", "false",
                               "--seeds", "2", "--registered_model", SEEDS_MODEL])
         yield code, MlflowClient(uri), root
@@ -52,6 +76,43 @@ def test_compare_reports_mean_and_std_over_seeds(two_seed_study, tmp_path):
     assert row["test_kappa_std"] == pytest.approx(pd.Series(values).std(ddof=1), abs=1e-9)
     accuracies = [r.data.metrics["highest_test_accuracy"] for r in trains]
     assert row["highest_test_accuracy_std"] == pytest.approx(pd.Series(accuracies).std(ddof=1), abs=1e-9)
+
+
+def test_the_external_set_is_evaluated_in_a_nested_run_and_shown_across_datasets(two_seed_study, tmp_path):
+    code, client, root = two_seed_study
+    assert code == 0
+    (study,) = runs_of(client, "main")
+    evaluations = {r.data.tags.get(tags.DATASET, INTERNAL_TEST): r for r in runs_of(client, "evaluate")
+                   if r.data.tags.get("mlflow.parentRunId") == study.info.run_id}
+    assert set(evaluations) == {INTERNAL_TEST, EXTERNAL}
+    external = evaluations[EXTERNAL].data.metrics
+    manifest = pd.read_csv(root / "data" / "external" / EXTERNAL / "64px" / "manifest.csv")
+    assert set(manifest["split"]) == {"test"} and external["test_images"] == len(manifest)
+    # The set's ungradable labels: never graded, and the grader's check scored against them.
+    assert external["test_graded_images"] <= manifest["gradable"].sum()
+    assert {"test_ungradable_sensitivity", "test_ungradable_specificity"} <= set(external)
+
+    (compare,) = runs_of(client, "compare")
+    table = pd.read_csv(client.download_artifacts(compare.info.run_id, CROSS_DATASET_CSV, str(tmp_path)))
+    assert table["dataset"].tolist() == [INTERNAL_TEST, EXTERNAL]
+    assert table["layout"].tolist() == ["labs", "messidor2"]
+    for row in table.itertuples(index=False):
+        metrics = evaluations[row.dataset].data.metrics
+        assert row.n == metrics["test_graded_images"]
+        for metric in CROSS_DATASET_METRICS:
+            for suffix in ("", "_ci_low", "_ci_high"):
+                logged = metrics.get(f"test_{metric}{suffix}")
+                assert getattr(row, metric + suffix) == pytest.approx(logged, nan_ok=True), (row.dataset, metric)
+    report = open(client.download_artifacts(compare.info.run_id, "comparison/report.html", str(tmp_path))).read()
+    description = study.data.tags[tags.NOTE]
+    for shown in (report, description):
+        assert CROSS_DATASET_HEADING in shown and EXTERNAL in shown and INTERNAL_TEST in shown
+    # The model card lists it, on the registered version and as the champion's artifact.
+    version = client.get_model_version_by_alias(SEEDS_MODEL, "champion")
+    card = open(client.download_artifacts(version.tags["train_run_id"], CARD_ARTIFACT, str(tmp_path))).read()
+    for text in (version.description, card):
+        validated = text.split(VALIDATED_HEADING, 1)[1]
+        assert f"| {INTERNAL_TEST} | labs |" in validated and f"| {EXTERNAL} | messidor2 |" in validated
 
 
 def test_evaluate_by_train_run_id(two_seed_study, monkeypatch, capsys, tmp_path):

@@ -30,9 +30,17 @@ def test_split_keeps_patients_whole_and_is_seeded():
     assert not (split_by_patient(frame, 0.25, seed=4) == is_val).all()
 
 
+def test_a_set_too_small_to_stratify_is_split_by_whole_patients(caplog):
+    # Four patients, every grade at most twice: no grade has a photo for each of the 4 folds.
+    frame = pd.DataFrame({"patient": ["1", "1", "2", "2", "3", "3", "4", "4"], "grade": [0, 1, 2, 3, 4, 0, 1, 2]})
+    chosen = split_by_patient(frame, 0.25, seed=0, name="test_fraction")
+    assert chosen.sum() == 2 and frame.patient[chosen].nunique() == 1
+    assert "test_fraction=0.25: no grade has 4 photos; the split is by patient, not stratified" in caplog.text
+
+
 def test_too_few_patients_for_the_split():
     frame = pd.DataFrame({"patient": ["1", "1", "2", "2"], "grade": [0, 0, 1, 1]})
-    with pytest.raises(DataError, match="2 patients, too few for val_fraction=0.2"):
+    with pytest.raises(DataError, match="2 patients to split, too few for val_fraction=0.2"):
         split_by_patient(frame, 0.2, seed=0)
 
 

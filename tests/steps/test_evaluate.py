@@ -1,14 +1,20 @@
 """evaluate decides as the grader says: each test eye blended with its fellow's, then cut points."""
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
+from pipeline.catalog import NOT_A_FUNDUS, UNREADABLE
 from pipeline.cli import evaluate as evaluate_cli
 from pipeline.data.dataset import EvalPreset, FundusDataset, ProcessedDataset, make_loader
+from pipeline.data.preprocess import preprocess
+from pipeline.data.synthetic import UNIFORM_GRADE_SHARES, generate_layout
 from pipeline.decision import fuse_eyes, predicted_grades, quadratic_kappa
 from pipeline.grading import PROBABILITY_COLUMNS, Grader, GraderSpec
 from pipeline.models import build_model
@@ -65,3 +71,48 @@ def test_the_check_is_scored_against_a_datasets_own_gradability_labels():
     assert metrics["test_ungradable_sensitivity"] == pytest.approx(2 / 3)
     assert metrics["test_ungradable_specificity"] == pytest.approx(6 / 7)
     assert metrics["test_accuracy"] == pytest.approx(1.0) and metrics["test_all_accuracy"] == pytest.approx(1.0)
+
+
+def test_photos_labelled_ungradable_that_hold_no_fundus_are_kept_and_refused(sqlite_tracking, tmp_path):
+    """A set's ungradable photos may be too poor for a field of view to be found, or unreadable:
+    preprocess keeps them (as the grader would refuse them) instead of stopping, a rerun reuses
+    them, and evaluate refuses them for that reason, scoring its check on them."""
+    root = tmp_path / "raw"
+    generate_layout(root, layout="folder", train_patients=3, test_patients=2, size=(128, 96),
+                    grade_shares=UNIFORM_GRADE_SHARES, seed=5)
+    labels = pd.read_csv(root / "labels.csv", dtype=str, keep_default_na=False)
+    blank, broken = labels.index[labels["gradable"] == "true"][:2]
+    labels.loc[[blank, broken], ["grade", "gradable"]] = ["", "false"]
+    labels.to_csv(root / "labels.csv", index=False)
+    Image.new("RGB", (128, 96), (90, 90, 90)).save(root / labels.loc[blank, "path"])  # a grey frame, no fundus
+    (root / labels.loc[broken, "path"]).write_bytes(b"not a photo")
+    ids = {Path(labels.loc[blank, "path"]).stem: NOT_A_FUNDUS, Path(labels.loc[broken, "path"]).stem: UNREADABLE}
+
+    first = preprocess(root, tmp_path / "data", image_size=64, layout="folder", role="external", num_workers=1)
+    again = preprocess(root, tmp_path / "data", image_size=64, layout="folder", role="external", num_workers=1)
+    assert again["reused_images"] == len(labels) and first["ungradable"]["test"] == (labels["gradable"] == "false").sum()
+    manifest = pd.read_csv(tmp_path / "data" / "64px" / "manifest.csv", dtype={"id": str}, keep_default_na=False)
+    refused = manifest.set_index("id")["refused"]
+    refused = refused[refused != ""]
+    # The two made here, and any of the generator's own labelled-ungradable photos too dark and
+    # blurred for a field of view at this size; never a photo labelled gradable.
+    assert refused[list(ids)].to_dict() == ids
+    assert not manifest.set_index("id").loc[refused.index, "gradable"].any()
+
+    grader = Grader(build_model("resnet18", pretrained=False), GraderSpec("resnet18", 32, 64, 0.5))
+    with mlflow.start_run():
+        uri, _ = registry.log_grader(grader, [(root / labels.loc[0, "path"]).read_bytes()])
+    assert evaluate_cli.main(["--model_uri", uri, "--data_dir", str(tmp_path / "data"), "--bootstrap_resamples", "0"]) == 0
+    client = MlflowClient()
+    run = next(r for r in client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+               if r.data.tags.get("retina_flow.step") == "evaluate")
+    predictions = pd.read_csv(client.download_artifacts(run.info.run_id, TEST_PREDICTIONS, str(tmp_path)),
+                              dtype={"id": str}, keep_default_na=False).set_index("id")
+    for image_id, reason in ids.items():
+        assert predictions.loc[image_id, "ungradable_reason"] == reason and predictions.loc[image_id, "predicted_grade"] == -1
+        assert predictions.loc[image_id, "p_grade_0"] == ""  # the network never saw it
+    labelled = (labels["gradable"] == "false").sum()
+    assert run.data.metrics["test_images"] == len(labels) and run.data.metrics["test_graded_images"] == len(labels) - labelled
+    # A grader with no quality thresholds refuses exactly the photos it could not prepare.
+    assert run.data.metrics["test_ungradable_sensitivity"] == pytest.approx(len(refused) / labelled)
+    assert run.data.metrics["test_ungradable_specificity"] == 1.0
