@@ -9,7 +9,7 @@ DEMO_DATA ?= data/processed
 # The demo's external set (experiments/external.yaml reads it from here).
 DEMO_EXTERNAL := data/external/messidor2
 
-.PHONY: install browser postgres demo test ui server clean
+.PHONY: install spark java browser postgres demo test ui server clean
 
 # pyproject.toml is the one list of dependencies; the project installs editable, with pytest.
 $(VENV)/.installed: pyproject.toml
@@ -19,6 +19,16 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# grade_archive runs on Spark: pyspark (the optional `spark` dependencies) and Java 17+ (Debian's JRE).
+$(VENV)/.spark-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev,spark]'
+	touch $@
+
+spark: $(VENV)/.spark-installed
+
+java:
+	@command -v java >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless >/dev/null; }
 
 demo: install
 	$(BIN)/python -m pipeline.cli.generate --out $(DEMO_RAW) --train_patients 150 --test_patients 50 --size 512x384 --shares uniform --defects 0.1
@@ -37,7 +47,7 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
-test: install browser postgres
+test: install spark java browser postgres
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 # The MLflow UI on the embedded store.

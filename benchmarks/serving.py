@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.common import machine, print_table, write_json
-from pipeline.grading import PROBABILITY_COLUMNS
+from pipeline.photo_grader import PROBABILITY_COLUMNS
 from pipeline.tracking import registry, runs
 
 

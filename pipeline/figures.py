@@ -19,6 +19,7 @@ from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from PIL import Image  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
@@ -200,3 +201,17 @@ def gradcam_figure(images_01: torch.Tensor, heatmaps: torch.Tensor, titles: list
     figure.colorbar(scale, ax=axes, shrink=0.9 if rows == 1 else 0.6, fraction=0.04,
                     label="Grad-CAM, scaled per image")
     return figure
+
+
+HEATMAP_ALPHA = 0.45  # the heat map's opacity over the photo (as in ``gradcam_figure``)
+HEATMAP_COLORMAP = "jet"
+
+
+def heatmap_overlay_png(pixels: np.ndarray, heatmap: np.ndarray) -> bytes:
+    """A PNG of a prepared photo (uint8 (H, W, 3)) with a [0, 1] heat map (H, W) laid over it in
+    ``HEATMAP_COLORMAP`` at ``HEATMAP_ALPHA``: the photo as the network saw it, at its size."""
+    colours = matplotlib.colormaps[HEATMAP_COLORMAP](np.clip(heatmap, 0, 1))[..., :3] * 255
+    blended = (1 - HEATMAP_ALPHA) * pixels.astype(np.float64) + HEATMAP_ALPHA * colours
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(blended.round(), 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()

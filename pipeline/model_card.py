@@ -15,7 +15,7 @@ from pipeline.data.prepare import CACHE_JPEG_QUALITY
 from pipeline.decision import CutPoints
 from pipeline.catalog import UNGRADABLE_REASONS
 from pipeline.gradability import GradabilityThresholds
-from pipeline.grading import PREDICTION_COLUMNS
+from pipeline.photo_grader import PREDICTION_COLUMNS
 
 CARD_ARTIFACT = "model_card.md"  # on every train run
 PERFORMANCE_HEADING = "## Performance on the photos it grades (95% intervals: patient-level bootstrap)"

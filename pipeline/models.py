@@ -170,6 +170,14 @@ def with_tta(model: nn.Module, tta: str) -> nn.Module:
     return FlipAveraged(model) if tta == "flips" else model
 
 
+def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """A ResNet's forward up to its head: the pooled features (N, features) the head takes
+    (``model(images) == head_of(model)(pooled_features(model, images))``)."""
+    x = model.maxpool(model.relu(model.bn1(model.conv1(images))))
+    x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
+    return torch.flatten(model.avgpool(x), 1)
+
+
 def serving_model(model: nn.Module, tta: str = "none") -> nn.Module:
     """[0, 1] RGB batch -> 5 grade probabilities: normalisation, test-time augmentation and softmax
     travel with the weights."""

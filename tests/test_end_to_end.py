@@ -16,7 +16,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.catalog import PER_EPOCH_METRICS, SUPPORTED_MODELS
-from pipeline.grading import PREDICTION_COLUMNS, PROBABILITY_COLUMNS, encode_photos
+from pipeline.photo_grader import PREDICTION_COLUMNS, PROBABILITY_COLUMNS, encode_photos
 from pipeline.tracking import tags
 from tests.conftest import PROJECT_ROOT, free_port, mlflow_run, scratch_dir, subprocess_env, train_command
 

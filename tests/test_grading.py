@@ -1,5 +1,6 @@
 """The grader: one preparation path for a photo, and the served model's request contract."""
 
+import base64
 import dataclasses
 import io
 import json
@@ -10,12 +11,22 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.data.dataset import EvalPreset, ProcessedDataset, photo_input
+from pipeline.data.dataset import EvalPreset, ProcessedDataset, normalize_batch, photo_input
 from pipeline.data.photos import load_rgb
 from pipeline.data.prepare import cache_image
 from pipeline.data.preprocess import preprocess
 from pipeline.errors import DataError
-from pipeline.grading import PREDICTION_COLUMNS, PROBABILITY_COLUMNS, Grader, GraderSpec, encode_photos, grade_request
+from pipeline.grading import Grader
+from pipeline.gradcam import grad_cam
+from pipeline.models import last_conv_stage
+from pipeline.photo_grader import (
+    HEATMAP_COLUMN,
+    PREDICTION_COLUMNS,
+    PROBABILITY_COLUMNS,
+    GraderSpec,
+    encode_photos,
+    grade_request,
+)
 from pipeline.predict import list_inputs, predict_photos
 from pipeline.models import build_model
 
@@ -139,3 +150,38 @@ def test_predict_fuses_a_patients_two_eyes_and_the_served_model_grades_one(grade
     assert not np.allclose(fused[columns].to_numpy()[:4], own[:4], atol=1e-4)  # the two eyes do differ
     served = grade_request(fusing, encode_photos([path.read_bytes() for path in inputs["path"]]))
     assert served[columns].to_numpy() == pytest.approx(own, abs=1e-5)
+
+
+def test_explain_adds_a_heat_map_png_per_graded_photo_and_none_for_a_refused_one(grader, raw_dir):
+    request = photos(raw_dir, 2) + [b"not a photo"]
+    answer = grade_request(grader, encode_photos(request), explain=True)
+    assert list(answer.columns) == [*PREDICTION_COLUMNS, HEATMAP_COLUMN]
+    assert answer.loc[2, HEATMAP_COLUMN] is None and not answer.loc[2, "gradable"]
+    overlays = [np.asarray(Image.open(io.BytesIO(base64.b64decode(text)))) for text in answer[HEATMAP_COLUMN][:2]]
+    assert all(overlay.shape == (32, 32, 3) for overlay in overlays)  # the photo as the network saw it
+    # The two photos' Grad-CAM maps for their grades differ, and so do their overlays; each overlay
+    # is its photo coloured by the map, not the photo alone.
+    pixels = [photo_input(photo, 64, 32) for photo in request[:2]]
+    maps = grad_cam(grader.network, normalize_batch(torch.stack(pixels)), last_conv_stage(grader.network),
+                    torch.as_tensor(answer["predicted_grade"][:2].to_numpy()))
+    assert not torch.allclose(maps[0], maps[1], atol=0.05)
+    assert not np.array_equal(overlays[0], overlays[1])
+    for overlay, image in zip(overlays, pixels):
+        assert np.abs(overlay.astype(int) - image.permute(1, 2, 0).numpy().astype(int)).mean() > 5
+    assert HEATMAP_COLUMN not in grade_request(grader, encode_photos(request)).columns  # off: as before
+
+
+def test_the_logged_grader_takes_explain_as_a_parameter(grader, raw_dir, sqlite_tracking):
+    import mlflow
+
+    from pipeline.tracking import registry
+
+    request = encode_photos(photos(raw_dir, 2))
+    with mlflow.start_run():
+        uri, _ = registry.log_grader(grader, photos(raw_dir, 2))
+    model = mlflow.pyfunc.load_model(uri)
+    assert model.metadata.get_params_schema().to_dict() == [
+        {"name": "explain", "type": "boolean", "default": False, "shape": None}]
+    explained = model.predict(request, params={"explain": True})
+    assert explained[HEATMAP_COLUMN].map(lambda text: base64.b64decode(text)[:8] == b"\x89PNG\r\n\x1a\n").all()
+    assert HEATMAP_COLUMN not in model.predict(request).columns

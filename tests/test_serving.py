@@ -25,7 +25,7 @@ from pipeline.cli import train as train_cli
 from pipeline.data.prepare import cache_image
 from pipeline.data.preprocess import preprocess
 from pipeline.catalog import NOT_A_FUNDUS, OVEREXPOSED, TOO_DARK
-from pipeline.grading import PREDICTION_COLUMNS, PROBABILITY_COLUMNS
+from pipeline.photo_grader import PREDICTION_COLUMNS, PROBABILITY_COLUMNS
 from pipeline.steps.evaluate import TEST_PREDICTIONS
 from pipeline.tracking import registry
 from tests.conftest import VENV_BIN, free_port, mlflow_run, running_server, scratch_dir, subprocess_env
@@ -66,9 +66,11 @@ def model_server(champion, mlflow_server):
         yield url
 
 
-def invoke(url: str, photos: list[bytes]) -> tuple[int, dict]:
+def invoke(url: str, photos: list[bytes], params: dict | None = None) -> tuple[int, dict]:
     """POSTs the photos as the README tells clients to; returns the status and the JSON answer."""
     body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(p).decode()] for p in photos]}}
+    if params is not None:
+        body["params"] = params
     request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     try:
@@ -316,3 +318,15 @@ def test_mlflow_run_preprocess_reads_dicom_photos_and_records_their_field(raw_di
     assert_no_patient_data(result.stdout, result.stderr, (dataset / "manifest.csv").read_text(),
                            (dataset / "dataset.json").read_text(), json.dumps(run.to_dictionary()),
                            *(path.read_text() for path in Path(logged).rglob("*") if path.is_file()))
+
+
+def test_explain_over_http_returns_a_heat_map_per_graded_photo(model_server, raw_dir):
+    photos = [path.read_bytes() for path in sorted((raw_dir / "images").iterdir())[:2]] + [b"not a photo"]
+    status, answer = invoke(model_server, photos, params={"explain": True})
+    assert status == 200
+    rows = answer["predictions"]
+    overlays = [Image.open(io.BytesIO(base64.b64decode(row["heatmap_png"]))) for row in rows[:2]]
+    assert [overlay.format for overlay in overlays] == ["PNG", "PNG"] and overlays[0].size == (32, 32)
+    assert rows[2]["heatmap_png"] is None and rows[2]["ungradable_reason"] == "unreadable photo"
+    status, plain = invoke(model_server, photos)
+    assert status == 200 and all("heatmap_png" not in row for row in plain["predictions"])

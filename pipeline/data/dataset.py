@@ -17,8 +17,8 @@ from torchvision.transforms.v2 import functional as F
 from pipeline.catalog import AUGMENT_RECIPES
 from pipeline.data import arrays, augment
 from pipeline.data.photos import PhotoSource, load_rgb
-from pipeline.data.prepare import cache_image, refusal_reason
-from pipeline.data.quality import QUALITY_MEASURES, PhotoQuality
+from pipeline.data.prepare import network_input, network_input_or_refused
+from pipeline.data.quality import PhotoQuality
 from pipeline.data.preprocess import MANIFEST, METADATA, PROCESSED_SPLITS, cache_dir
 from pipeline.errors import DataError
 
@@ -276,17 +276,21 @@ def _check_size(processed: ProcessedDataset, image_size: int) -> None:
         )
 
 
+def as_chw_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """A uint8 (H, W, 3) array as the uint8 (3, H, W) tensor the torch grader takes."""
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).contiguous()
+
+
 def prepared_input(source: PhotoSource, cache_size: int, image_size: int, enhance: str = "none"
                    ) -> tuple[torch.Tensor, PhotoQuality]:
-    """A new photo as the network sees it: exactly the pixels of its processed-cache image (see
-    ``prepare.cache_image``) through the eval preset, as a uint8 (3, size, size) tensor; and its
-    quality measures.
+    """``prepare.network_input`` as a uint8 (3, size, size) tensor: exactly the pixels of the
+    photo's processed-cache image through the eval preset; and its quality measures.
 
     Raises:
         DataError: naming the photo when it cannot be read (``NotAFundusError``: it holds no fundus).
     """
-    prepared = cache_image(source, cache_size, enhance)
-    return EvalPreset(image_size)(load_rgb(prepared.jpeg)), prepared.quality
+    pixels, quality = network_input(source, cache_size, image_size, enhance)
+    return as_chw_tensor(pixels), quality
 
 
 def photo_input(source: PhotoSource, cache_size: int, image_size: int, enhance: str = "none") -> torch.Tensor:
@@ -296,17 +300,10 @@ def photo_input(source: PhotoSource, cache_size: int, image_size: int, enhance: 
 
 def prepared_or_refused(source: PhotoSource, cache_size: int, image_size: int, enhance: str = "none",
                         name: str = "") -> tuple[torch.Tensor, np.ndarray, str]:
-    """``prepared_input`` with the measures as an array, and "" for the reason to refuse it; or, for
-    a photo with no fundus or that cannot be read, a black image, zero measures and the reason
-    (``catalog.NOT_A_FUNDUS``, ``catalog.UNREADABLE``). A bad photo is logged (after ``name``, such
-    as its row), never raised: it must not stop the others."""
-    try:
-        image, quality = prepared_input(source, cache_size, image_size, enhance)
-        return image, np.asarray(quality.values(), dtype=np.float64), ""
-    except DataError as exc:
-        log.warning("%s%s", f"{name}: " if name else "", exc)
-        return (torch.zeros(3, image_size, image_size, dtype=torch.uint8), np.zeros(len(QUALITY_MEASURES)),
-                refusal_reason(exc))
+    """``prepare.network_input_or_refused`` with the image as a tensor: a photo with no fundus or
+    that cannot be read is a black image, zero measures and the reason, never an error."""
+    pixels, measures, reason = network_input_or_refused(source, cache_size, image_size, enhance, name)
+    return as_chw_tensor(pixels), measures, reason
 
 
 class RawPhotoDataset(Dataset):

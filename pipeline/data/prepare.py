@@ -10,17 +10,21 @@ optionally enhanced (Ben Graham), and encoded as the cache's JPEG. No torch here
 from __future__ import annotations
 
 import io
+import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from pipeline.catalog import ENHANCEMENTS, NOT_A_FUNDUS, UNREADABLE
 from pipeline.data.fov import FieldOfView, NotAFundusError, crop_field, crop_mask, find_field_of_view
-from pipeline.data.photos import PhotoSource, decode, describe
-from pipeline.data.quality import RIM_PIXELS, PhotoQuality, measure, reduction
+from pipeline.data.photos import PhotoSource, decode, describe, load_rgb
+from pipeline.data.quality import QUALITY_MEASURES, RIM_PIXELS, PhotoQuality, measure, reduction
 from pipeline.errors import DataError
+
+log = logging.getLogger(__name__)
 
 CACHE_JPEG_QUALITY = 95  # q95 decodes ~60x faster than the raw photos and keeps lesion detail
 # Ben Graham's recipe, in units of the fundus radius: the blur's sigma, and the circle kept (his
@@ -122,6 +126,43 @@ def cache_image(source: PhotoSource, cache_size: int, enhance: str = "none") -> 
     buffer = io.BytesIO()
     fundus.save(buffer, format="JPEG", quality=CACHE_JPEG_QUALITY)
     return PreparedPhoto(buffer.getvalue(), source_size, field, quality)
+
+
+def cached_pixels(cache_jpeg: bytes | str | Path, image_size: int) -> np.ndarray:
+    """A processed-cache image as the network receives it: resized to ``image_size`` square
+    (Pillow's bilinear, as the eval preset's resize does to a PIL image), uint8 (H, W, 3)."""
+    img = load_rgb(cache_jpeg)
+    if img.size != (image_size, image_size):
+        img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(img)
+
+
+def network_input(source: PhotoSource, cache_size: int, image_size: int, enhance: str = "none"
+                  ) -> tuple[np.ndarray, PhotoQuality]:
+    """A new photo as the network sees it: exactly the pixels of its processed-cache image (see
+    ``cache_image``) at the network's ``image_size``, uint8 (H, W, 3); and its quality measures.
+    Every grader (torch or ONNX) prepares photos with this.
+
+    Raises:
+        DataError: naming the photo when it cannot be read (``NotAFundusError``: it holds no fundus).
+    """
+    prepared = cache_image(source, cache_size, enhance)
+    return cached_pixels(prepared.jpeg, image_size), prepared.quality
+
+
+def network_input_or_refused(source: PhotoSource, cache_size: int, image_size: int, enhance: str = "none",
+                             name: str = "") -> tuple[np.ndarray, np.ndarray, str]:
+    """``network_input`` with the measures as an array and "" for the reason to refuse it; or, for a
+    photo with no fundus or that cannot be read, a black image, zero measures and the reason
+    (``refusal_reason``). A bad photo is logged (after ``name``, such as its row), never raised:
+    it must not stop the others."""
+    try:
+        pixels, quality = network_input(source, cache_size, image_size, enhance)
+        return pixels, np.asarray(quality.values(), dtype=np.float64), ""
+    except DataError as exc:
+        log.warning("%s%s", f"{name}: " if name else "", exc)
+        return (np.zeros((image_size, image_size, 3), np.uint8), np.zeros(len(QUALITY_MEASURES)),
+                refusal_reason(exc))
 
 
 def refusal_reason(error: DataError) -> str:

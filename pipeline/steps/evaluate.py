@@ -17,7 +17,8 @@ from pipeline.data.quality import QUALITY_MEASURES
 from pipeline.decision import predicted_grades
 from pipeline.errors import DataError
 from pipeline.figures import confusion_figure, figure_png, reliability_figure, roc_figure
-from pipeline.grading import Grader, Judged
+from pipeline.grading import Grader
+from pipeline.photo_grader import GraderSpec, Judged
 from pipeline.metrics import calibration_with_intervals, confusion_matrices, metrics_with_intervals
 from pipeline.tracking import artifacts, registry, runs, tags
 from pipeline.tracking.sink import metric_sink
@@ -124,12 +125,7 @@ def run_evaluate(model_ref: str, data_dir: str, batch_size: int = 32, num_worker
     runs.log_params({"model_uri": uri, "data_dir": data_dir, "batch_size": batch_size, "bootstrap_resamples": resamples})
     if loaded.source_run_id:
         runs.set_tags({tags.SOURCE_RUN: loaded.source_run_id})
-    # The grader's own kind of cache; a dataset folder of another enhancement is refused.
-    processed = ProcessedDataset(data_dir, spec.cache_size, spec.enhance)
-    if processed.image_size != spec.cache_size:
-        # The grader sees photos through the cache it learnt from; another cache gives other pixels.
-        raise DataError(f"{uri} was trained on the {spec.cache_size} px cache, but {data_dir} has "
-                        f"{processed.image_size} px; run preprocess with image_size={spec.cache_size}")
+    processed = graders_cache(uri, spec, data_dir)
     test_rows = processed.split("test", with_ungradable=True)
     test = FundusDataset(processed.root, test_rows, EvalPreset(spec.image_size))
     loader = make_loader(test, batch_size, shuffle=False, num_workers=num_workers, seed=0)
@@ -167,6 +163,19 @@ def gradable_labels(processed: ProcessedDataset, rows: pd.DataFrame) -> np.ndarr
             raise DataError(f"{processed.root / 'manifest.csv'}: '{GRADABLE_LABEL}' value {value!r} is neither true nor false")
         labels.append(label)
     return np.array(labels, dtype=bool)
+
+
+def graders_cache(uri: str, spec: GraderSpec, data_dir: str) -> ProcessedDataset:
+    """The processed cache a grader learnt from, in ``data_dir``: its own size and enhancement.
+
+    Raises:
+        DataError: the folder holds another size or enhancement (the grader would see other pixels).
+    """
+    processed = ProcessedDataset(data_dir, spec.cache_size, spec.enhance)
+    if processed.image_size != spec.cache_size:
+        raise DataError(f"{uri} was trained on the {spec.cache_size} px cache, but {data_dir} has "
+                        f"{processed.image_size} px; run preprocess with image_size={spec.cache_size}")
+    return processed
 
 
 def refused_in_preprocess(rows: pd.DataFrame) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pipeline.config import SweepConfig, TrainConfig, to_dict, validate_sweep_config, validate_train_config
 from pipeline.data.dataset import resolve_dataset_dir
@@ -31,10 +32,13 @@ from pipeline.tracking.sink import metric_sink
 log = logging.getLogger(__name__)
 
 RUN_ID = "mlflow_run_id"  # a trial's user attr: its train run
+# A trial's user attr: set on a trial another sweep of the study made unneeded (see ``trial_needed``).
+SURPLUS = "surplus"
 # Optuna's heartbeat: the trial of a process that died (killed, say) stays RUNNING until a later
 # sweep of the study finds it silent this long; it is then failed, and its train run marked FAILED.
 HEARTBEAT_SECONDS = 60
 GRACE_SECONDS = 180
+SCHEMA_ATTEMPTS = 3  # opening a new storage that another sweep is creating at the same moment
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the trials that count towards `trials`
 # The trial counts the sweep run logs, as metrics trials_<name>.
 COUNTED = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
@@ -71,9 +75,20 @@ def run_sweep(cfg: SweepConfig, base: TrainConfig) -> SweepOutcome:
     log.info("study %s in %s: %d of %d trials to run", cfg.study_name, cfg.storage, missing, cfg.trials)
     if missing:
         # A trial whose run fails on a user error (a value it refuses) is FAIL, as is one scoring NaN,
-        # and the sweep goes on; any other exception is a bug and stops it.
+        # and the sweep goes on; any other exception is a bug and stops it. Sweeps of one study on
+        # several machines share its trials: each stops once the study holds or runs them all.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            quota = optuna.study.MaxTrialsCallback(cfg.trials, states=(*FINISHED, TrialState.RUNNING))
+        ran: list[int] = []
+
+        def count_mine(study: optuna.Study, trial: FrozenTrial) -> None:
+            if not trial.user_attrs.get(SURPLUS):
+                ran.append(trial.number)
+
         study.optimize(trial_objective(cfg, base, space), n_trials=missing, catch=(RetinaFlowError,),
-                       callbacks=[record_trial_state])
+                       callbacks=[record_trial_state, count_mine, quota])
+        missing = len(ran)
     return log_best(cfg, study, ran=missing)
 
 
@@ -137,11 +152,20 @@ def check_continued_study(study: optuna.Study, cfg: SweepConfig, record: dict[st
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """Optuna's storage at ``url``, with the heartbeat that finds the trials of a killed sweep."""
     try:
-        with warnings.catch_warnings():
-            # Optuna calls its heartbeat experimental; it is what lets a sweep clean up after a killed one.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                                              heartbeat_stale_trial_callback=record_trial_state)
+        for attempt in range(SCHEMA_ATTEMPTS):
+            try:
+                with warnings.catch_warnings():
+                    # Optuna calls its heartbeat experimental; it is what lets a sweep clean up after a killed one.
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
+                                                      grace_period=GRACE_SECONDS,
+                                                      heartbeat_stale_trial_callback=record_trial_state)
+            except IntegrityError:
+                # Sweeps started together on a new database both create Optuna's tables; the
+                # slower one's CREATE collides with the other's. The tables are there a moment later.
+                if attempt == SCHEMA_ATTEMPTS - 1:
+                    raise
+                time.sleep(1 + attempt)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise ConfigError(f"storage={url!r} is not a database Optuna can open (an SQLAlchemy URL such as "
                           f"sqlite:///optuna.db): {str(exc).splitlines()[0]}") from None
@@ -152,6 +176,11 @@ def trial_objective(cfg: SweepConfig, base: TrainConfig, space: SearchSpace) -> 
     sweep run; its score is the best epoch's ``cfg.metric`` (NaN, for a diverged model, fails it)."""
 
     def train_trial(trial: optuna.Trial) -> float:
+        if not trial_needed(trial, cfg.trials):
+            trial.set_user_attr(SURPLUS, True)
+            trial.study.stop()
+            raise SurplusTrialError(f"trial {trial.number} is not needed: other sweeps of study '{cfg.study_name}' "
+                                    f"hold or run its {cfg.trials} trials")
         config = dataclasses.replace(base, **space.suggest(trial))
         with runs.step_run("train", f"trial-{trial.number}", nested=True, system_metrics=True,
                            stopped=(optuna.TrialPruned,)):
@@ -166,6 +195,18 @@ def trial_objective(cfg: SweepConfig, base: TrainConfig, space: SearchSpace) -> 
         return outcome.selection_score
 
     return train_trial
+
+
+class SurplusTrialError(RetinaFlowError):
+    """A trial begun as another sweep of the study began the last one it needed."""
+
+
+def trial_needed(trial: optuna.Trial, trials: int) -> bool:
+    """Whether the study still needs ``trial``: fewer than ``trials`` trials numbered before it are
+    finished or running. Optuna numbers a study's trials one by one in its storage, so of two sweeps
+    that begin a last trial at once only the lower number is needed; the other ends unrun."""
+    ahead = trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    return sum(other.number < trial.number for other in ahead) < trials
 
 
 def pruning_hook(trial: optuna.Trial, metric: str, epochs: int) -> EpochCallback:
@@ -193,7 +234,7 @@ def record_trial_state(study: optuna.Study, trial: FrozenTrial) -> None:
 def log_best(cfg: SweepConfig, study: optuna.Study, ran: int) -> SweepOutcome:
     """The best trial's values (``best_<key>``), number and score (``best_<metric>``), the trial
     counts, and the whole study as a table in the sweep run's description."""
-    trials = study.trials
+    trials = [t for t in study.trials if not t.user_attrs.get(SURPLUS)]
     counts = {name: sum(t.state == state for t in trials) for name, state in COUNTED.items()}
     if not counts["complete"]:
         raise RetinaFlowError(f"no trial of study '{cfg.study_name}' has a score ({counts['failed']} failed, "

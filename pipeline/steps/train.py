@@ -55,7 +55,8 @@ from pipeline.gradcam import grad_cam
 from pipeline.hardware import Accelerator, keep_batch_memory, resolve_device, resolve_precision
 from pipeline.fitting import SplitOutputs, fit_grader
 from pipeline.gradability import NOVELTY_PHOTOS
-from pipeline.grading import Grader, GraderSpec
+from pipeline.grading import Grader
+from pipeline.photo_grader import GraderSpec
 from pipeline.metrics import epoch_metrics
 from pipeline.model_card import CARD_ARTIFACT, CardFacts, model_card, run_description
 from pipeline.models import build_model, last_conv_stage, with_tta

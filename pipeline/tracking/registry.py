@@ -19,18 +19,24 @@ from mlflow.tracking import MlflowClient
 
 import pipeline
 from pipeline.errors import ConfigError
-from pipeline.grading import Grader, encode_photos, grade_request
-from pipeline.tracking import tags
+from pipeline.grading import Grader
+from pipeline.photo_grader import EXPLAIN_PARAM, encode_photos, grade_request
+from pipeline.onnx_grader import OnnxGrader
+from pipeline.tracking import served_onnx, tags
 from pipeline.tracking.served import NOVELTY_ARTIFACT, SPEC_ARTIFACT, WEIGHTS_ARTIFACT, GraderModel
 
 # What the served model imports, pinned to the versions it was trained with. Explicit: inferring
 # requirements costs ~18 s per logged model on these machines.
 SERVED_PACKAGES = ("torch", "torchvision", "pillow", "numpy", "pandas", "scikit-learn", "tqdm", "scikit-image", "scipy",
-                   "pydicom")
+                   "pydicom", "matplotlib")  # matplotlib: the heat maps of explain=true
 
 
-def served_requirements() -> list[str]:
-    return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in SERVED_PACKAGES]
+# The ONNX grader's: no torch, no torchvision (its network runs in onnxruntime).
+ONNX_SERVED_PACKAGES = ("onnxruntime", "pillow", "numpy", "pandas", "scikit-learn", "scikit-image", "scipy", "pydicom")
+
+
+def served_requirements(packages: tuple[str, ...] = SERVED_PACKAGES) -> list[str]:
+    return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in packages]
 
 
 def log_grader(grader: Grader, example_photos: list[bytes]) -> tuple[str, str]:
@@ -44,7 +50,7 @@ def log_grader(grader: Grader, example_photos: list[bytes]) -> tuple[str, str]:
     with warnings.catch_warnings():
         # MLflow's hint about integer columns and missing values: predicted_grade is never missing.
         warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
-        signature = infer_signature(example, grade_request(grader, example))
+        signature = infer_signature(example, grade_request(grader, example), params={EXPLAIN_PARAM: False})
     with tempfile.TemporaryDirectory() as tmp:
         weights, spec = Path(tmp) / "weights.pt", Path(tmp) / "grader.json"
         torch.save({k: v.detach().cpu() for k, v in grader.network.state_dict().items()}, weights)
@@ -65,6 +71,57 @@ def log_grader(grader: Grader, example_photos: list[bytes]) -> tuple[str, str]:
         )
     mlflow.set_tag(tags.MODEL_URI, info.model_uri)
     return info.model_uri, info.model_id
+
+
+def log_onnx_grader(grader: OnnxGrader, onnx_file: Path, example_photos: list[bytes], name: str) -> tuple[str, str]:
+    """Logs an exported grader (``export``) in the active run as a pyfunc taking base64 photos with
+    the torch grader's signature (see ``served_onnx``), whose environment holds no torch.
+
+    Returns:
+        (model_uri, model_id) of the LoggedModel.
+    """
+    example = encode_photos(example_photos)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
+        signature = infer_signature(example, grade_request(grader, example), params={EXPLAIN_PARAM: False})
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "grader.json"
+        spec.write_text(json.dumps(grader.spec.to_dict(), indent=2))
+        files = {served_onnx.ONNX_ARTIFACT: str(onnx_file), served_onnx.SPEC_ARTIFACT: str(spec)}
+        if grader.novelty is not None:
+            novelty = Path(tmp) / "novelty.npz"
+            np.savez(novelty, **grader.novelty.to_arrays())
+            files[served_onnx.NOVELTY_ARTIFACT] = str(novelty)
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=served_onnx.OnnxGraderModel(),
+            artifacts=files,
+            code_paths=[str(Path(pipeline.__file__).parent)],
+            signature=signature,
+            input_example=example,
+            pip_requirements=served_requirements(ONNX_SERVED_PACKAGES),
+        )
+    return info.model_uri, info.model_id
+
+
+def registered_name_and_alias(uri: str) -> tuple[str, str]:
+    """(registered model, alias) of a ``models:/<name>@<alias>`` URI; ("", "") otherwise; (name, "")
+    for ``models:/<name>/<version>``."""
+    if not uri.startswith("models:/") or uri.startswith("models:/m-"):
+        return "", ""
+    reference = uri[len("models:/"):]
+    if "@" in reference:
+        name, alias = reference.split("@", 1)
+        return name, alias
+    return reference.split("/", 1)[0], ""
+
+
+def version_of_alias(name: str, alias: str) -> str | None:
+    """The version of registered model ``name`` that ``alias`` points at; None when it points at none."""
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias).version
+    except mlflow.exceptions.MlflowException:
+        return None
 
 
 def model_uri_of(reference: str) -> str:
@@ -104,6 +161,10 @@ def load_model(uri: str) -> LoadedModel:
         finally:
             # Loading puts the model's code folder on sys.path; it is deleted with ``tmp``.
             sys.path[:] = [entry for entry in sys.path if entry in path_before or not entry.startswith(tmp)]
+    if isinstance(served, served_onnx.OnnxGraderModel):
+        raise ConfigError(f"model {uri!r} is an exported ONNX grader: serve it (mlflow models serve) or grade an "
+                          "archive with it; evaluate, predict and export take the torch grader it was exported from "
+                          f"(its version's tag {tags.EXPORTED_FROM})")
     if not isinstance(served, GraderModel):
         raise ConfigError(f"model {uri!r} is not a retina-flow grader (it is {type(served).__name__}); "
                           "models logged before the grader took photos must be retrained")
@@ -134,7 +195,8 @@ def fitted_description(text: str, more: str) -> str:
 
 
 def register_model(model_uri: str, name: str, alias: str, version_tags: dict[str, str] | None = None) -> str:
-    """Registers a model version and points ``alias`` at it; returns the version."""
+    """Registers a model version and points ``alias`` at it (none when empty); returns the version."""
     version = mlflow.register_model(model_uri, name, tags=version_tags)
-    MlflowClient().set_registered_model_alias(name, alias, version.version)
+    if alias:
+        MlflowClient().set_registered_model_alias(name, alias, version.version)
     return version.version

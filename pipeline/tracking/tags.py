@@ -20,3 +20,9 @@ CONFIGURATION = "retina_flow.configuration"
 EXPERIMENT_KIND = "mlflow.experimentKind"  # on experiments: which view the MLflow UI opens
 NOTE = "mlflow.note.content"  # the run description the MLflow UI shows (markdown)
 PARENT_RUN = "mlflow.parentRunId"
+# On a registered version made by ``export``: its format (onnx), quantization (none | int8) and the
+# model URI of the torch grader it was exported from.
+FORMAT = "retina_flow.format"
+QUANTIZE = "retina_flow.quantize"
+EXPORTED_FROM = "retina_flow.exported_from"
+REGISTERED_VERSION = "retina_flow.registered_version"  # on an export run: the version it registered

@@ -11,7 +11,8 @@ from pipeline.cli import evaluate as evaluate_cli
 from pipeline.cli import main as main_cli
 from pipeline.cli import preprocess as preprocess_cli
 from pipeline.cli import train as train_cli
-from pipeline.grading import Grader, GraderSpec
+from pipeline.grading import Grader
+from pipeline.photo_grader import GraderSpec
 from pipeline.models import build_model
 from pipeline.tracking import registry, tags
 from tests.conftest import PROJECT_ROOT, subprocess_env

@@ -16,7 +16,8 @@ from pipeline.data.dataset import EvalPreset, FundusDataset, ProcessedDataset, m
 from pipeline.data.preprocess import preprocess
 from pipeline.data.synthetic import UNIFORM_GRADE_SHARES, generate_layout
 from pipeline.decision import fuse_eyes, predicted_grades, quadratic_kappa
-from pipeline.grading import PROBABILITY_COLUMNS, Grader, GraderSpec
+from pipeline.grading import Grader
+from pipeline.photo_grader import PROBABILITY_COLUMNS, GraderSpec
 from pipeline.models import build_model
 from pipeline.steps.evaluate import TEST_PREDICTIONS
 from pipeline.tracking import registry

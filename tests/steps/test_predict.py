@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pipeline.cli import predict as predict_cli
-from pipeline.grading import Grader, GraderSpec
+from pipeline.grading import Grader
+from pipeline.photo_grader import GraderSpec
 from pipeline.models import build_model
 from pipeline.tracking import registry
 

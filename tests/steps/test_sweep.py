@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import mlflow
@@ -216,3 +218,40 @@ def test_a_study_refuses_another_metric(resumed_sweep):
     assert refused.info.status == "FAILED"
     assert refused.data.tags[tags.ERROR].startswith(f"study '{STUDY}' in sqlite:///")
     assert "began with metric 'val_kappa', not 'val_accuracy'" in refused.data.tags[tags.ERROR]
+
+
+@pytest.mark.slow  # two sweep processes, a PostgreSQL study and a real tracking server
+def test_two_sweeps_of_one_study_share_its_trials(processed_dir, postgres, mlflow_server, tmp_path):
+    """Two `sweep` workers started together on one Optuna study in PostgreSQL (as on two machines)
+    run its trials between them: each trial once, the study's total as asked, no more."""
+    from tests.conftest import subprocess_env
+    from tests.postgres import create_database
+
+    storage = create_database(postgres, "optuna_two_workers")
+    train = tiny_train(processed_dir, tmp_path)
+    args = ["--storage", storage, "--study_name", "shared", "--space", str(SPACE), "--trials", "4",
+            "--data_dir", train.data_dir, "--image_size", "32", "--epochs", "1", "--batch_size", "8",
+            "--num_workers", "0", "--bootstrap_resamples", "0", "--checkpoint_artifact", "false"]
+    env = subprocess_env(MLFLOW_TRACKING_URI=mlflow_server, MLFLOW_EXPERIMENT_NAME="two-workers")
+    workers = []
+    for worker in ("a", "b"):
+        (tmp_path / worker).mkdir()
+        log = open(tmp_path / worker / "sweep.log", "w")
+        workers.append((subprocess.Popen([sys.executable, "-m", "pipeline.cli.sweep", *args, "--checkpoint_dir",
+                                          str(tmp_path / worker / "checkpoints")],
+                                         cwd=tmp_path / worker, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    for process, log in workers:
+        assert process.wait(timeout=600) == 0, (tmp_path / "a" / "sweep.log").read_text()[-3000:]
+        log.close()
+    study = optuna.load_study(study_name="shared", storage=storage)
+    counted = [t for t in study.trials if not t.user_attrs.get(sweep_step.SURPLUS)]
+    assert [t.state for t in counted] == [TrialState.COMPLETE] * 4
+    client = MlflowClient(mlflow_server)
+    runs_ = client.search_runs([client.get_experiment_by_name("two-workers").experiment_id])
+    sweeps = [r for r in runs_ if r.data.tags.get(tags.STEP) == "sweep"]
+    trials = [r for r in runs_ if r.data.tags.get(tags.STEP) == "train"]
+    assert len(sweeps) == 2 and all(r.info.status == "FINISHED" for r in sweeps)
+    assert sorted(int(r.data.tags[tags.TRIAL]) for r in trials) == sorted(t.number for t in counted)  # each once
+    assert sorted(t.user_attrs[RUN_ID] for t in counted) == sorted(r.info.run_id for r in trials)
+    per_worker = [sum(r.data.tags["mlflow.parentRunId"] == s.info.run_id for r in trials) for s in sweeps]
+    assert sorted(per_worker) != [0, 4] and sum(per_worker) == 4  # shared between them
