@@ -52,6 +52,7 @@ test: install spark java browser postgres
 
 # The MLflow UI on the embedded store.
 ui: install
+	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (the runs of each experiment, in Model training mode)"
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
 
 # A tracking server for several users or machines: loopback only unless you choose otherwise.

@@ -40,6 +40,11 @@ def config_label(model: str, pretrained: bool, recipe: str = LAB_RECIPE) -> str:
     return label if recipe == LAB_RECIPE else f"{label} {recipe}"
 
 
+def run_name_of(model: str, pretrained: bool, recipe: str = LAB_RECIPE) -> str:
+    """A configuration's train run name: its label with hyphens (``resnet50-scratch``)."""
+    return config_label(model, pretrained, recipe).replace(" ", "-")
+
+
 class Configuration(NamedTuple):
     """A cell of the study's grid: depth x ImageNet pretraining x training recipe."""
 

@@ -119,8 +119,31 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """The table as text for the console and the ``comparison.txt`` artifact."""
+    """The whole table as text: the ``comparison.txt`` artifact."""
     return display_table(table).to_string(index=False)
+
+
+# The terminal's view: the columns a reader compares first, within TERMINAL_WIDTH; the rest, and
+# every interval but test kappa's, are in comparison.csv and the report.
+TERMINAL_COLUMNS = ("configuration", "runs", "status", "val_kappa", "test_kappa", "test_referable_auc")
+TERMINAL_WIDTH = 100
+
+
+def terminal_table(table: pd.DataFrame) -> str:
+    """The table for the console: ``TERMINAL_COLUMNS``, short statuses with each reason a
+    configuration was not run listed under it."""
+    shown = display_table(table[[c for c in table.columns if not c.startswith("test_referable_auc_ci")]])
+    shown = shown[[c for c in TERMINAL_COLUMNS if c in shown.columns]].astype(str)
+    reasons = [f"  {name}: {status}" for name, status in zip(shown["configuration"], shown["status"]) if ":" in status]
+    shown["status"] = shown["status"].str.split(":").str[0]
+    return "\n".join([shown.to_string(index=False), *reasons])
+
+
+def terminal_cross_dataset(table: pd.DataFrame) -> str:
+    """The cross-dataset table for the console: every figure, the interval of kappa only."""
+    without = [c for c in table.columns if c.endswith(("_ci_low", "_ci_high")) and not c.startswith("kappa")]
+    shown = display_cross_dataset(table.assign(**{column: float("nan") for column in without}))
+    return shown.drop(columns=["layout"]).rename(columns=lambda c: c.replace("referable_", "ref_")).to_string(index=False)
 
 
 # The champion's figures on each dataset (its internal test split and every external set), each

@@ -162,6 +162,9 @@ class StudyConfig:
     champion_alias: str = "champion"
     # Sets the champion is validated on once chosen (the cross-dataset table); none by default.
     external: list[ExternalDatasetConfig] = field(default_factory=list)
+    # Train values for one depth only, over the train section and every recipe:
+    # {resnet50: {lr: 0.001}} (a deeper net from scratch may need a lower learning rate).
+    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -472,7 +475,16 @@ def validate_study_config(cfg: StudyConfig) -> None:
     validate_preprocess_config(cfg.preprocess)
     validate_train_config(cfg.train)
     validate_external(cfg.external)
+    for model in cfg.per_model:
+        if model not in cfg.models:
+            raise ConfigError(f"per_model names {model!r}, which is not one of the study's models "
+                              f"({', '.join(cfg.models)})")
     for recipe in cfg.recipes:
+        for model in cfg.models:
+            try:
+                validate_train_config(model_train_config(recipe_train_config(cfg.train, recipe), model, cfg.per_model))
+            except ConfigError as exc:
+                raise ConfigError(f"per_model[{model}] with recipes[{recipe.name}]: {exc}") from None
         train = recipe_train_config(cfg.train, recipe)
         try:
             validate_train_config(train)
@@ -493,6 +505,18 @@ def recipe_train_config(train: TrainConfig, recipe: RecipeConfig) -> TrainConfig
         raise ConfigError(f"{where} sets {', '.join(grid)}, which the study's grid sets per configuration "
                           "(models, pretrained, seeds)")
     return _build(TrainConfig, {**to_dict(train), **recipe.train, "recipe": recipe.name}, prefix=f"{where}.")
+
+
+def model_train_config(train: TrainConfig, model: str, per_model: dict[str, dict[str, Any]]) -> TrainConfig:
+    """``train`` (a recipe's) for ``model``: with ``per_model[model]``'s keys over it; unknown keys
+    and the grid's own keys are errors naming the model."""
+    values = per_model.get(model, {})
+    where = f"per_model[{model}]"
+    grid = sorted(set(values) & set(GRID_KEYS))
+    if grid:
+        raise ConfigError(f"{where} sets {', '.join(grid)}, which the study's grid sets per configuration")
+    return _build(TrainConfig, {**to_dict(train), **values, "model": model}, prefix=f"{where}.") if values else \
+        dataclasses.replace(train, model=model)
 
 
 def study_configurations(cfg: StudyConfig) -> list[Configuration]:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from pipeline.distributed import all_reduce_sum, gather_in_order, unwrap
 from pipeline.hardware import Accelerator
@@ -64,15 +65,23 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def progress_bar(loader: DataLoader, label: str | None, accel: Accelerator) -> tqdm:
+    """``loader`` with a progress bar labelled ``label``: on a terminal only (quiet in CI logs and
+    files), on the main process only, and none without a label."""
+    return tqdm(loader, desc=label, unit="batch", leave=False, dynamic_ncols=True,
+                disable=True if label is None or accel.dist.rank != 0 else None)
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     accel: Accelerator, *, frozen_backbone: bool = False,
                     scaler: torch.amp.GradScaler | None = None,
                     on_batch_end: Callable[[], None] | None = None,
-                    augment: DeviceAugment | None = None) -> dict[str, float]:
+                    augment: DeviceAugment | None = None, progress: str | None = None) -> dict[str, float]:
     """One pass over ``loader``; returns ``loss``, ``accuracy`` and ``images_per_sec`` (all ranks).
 
     With ``augment`` the loader yields (images, targets, draws) and the images are augmented on
-    the device, before normalisation; otherwise it yields (images, targets).
+    the device, before normalisation; otherwise it yields (images, targets). ``progress``: the
+    label of a progress bar (images/s and running loss), shown on a terminal only.
     """
     model.train()
     if frozen_backbone:
@@ -81,7 +90,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
         head_of(unwrap(model)).train()
     total_loss, correct, seen = 0.0, 0, 0
     started = time.perf_counter()
-    for batch in loader:
+    bar = progress_bar(loader, progress, accel)
+    for batch in bar:
         images, targets = batch[0], batch[1].to(accel.device, non_blocking=True)
         if augment is not None:
             images = augment(images.to(accel.device, non_blocking=True), batch[2])
@@ -101,6 +111,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
         total_loss += loss.item() * targets.size(0)
         correct += (logits.argmax(dim=1) == targets).sum().item()
         seen += targets.size(0)
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", img_s=f"{seen / (time.perf_counter() - started):.1f}",
+                        refresh=False)
         if on_batch_end is not None:
             on_batch_end()
     elapsed = time.perf_counter() - started
@@ -110,7 +122,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, accel: Accelerator,
-             full_length: int | None = None) -> EvalOutput:
+             full_length: int | None = None, progress: str | None = None) -> EvalOutput:
     """Loss, accuracy and per-image probabilities of ``model`` over ``loader``.
 
     Under torchrun each rank's loader holds the ``rank::world`` slice of a set of
@@ -118,13 +130,18 @@ def evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, accel: 
     """
     model.eval()
     total_loss, targets_all, probs_all = 0.0, [], []
-    for images, targets in loader:
+    started, seen = time.perf_counter(), 0
+    bar = progress_bar(loader, progress, accel)
+    for images, targets in bar:
         images, targets = accel.inputs(images), targets.to(accel.device, non_blocking=True)
         with accel.autocast():
             logits = model(images)
         total_loss += criterion(logits.float(), targets).item() * targets.size(0)
         probs_all.append(torch.softmax(logits.float(), dim=1).cpu())
         targets_all.append(targets.cpu())
+        seen += targets.size(0)
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", img_s=f"{seen / (time.perf_counter() - started):.1f}",
+                        refresh=False)
     targets_np = torch.cat(targets_all).numpy() if targets_all else np.empty(0, dtype=np.int64)
     probs_np = torch.cat(probs_all).numpy() if probs_all else np.empty((0, 0), dtype=np.float32)
     if accel.dist.enabled:
@@ -184,10 +201,11 @@ def fit(model: nn.Module, *, train_loader: DataLoader, val_loader: DataLoader, t
         lr = optimizer.param_groups[0]["lr"]
         frozen = epoch <= freeze_epochs
         set_backbone_trainable(unwrap(model), not frozen)
+        label = f"epoch {epoch}/{epochs}"
         train = train_one_epoch(model, train_loader, criterion, optimizer, accel, frozen_backbone=frozen, scaler=scaler,
-                                on_batch_end=on_batch_end, augment=augment)
-        val = evaluate(evaluated or model, val_loader, criterion, accel, val_length)
-        test = evaluate(evaluated or model, test_loader, criterion, accel, test_length)
+                                on_batch_end=on_batch_end, augment=augment, progress=f"{label} train")
+        val = evaluate(evaluated or model, val_loader, criterion, accel, val_length, progress=f"{label} val")
+        test = evaluate(evaluated or model, test_loader, criterion, accel, test_length, progress=f"{label} test")
         metrics = {
             "train_loss": train["loss"], "train_accuracy": train["accuracy"],
             "train_images_per_sec": train["images_per_sec"], "lr": lr,

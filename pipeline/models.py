@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -51,10 +52,17 @@ def load_imagenet_state_dict(model_name: str, weights_path: str = "") -> dict[st
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises several types for a file that is no state dict
             raise WeightsUnavailableError(f"weights_path={weights_path!r} is not a loadable state dict: {exc}") from None
+    target = weights_cache_file(model_name)
     try:
+        if not target.is_file():
+            # Fetched here, not by torch.hub's loader, which announces "Downloading: ..." before it
+            # finds the machine offline; the file's name carries its hash's prefix, checked on arrival.
+            target.parent.mkdir(parents=True, exist_ok=True)
+            prefix = re.search(r"-([a-f0-9]+)\.", target.name)
+            torch.hub.download_url_to_file(weights.url, str(target), prefix.group(1) if prefix else None,
+                                           progress=False)
         return weights.get_state_dict(progress=False, weights_only=True)
     except OSError as exc:  # URLError and socket errors are OSErrors: offline or blocked
-        target = weights_cache_file(model_name)
         raise WeightsUnavailableError(
             f"ImageNet weights for {model_name} ({weights}) are not cached and could not be downloaded "
             f"({exc}). Put the file {target.name} (from {weights.url}) in the folder {target.parent}, "

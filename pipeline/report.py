@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+import markdown
 import pandas as pd
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,12 @@ table.summary th { background: #f6f8fa; }
 table.summary td:first-child, table.summary th:first-child { text-align: left; }
 table.summary tbody tr:nth-child(even) { background: #fafbfc; }
 .table-wrap { overflow-x: auto; }
+table.summary { width: 100%; }
+table.summary th { overflow-wrap: anywhere; hyphens: auto; }  /* long column names wrap at the page's width */
+.markdown table { border-collapse: collapse; font-size: .9rem; }
+.markdown th, .markdown td { border: 1px solid #d0d7de; padding: .25rem .5rem; }
+.markdown th { background: #f6f8fa; }
+.markdown code { background: #f6f8fa; padding: 0 .2rem; }
 figure { margin: 0 0 1.5rem 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
 ul.runs li, ul.notes li { margin: .2rem 0; }
@@ -54,6 +61,15 @@ def _checked_link(label: str, url: str) -> str:
     return url
 
 
+def markdown_html(text: str) -> str:
+    """A markdown document (a model card) as HTML, with Python-Markdown and its tables; any raw HTML
+    in the text is shown as text, never passed into the page."""
+    renderer = markdown.Markdown(extensions=["tables"], output_format="html")
+    renderer.preprocessors.deregister("html_block")
+    renderer.inlinePatterns.deregister("html")
+    return f'<div class="markdown">{renderer.convert(text)}</div>'
+
+
 def _table_html(table: pd.DataFrame) -> str:
     # Four significant digits keep metrics readable and print whole-number floats (epochs) bare.
     return table.to_html(index=False, escape=True, na_rep="", border=0, classes="summary",
@@ -71,7 +87,7 @@ def build_html_report(*, title: str, summary_table: pd.DataFrame, figures: dict[
         figures: heading -> PNG bytes (see ``figures.figure_png``), shown in this order.
         run_links: label -> URL of the run in the tracking UI.
         notes: free-text remarks (caveats, skipped configurations), shown as a list.
-        documents: heading -> plain text (a model card's markdown), shown as preformatted text.
+        documents: heading -> markdown (a model card), rendered as HTML (raw HTML in it escaped).
         tables: heading -> a further table (the champion's cross-dataset validation), after the summary.
 
     Returns:
@@ -113,7 +129,7 @@ def build_html_report(*, title: str, summary_table: pd.DataFrame, figures: dict[
             parts.append(f'<li><a href="{esc(_checked_link(label, url))}">{esc(label)}</a></li>')
         parts += ["</ul>", "</section>"]
     for heading, text in (documents or {}).items():
-        parts += ['<section class="document">', f"<h2>{esc(heading)}</h2>", f"<pre>{esc(text)}</pre>", "</section>"]
+        parts += ['<section class="document">', f"<h2>{esc(heading)}</h2>", markdown_html(text), "</section>"]
     notes = list(notes)
     if notes:
         parts += ['<section id="notes">', "<h2>Notes</h2>", '<ul class="notes">']

@@ -115,3 +115,25 @@ def test_cross_dataset_table_has_a_row_per_dataset_with_its_intervals():
     lines = markdown_of(shown).splitlines()
     assert lines[0].startswith("| dataset | layout | n | ungradable | kappa |") and lines[1].startswith("| --- |")
     assert lines[3].startswith("| m2 | messidor2 | 9 | 10.0% | 0.250 [0.150, 0.300] |")
+
+
+def test_the_terminal_tables_fit_100_columns_and_list_why_a_configuration_did_not_run():
+    from pipeline.compare import TERMINAL_WIDTH, terminal_cross_dataset, terminal_table
+
+    records = [record(model, pretrained, [0.7, 0.72], [0.71, 0.73], recipe=recipe)
+               for model in ("resnet18", "resnet50") for pretrained in (True, False) for recipe in ("lab", "field")
+               if not (model == "resnet50" and pretrained and recipe == "field")]
+    table = comparison_table(records, grid(["resnet18", "resnet50"], [True, False], ("lab", "field")),
+                             {"resnet50 pretrained field": "no ImageNet weights (resnet50-0676ba61.pth)"})
+    for column in ("test_kappa", "test_referable_auc"):  # the widest cells: value [low, high]
+        table[column], table[f"{column}_ci_low"], table[f"{column}_ci_high"] = 0.6434, 0.5351, 0.7312
+    text = terminal_table(table)
+    assert max(len(line) for line in text.splitlines()) <= TERMINAL_WIDTH, text
+    assert "resnet50 pretrained field" in text and "0.643 [0.54, 0.73]" in text
+    assert "  resnet50 pretrained field: not run: no ImageNet weights (resnet50-0676ba61.pth)" in text.splitlines()
+    cross = cross_dataset_table({"internal test": evaluation(97, 0.643, auc=0.933, ungradable=0.03),
+                                 "messidor2-synthetic": evaluation(90, 0.497, auc=0.857, ungradable=0.1)},
+                                {"internal test": "labs", "messidor2-synthetic": "messidor2"})
+    text = terminal_cross_dataset(cross)
+    assert max(len(line) for line in text.splitlines()) <= TERMINAL_WIDTH, text
+    assert "0.643 [0.543, 0.693]" in text and "messidor2-synthetic" in text

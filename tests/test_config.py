@@ -398,3 +398,30 @@ def test_a_recipes_bad_value_and_another_enhancement_are_named():
     with pytest.raises(ConfigError, match=re.escape("recipes[graham] trains on enhance='ben_graham' but the study "
                                                     "preprocesses enhance='none'")):
         validate_study_config(load_study_config(None, {"recipes": other}))
+
+
+def test_per_model_values_apply_to_that_depth_only_over_every_recipe(tmp_path):
+    from pipeline.steps.study import train_jobs
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("base: " + str(ROOT / "experiments" / "field.yaml") + "\ntrain: {lr: 0.003}\n"
+                    "per_model: {resnet50: {lr: 0.001, warmup_epochs: 1}}\n")
+    cfg = load_study_config(path)
+    validate_study_config(cfg)
+    jobs = train_jobs(cfg, skipped=set())
+    by_model = {(job.config.model, job.config.recipe): job.config for job in jobs}
+    assert {key: config.lr for key, config in by_model.items()} == {
+        ("resnet18", "lab"): 0.003, ("resnet50", "lab"): 0.001,
+        ("resnet18", "field"): recipe_train_config(cfg.train, cfg.recipes[1]).lr, ("resnet50", "field"): 0.001}
+    assert {config.warmup_epochs for (model, _), config in by_model.items() if model == "resnet50"} == {1}
+
+
+@pytest.mark.parametrize("per_model, message", [
+    ({"resnet34": {"lr": 0.001}}, "per_model names 'resnet34', which is not one of the study's models"),
+    ({"resnet50": {"pretrained": True}}, "per_model[resnet50] sets pretrained, which the study's grid sets"),
+    ({"resnet50": {"learning_rate": 0.001}}, "unknown config key(s) learning_rate in section 'per_model[resnet50]'"),
+    ({"resnet50": {"lr": -1.0}}, "per_model[resnet50] with recipes[lab]: lr=-1.0"),
+])
+def test_a_bad_per_model_value_is_named(per_model, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_study_config(StudyConfig(per_model=per_model))

@@ -285,6 +285,21 @@ def test_the_mlflow_ui_shows_the_training_runs_and_the_study_runs_comparison(stu
         assert label in shown
     assert "System metrics" in shown and "Model metrics" in shown
 
+    # The champion's version page and a train run's page, through the links main prints and the
+    # report holds, open in Model training mode too.
+    version_page = re.search(r"champion's page \(its model card\): (\S+)", result.stdout).group(1)
+    shown = rendered_text(version_page, tmp_path / "profile-version")
+    assert "Version 1" in shown and "is the champion" in shown, shown[:3000]
+    assert "Token Usage" not in shown and "Traces" not in shown
+    client = study[0]
+    (compare_run,) = runs["compare"]
+    report = Path(client.download_artifacts(compare_run.info.run_id, "comparison/report.html", str(tmp_path))).read_text()
+    train_id = runs["train"][0].info.run_id
+    train_page = re.search(rf'href="([^"]*/runs/{train_id}[^"]*)"', report).group(1).replace("&amp;", "&")
+    shown = rendered_text(train_page, tmp_path / "profile-train")
+    assert "Model metrics" in shown and "Token Usage" not in shown and "Traces" not in shown, shown[:3000]
+    assert re.search(r"report: \S+/comparison/report.html", result.stdout)
+
 
 def test_gradcam_artifact_differs_between_grades(study, tmp_path):
     client, runs, _, _ = study

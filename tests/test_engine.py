@@ -212,3 +212,30 @@ def test_fit_sets_and_logs_each_epochs_lr():
         criterion=nn.CrossEntropyLoss(), optimizer=optimizer, accel=CPU, epochs=3,
         lr_of_epoch=lambda epoch: 0.1 / epoch, on_epoch_end=lambda epoch, metrics: seen.append(metrics["lr"]))
     assert seen == [0.1, 0.05, 0.1 / 3] and optimizer.param_groups[0]["lr"] == 0.1 / 3
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_bars_on_a_terminal_only(terminal, capsys, monkeypatch):
+    """An epoch's bars show the running loss and images/s on a terminal; nothing in a log file."""
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    import functools
+
+    from tqdm import tqdm
+
+    import pipeline.engine
+
+    # Every batch drawn: these epochs take milliseconds, less than tqdm's refresh interval.
+    monkeypatch.setattr(pipeline.engine, "tqdm", functools.partial(tqdm, mininterval=0, miniters=1))
+    torch.manual_seed(0)
+    model, loader = Dummy(), separable_loader()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train = train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, CPU, progress="epoch 1/1 train")
+    evaluate(model, separable_loader(shuffle=False), nn.CrossEntropyLoss(), CPU, progress="epoch 1/1 val")
+    shown = capsys.readouterr().err
+    if terminal:
+        assert "epoch 1/1 train" in shown and "epoch 1/1 val" in shown and "5/5" in shown
+        assert f"loss={train['loss']:.4f}" in shown and "img_s=" in shown  # the last batch's running figures
+    else:
+        assert shown == ""

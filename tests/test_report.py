@@ -180,3 +180,13 @@ def test_browser_checks_catch_broken_pages(tmp_path, figures):
     assert probed_title(result.stdout) == "images 1/3"
     messages = "\n".join(console_messages(result.stderr))
     assert "example.com" in messages and "Uncaught" in messages
+
+
+def test_a_document_is_rendered_from_markdown_and_raw_html_in_it_stays_text(table):
+    card = ("# Model card\n\n**Version 3** of `dr-resnet`\n\n| metric | test |\n|---|---|\n| kappa | 0.643 |\n\n"
+            "A dataset named <script>alert(1)</script> and <b>bold</b>.\n")
+    page = build_html_report(title="t", summary_table=table, figures={}, run_links={}, documents={"Card": card})
+    section = page[page.index('<section class="document">'):]
+    assert "<strong>Version 3</strong>" in section and "<code>dr-resnet</code>" in section
+    assert "<table>" in section and "<td>0.643</td>" in section and "|---|" not in section
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in section and "<b>" not in section

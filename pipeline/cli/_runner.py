@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -19,24 +21,54 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+# What a stopped run leaves, and what to do with it, by step (the others: delete or rerun).
+STOP_HINTS = {
+    "train": ("its last finished epoch's checkpoint is kept (checkpoint_dir, and the run's artifacts): continue "
+              "with `mlflow run . -e train -P resume={run_id}` (the same parameters) or "
+              "`python -m pipeline.cli.train --resume {run_id}`; or delete it: `mlflow runs delete --run-id {run_id}` "
+              "and its folder under checkpoint_dir"),
+}
+DEFAULT_STOP_HINT = "delete it with `mlflow runs delete --run-id {run_id}`, or run the step again"
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, met as Ctrl-C is: the step's run ends KILLED, not FAILED."""
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise Stopped(f"signal {signum}")
+
+
 def run_step(step: str, body: Callable[[], None], run_name: str | None = None,
              existing_run: Callable[[], str | None] | None = None, system_metrics: bool = False) -> int:
     """Runs ``body`` inside the step's MLflow run; a user error exits 2 with its message, run FAILED.
 
     The run is opened before the config is read, so even a bad option leaves a FAILED run behind.
-    ``existing_run`` names a run to continue (a resume) instead of a new one.
+    ``existing_run`` names a run to continue (a resume) instead of a new one. Ctrl-C or SIGTERM
+    ends the run KILLED with a one-line hint on what it left (exit 130 or 143).
     """
     setup_logging()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    started: list[str] = []
     try:
         uri = runs.configure()
         log.info("tracking to %s", uri)
         with runs.step_run(step, run_name, run_id=existing_run() if existing_run else None,
-                           system_metrics=system_metrics):
+                           system_metrics=system_metrics) as run:
+            if run is not None:
+                started.append(run.info.run_id)
             body()
     except RetinaFlowError as exc:
         log.error("%s failed: %s", step, exc)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        if not started:
+            raise
+        hint = STOP_HINTS.get(step, DEFAULT_STOP_HINT).format(run_id=started[0])
+        print(f"stopped: run {started[0]} ended KILLED; {hint}", file=sys.stderr)
+        return 143 if isinstance(exc, Stopped) else 130
     return 0
 
 

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         pretrained = coerce_list(args.pretrained, bool, "pretrained")
         recipes = coerce_list(args.recipes, str, "recipes")
         configurations = [Configuration(m, p, r) for r in recipes for m in models for p in pretrained]
-        print(run_compare(configurations, parent_run_id=args.study_run_id or None).text)
+        print(run_compare(configurations, parent_run_id=args.study_run_id or None).terminal)
 
     return run_step("compare", body)
 

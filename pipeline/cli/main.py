@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         print("champion on test (95% CI by patient bootstrap):")
         for name in shown:
             print(f"  {name:28s} {with_interval(evaluation, name)}")
+        print(f"report: {outcome.report}")
+        print(f"champion's page (its model card): {runs.model_version_url(cfg.registered_model, outcome.champion_version)}")
         print(f"study run: {runs.run_link()}")
         print(f"to browse the runs, {runs.tracking_ui_hint()}")
 

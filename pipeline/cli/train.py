@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from pipeline.catalog import config_label
+from pipeline.catalog import config_label, run_name_of
 from pipeline.cli._runner import load_section, run_step, section_parser, setup_logging
 from pipeline.config import TrainConfig, coerce_int
 from pipeline.errors import ConfigError
@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
                                       checkpoint_dir=cfg.checkpoint_dir, keep_checkpoint=cfg.keep_checkpoint)
             outcome = run_train(cfg, resume_from=saved)
         else:
+            # `mlflow run . -e train` opens its run under a random name: the study's name for it instead.
+            runs.name_if_generated(run_name_of(cfg.model, cfg.pretrained, cfg.recipe))
             outcome = run_train(cfg)
         if outcome is not None:  # rank 0 of a torchrun job, or the only process
             print(f"{config_label(cfg.model, cfg.pretrained, cfg.recipe)}: best epoch {outcome.best_epoch}, "

@@ -16,6 +16,8 @@ from pipeline.compare import (
     format_table,
     markdown_of,
     markdown_table,
+    terminal_cross_dataset,
+    terminal_table,
 )
 from pipeline.engine import ranking_score
 from pipeline.figures import confusion_grid_figure, curves_figure, figure_png
@@ -26,6 +28,7 @@ from pipeline.tracking import artifacts, readback, runs
 
 REPORT_TITLE = "retina-flow: ResNet depth x ImageNet pretraining x training recipe"
 CROSS_DATASET_CSV = "comparison/cross_dataset.csv"
+REPORT_ARTIFACT = "comparison/report.html"
 CROSS_DATASET_HEADING = "The champion on each dataset (95% CI)"
 # (artifact name, report heading, per-epoch metrics, y axis): the course labs' curves.
 CURVES = (
@@ -43,7 +46,9 @@ CHAMPION_FIGURES = (
 @dataclass
 class Comparison:
     text: str  # the table as logged in comparison/comparison.txt
+    terminal: str  # the table (and the cross-dataset one) for the console, within compare.TERMINAL_WIDTH
     markdown: str  # the table, the champion and links to every train run, for a run description
+    report: str = ""  # where the HTML report is: a local path, or its page in the tracking UI
 
 
 def run_compare(configurations: list[Configuration], parent_run_id: str | None = None,
@@ -56,11 +61,13 @@ def run_compare(configurations: list[Configuration], parent_run_id: str | None =
     text = format_table(table)
     runs.log_params({"configurations": [c.label for c in configurations], "parent_run_id": parent_run_id or "",
                      "train_runs": len(records)})
+    terminal = terminal_table(table)
     tables = {}
     if cross_dataset is not None:
         artifacts.log_text(cross_dataset.to_csv(index=False), CROSS_DATASET_CSV)
         tables[CROSS_DATASET_HEADING] = display_cross_dataset(cross_dataset)
         text += f"\n\n{CROSS_DATASET_HEADING}:\n" + tables[CROSS_DATASET_HEADING].to_string(index=False)
+        terminal += f"\n\n{CROSS_DATASET_HEADING}:\n" + terminal_cross_dataset(cross_dataset)
     artifacts.log_text(text, "comparison/comparison.txt")
     artifacts.log_text(table.to_csv(index=False), "comparison/comparison.csv")
     figures = log_comparison_figures(records, configurations)
@@ -81,13 +88,13 @@ def run_compare(configurations: list[Configuration], parent_run_id: str | None =
             documents["Champion's model card"] = card.decode()
     report = build_html_report(title=REPORT_TITLE, summary_table=display_table(table), figures=figures, notes=notes,
                                run_links=run_links, documents=documents, tables=tables)
-    artifacts.log_text(report, "comparison/report.html")
+    artifacts.log_text(report, REPORT_ARTIFACT)
     lines = [markdown_table(table), ""] + [f"- {note}" for note in notes]
     if cross_dataset is not None:
         lines += ["", f"**{CROSS_DATASET_HEADING}**", "", markdown_of(display_cross_dataset(cross_dataset))]
     lines += ["", "Train runs: " + ", ".join(f"[{label}]({url})" for label, url in run_links.items()),
-              "", "The full report with every figure is the compare run's artifact `comparison/report.html`."]
-    return Comparison(text, "\n".join(lines) + "\n")
+              "", f"The full report with every figure is the compare run's artifact `{REPORT_ARTIFACT}`."]
+    return Comparison(text, terminal, "\n".join(lines) + "\n", runs.artifact_location(runs.active_run_id(), REPORT_ARTIFACT))
 
 
 def log_comparison_figures(records: list[TrainRunRecord], configurations: list[Configuration]) -> dict[str, bytes]:

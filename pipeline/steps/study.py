@@ -13,8 +13,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.catalog import run_name_of
 from pipeline.compare import cross_dataset_table, display_cross_dataset, markdown_of
-from pipeline.config import StudyConfig, flatten, recipe_train_config, study_configurations, to_dict, validate_study_config
+from pipeline.config import (
+    StudyConfig,
+    flatten,
+    model_train_config,
+    recipe_train_config,
+    study_configurations,
+    to_dict,
+    validate_study_config,
+)
 from pipeline.engine import ranking_score
 from pipeline.errors import ConfigError, WeightsUnavailableError
 from pipeline.model_card import CARD_ARTIFACT, with_validation
@@ -44,7 +53,8 @@ class StudyOutcome:
     champion: TrainOutcome
     champion_version: str
     evaluation: dict[str, float]
-    comparison: str
+    comparison: str  # the comparison as the console shows it (compare.terminal_table)
+    report: str = ""  # the HTML report: a local path, or its page in the tracking UI
 
 
 def check_pretrained_weights(cfg: StudyConfig) -> list[SkippedConfiguration]:
@@ -109,7 +119,7 @@ def run_study(cfg: StudyConfig) -> StudyOutcome:
     runs.set_tags({tags.NOTE: f"**retina-flow study**: champion `{cfg.registered_model}` v{version} "
                               f"(`models:/{cfg.registered_model}@{cfg.champion_alias}`). {champion_on_test(evaluation)}"
                               f"\n\n{comparison.markdown}"})
-    return StudyOutcome(trained, skipped, champion, version, evaluation, comparison.text)
+    return StudyOutcome(trained, skipped, champion, version, evaluation, comparison.terminal, comparison.report)
 
 
 def champion_on_test(evaluation: dict[str, float]) -> str:
@@ -160,9 +170,10 @@ def train_jobs(cfg: StudyConfig, skipped: set[str]) -> list[TrainJob]:
         if configuration.label in skipped:
             continue
         for seed in range(cfg.train.seed, cfg.train.seed + cfg.seeds):
-            name = configuration.label.replace(" ", "-") + (f"-seed{seed}" if cfg.seeds > 1 else "")
-            jobs.append(TrainJob(name, dataclasses.replace(recipes[configuration.recipe], model=configuration.model,
-                                                           pretrained=configuration.pretrained, seed=seed)))
+            name = run_name_of(configuration.model, configuration.pretrained, configuration.recipe) + (
+                f"-seed{seed}" if cfg.seeds > 1 else "")
+            train = model_train_config(recipes[configuration.recipe], configuration.model, cfg.per_model)
+            jobs.append(TrainJob(name, dataclasses.replace(train, pretrained=configuration.pretrained, seed=seed)))
     if not jobs:
         raise ConfigError("every configuration was skipped; nothing was trained")
     return jobs

@@ -82,18 +82,19 @@ def _staged(artifact_file: str) -> Iterator[Path]:
 def log_dataset(manifest: pd.DataFrame, source: str, name: str, context: str) -> None:
     """The processed manifest as the run's input dataset (the UI's Datasets column)."""
     with warnings.catch_warnings():
-        # MLflow's hints about integer columns and local-path sources do not apply to a manifest.
+        # MLflow's hints about integer columns and local-path sources do not apply to a manifest
+        # (its schema is inferred again when the dataset is logged).
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_pandas(manifest, source=source, name=name, targets="grade")
-    # MLflow looks the dataset up, then inserts it: runs that log one dataset at the same moment
-    # (parallel trainings) collide on the insert; a second try finds the row the winner wrote.
-    for attempt in range(1, DUPLICATE_INSERT_ATTEMPTS + 1):
-        try:
-            mlflow.log_input(dataset, context=context)
-            return
-        except mlflow.MlflowException as exc:
-            if attempt == DUPLICATE_INSERT_ATTEMPTS or not _is_duplicate_insert(exc):
-                raise
+        # MLflow looks the dataset up, then inserts it: runs that log one dataset at the same moment
+        # (parallel trainings) collide on the insert; a second try finds the row the winner wrote.
+        for attempt in range(1, DUPLICATE_INSERT_ATTEMPTS + 1):
+            try:
+                mlflow.log_input(dataset, context=context)
+                return
+            except mlflow.MlflowException as exc:
+                if attempt == DUPLICATE_INSERT_ATTEMPTS or not _is_duplicate_insert(exc):
+                    raise
             log.debug("dataset %s was inserted by a concurrent run; linking it (attempt %d)", name, attempt)
             time.sleep(random.uniform(0.05, 0.3) * attempt)
 

@@ -25,6 +25,7 @@ from pipeline.onnx_grader import OnnxGrader
 from pipeline.tracking import served_onnx, tags
 from pipeline.tracking.served import NOVELTY_ARTIFACT, SPEC_ARTIFACT, WEIGHTS_ARTIFACT, GraderModel
 
+MODEL_CODE = Path(__file__).resolve().parent / "model_code"  # the graders' models-from-code scripts
 # What the served model imports, pinned to the versions it was trained with. Explicit: inferring
 # requirements costs ~18 s per logged model on these machines.
 SERVED_PACKAGES = ("torch", "torchvision", "pillow", "numpy", "pandas", "scikit-learn", "tqdm", "scikit-image", "scipy",
@@ -47,11 +48,11 @@ def log_grader(grader: Grader, example_photos: list[bytes]) -> tuple[str, str]:
         (model_uri, model_id) of the LoggedModel, also kept as the run's ``tags.MODEL_URI`` tag.
     """
     example = encode_photos(example_photos)
-    with warnings.catch_warnings():
-        # MLflow's hint about integer columns and missing values: predicted_grade is never missing.
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
+        # MLflow's hint about integer columns and missing values (here and when it checks the input
+        # example): predicted_grade is never missing.
         warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
         signature = infer_signature(example, grade_request(grader, example), params={EXPLAIN_PARAM: False})
-    with tempfile.TemporaryDirectory() as tmp:
         weights, spec = Path(tmp) / "weights.pt", Path(tmp) / "grader.json"
         torch.save({k: v.detach().cpu() for k, v in grader.network.state_dict().items()}, weights)
         spec.write_text(json.dumps(grader.spec.to_dict(), indent=2))
@@ -62,7 +63,7 @@ def log_grader(grader: Grader, example_photos: list[bytes]) -> tuple[str, str]:
             files[NOVELTY_ARTIFACT] = str(novelty)
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=GraderModel(),
+            python_model=str(MODEL_CODE / "torch_grader.py"),  # models-from-code: no pickle
             artifacts=files,
             code_paths=[str(Path(pipeline.__file__).parent)],
             signature=signature,
@@ -81,10 +82,9 @@ def log_onnx_grader(grader: OnnxGrader, onnx_file: Path, example_photos: list[by
         (model_uri, model_id) of the LoggedModel.
     """
     example = encode_photos(example_photos)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
         warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
         signature = infer_signature(example, grade_request(grader, example), params={EXPLAIN_PARAM: False})
-    with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "grader.json"
         spec.write_text(json.dumps(grader.spec.to_dict(), indent=2))
         files = {served_onnx.ONNX_ARTIFACT: str(onnx_file), served_onnx.SPEC_ARTIFACT: str(spec)}
@@ -94,7 +94,7 @@ def log_onnx_grader(grader: OnnxGrader, onnx_file: Path, example_photos: list[by
             files[served_onnx.NOVELTY_ARTIFACT] = str(novelty)
         info = mlflow.pyfunc.log_model(
             name=name,
-            python_model=served_onnx.OnnxGraderModel(),
+            python_model=str(MODEL_CODE / "onnx_grader.py"),  # models-from-code: no pickle
             artifacts=files,
             code_paths=[str(Path(pipeline.__file__).parent)],
             signature=signature,

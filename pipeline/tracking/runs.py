@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from functools import wraps
@@ -126,7 +128,7 @@ def step_run(step: str, run_name: str | None = None, *, nested: bool = False, ru
     Args:
         system_metrics: log MLflow's system metrics (CPU, memory, disk, GPUs) while the run lasts.
         stopped: exceptions that stop the run on purpose (a pruned sweep trial): it ends KILLED,
-            not FAILED, and the exception goes on.
+            not FAILED, and the exception goes on; so does a run stopped from the keyboard or by SIGTERM.
     """
     ctx = context_from_env()
     if not ctx.is_main:
@@ -141,10 +143,23 @@ def step_run(step: str, run_name: str | None = None, *, nested: bool = False, ru
         except RetinaFlowError as exc:
             mlflow.set_tag(tags.ERROR, str(exc)[:5000])
             raise
-        except stopped:
+        except (*stopped, KeyboardInterrupt):  # Ctrl-C, and SIGTERM met as one (cli._runner)
             # Ended here, the run is no longer active when start_run's exit would mark it FAILED.
             mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
             raise
+
+
+# The names MLflow gives a run it was given none for (``judicious-stork-805``).
+GENERATED_RUN_NAME = re.compile(r"[a-z]+-[a-z]+-\d+")
+
+
+@main_process_only
+def name_if_generated(name: str) -> None:
+    """Names the active run ``name`` where MLflow gave it a random one (a name chosen with
+    ``--run-name`` stays)."""
+    run = mlflow.active_run()
+    if run is not None and GENERATED_RUN_NAME.fullmatch(run.info.run_name or ""):
+        MlflowClient().update_run(run.info.run_id, name=name)
 
 
 def create_child_run(name: str, step: str) -> str:
@@ -273,6 +288,27 @@ def run_link(run: Run | None = None) -> str:
 def artifact_url(run_id: str, artifact_path: str) -> str:
     """The page of one of the run's artifacts in the tracking UI."""
     return run_url(run_id).removesuffix(UI_VIEW) + f"/artifactPath/{artifact_path}{UI_VIEW}"
+
+
+def _ui_base() -> str:
+    uri = mlflow.get_tracking_uri()
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+
+
+def model_version_url(name: str, version: str) -> str:
+    """A registered model version's page in the tracking UI (its description: the model card)."""
+    return f"{_ui_base()}/#/models/{urllib.parse.quote(name)}/versions/{version}{UI_VIEW}"
+
+
+def artifact_location(run_id: str, artifact_path: str) -> str:
+    """Where one of a run's artifacts is: a local file path when the artifacts are on this
+    machine (open it in a browser), else its page in the tracking UI."""
+    root = MlflowClient().get_run(run_id).info.artifact_uri
+    if root.startswith("file:"):
+        return str(Path(urllib.parse.urlparse(root).path) / artifact_path)
+    if "://" not in root and not root.startswith("mlflow-artifacts:"):
+        return str(Path(root) / artifact_path)
+    return artifact_url(run_id, artifact_path)
 
 
 def tracking_ui_hint() -> str:

@@ -30,3 +30,4 @@ def test_steps_configuring_a_new_experiment_at_once_share_it(server_tracking, mo
     assert client.get_experiment_by_name("created-by-racers").tags["mlflow.experimentKind"] == "custom_model_development"
     with mlflow.start_run() as run:
         assert run.info.experiment_id == client.get_experiment_by_name("created-by-racers").experiment_id
+
