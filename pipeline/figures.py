@@ -104,6 +104,8 @@ def reliability_figure(targets: np.ndarray, uncalibrated: np.ndarray, calibrated
         axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
         for name, probabilities, style in (("uncalibrated", uncalibrated, "o--"), ("calibrated", calibrated, "s-")):
             outcomes, confidences = outcome_and_confidence(np.asarray(probabilities))
+            # A sum of probabilities (P(grade >= 2)) may pass 1 by a rounding error; sklearn refuses it.
+            confidences = np.clip(confidences, 0.0, 1.0)
             if len(targets) and np.isfinite(confidences).all():
                 bins = min(CALIBRATION_BINS, len(targets))
                 observed, predicted = calibration_curve(outcomes.astype(int), confidences, n_bins=bins, strategy="quantile")

@@ -10,6 +10,7 @@ from PIL import Image
 
 from pipeline.catalog import Configuration
 from pipeline.figures import (
+    reliability_figure,
     confusion_figure,
     confusion_grid_figure,
     curves_figure,
@@ -96,3 +97,15 @@ def test_gradcam_figure_grid():
     plt.close(figure)
     with pytest.raises(ValueError):
         gradcam_figure(images, heatmaps[:3], titles)
+
+
+def test_a_referable_probability_one_rounding_error_above_1_still_draws():
+    """P(grade >= 2) is a sum of probabilities: 0.8000192733557423 + 0.1999807266442528 + 5.04e-15
+    is 1.0000000000000002 in floats (a demo's calibrated ResNet50 met one), which sklearn's
+    calibration curve refuses."""
+    row = [1.69e-29, 1.84e-32, 0.8000192733557423, 0.1999807266442528, 5.0399268034791476e-15]
+    probabilities = np.array([row, [0.7, 0.1, 0.1, 0.05, 0.05], [0.1, 0.1, 0.2, 0.3, 0.3], [0.5, 0.3, 0.1, 0.05, 0.05]])
+    assert probabilities[0, 2:].sum() > 1.0
+    figure = reliability_figure(np.array([2, 0, 4, 1]), probabilities, probabilities, "t")
+    assert len(figure.axes[1].lines) == 3  # the diagonal, uncalibrated and calibrated curves
+    plt.close(figure)
