@@ -289,3 +289,16 @@ def test_intervals_use_the_operating_point():
     assert strict["referable_sensitivity"] < lenient["referable_sensitivity"]
     low, high = intervals["referable_sensitivity"]
     assert low <= lenient["referable_sensitivity"] <= high
+
+
+def test_balanced_accuracy_of_a_set_missing_a_grade_is_quiet_and_over_the_grades_present():
+    import warnings
+
+    from pipeline.metrics import classification_metrics
+
+    targets = np.array([0, 0, 2, 2])
+    probabilities = np.eye(5)[[0, 4, 2, 2]]  # one grade-0 eye called grade 4, absent from the set
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics = classification_metrics(targets, probabilities)
+    assert metrics["balanced_accuracy"] == pytest.approx((0.5 + 1.0) / 2)
