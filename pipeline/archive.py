@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 from pipeline.data.photos import PHOTO_EXTENSIONS
@@ -80,7 +79,3 @@ def empty_photo_files(spark: SparkSession, source: str) -> list[str]:
             empty.append(status.getPath().toString())
     return [name for name in empty if name.rsplit(".", 1)[-1].lower() in PHOTO_EXTENSIONS]
 
-
-def file_path(uri: str) -> str:
-    """A local path from Spark's ``file:/...`` form (other schemes as they are)."""
-    return str(PurePosixPath(uri[len("file:"):])) if uri.startswith("file:") else uri

@@ -202,12 +202,13 @@ def grade_request(grader: PhotoGrader, request: pd.DataFrame, explain: bool = Fa
                                              grader.spec.enhance, name=f"row {start + offset}")
                     for offset, photo in enumerate(photos[start:start + SERVED_BATCH_SIZE])]
         pixels, measures, refused = zip(*prepared)
-        frame = grader.decide(grader.judge_pixels(np.stack(pixels), np.stack(measures), list(refused)))
+        pixels = np.stack(pixels)
+        frame = grader.decide(grader.judge_pixels(pixels, np.stack(measures), list(refused)))
         if explain:
             graded = frame["gradable"].to_numpy(bool)
             frame[HEATMAP_COLUMN] = None
             if graded.any():
-                frame.loc[graded, HEATMAP_COLUMN] = grader.explain(np.stack(pixels)[graded],
+                frame.loc[graded, HEATMAP_COLUMN] = grader.explain(pixels[graded],
                                                                    frame.loc[graded, "predicted_grade"].to_numpy())
         frames.append(frame)
     if not frames:

@@ -49,11 +49,10 @@ def agreement(reference: PhotoGrader, other: PhotoGrader, pixels: np.ndarray, me
     difference of a probability, and the shares of equal grades, referable calls and gradable calls."""
     answers = []
     for grader in (reference, other):
-        judged = [grader.judge_pixels(pixels[start:start + batch_size], measures[start:start + batch_size],
-                                      [""] * len(pixels[start:start + batch_size]))
-                  for start in range(0, len(pixels), batch_size)]
-        answers.append((np.concatenate([j.probabilities for j in judged]),
-                        grader.decide(concatenated(judged))))
+        judged = concatenated([grader.judge_pixels(pixels[start:start + batch_size], measures[start:start + batch_size],
+                                                   [""] * len(pixels[start:start + batch_size]))
+                               for start in range(0, len(pixels), batch_size)])
+        answers.append((judged.probabilities, grader.decide(judged)))
     (p_ref, ref), (p_other, out) = answers
     return {"photos_compared": float(len(pixels)),
             "max_abs_probability_difference": float(np.abs(p_ref - p_other).max()),
