@@ -12,17 +12,20 @@ DEMO_EXTERNAL := data/external/messidor2
 .PHONY: install spark java browser postgres demo test ui server clean
 
 # pyproject.toml is the one list of dependencies; the project installs editable, with pytest.
+# setuptools prints a warning box on every editable install (a folder named like the package may
+# shadow it: here that folder *is* the package); PIP_QUIET_EDITABLE silences that one warning.
+PIP_QUIET_EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(PIP_QUIET_EDITABLE) $(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
 
 # grade_archive runs on Spark: pyspark (the optional `spark` dependencies) and Java 17+ (Debian's JRE).
 $(VENV)/.spark-installed: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[dev,spark]'
+	$(PIP_QUIET_EDITABLE) $(BIN)/python -m pip install --quiet -e '.[dev,spark]'
 	touch $@
 
 spark: $(VENV)/.spark-installed

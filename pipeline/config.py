@@ -41,6 +41,8 @@ AUGMENT_DEVICES = ("loader", "model")
 BAD_IMAGE_POLICIES = ("error", "skip")
 # Five stride-2 stages take a ResNet input down by 32x; below that the last stage sees < 1 pixel.
 MIN_IMAGE_SIZE = 32
+# numpy's generators take seeds in [0, 2**32 - 1]; torch's would take more, so numpy's range is the rule.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -109,8 +111,8 @@ class TrainConfig:
     class_weighting: str = "none"  # none | inverse | sqrt_inverse: cross-entropy weights per grade
     weighted_sampler: bool = False  # draw training images with inverse grade frequency
     bootstrap_resamples: int = 1000  # for the 95% confidence intervals of the selected model
-    # The referable-DR operating point: the highest threshold on P(grade >= 2) that finds this share of
-    # the referable eyes of the validation set.
+    # The referable-DR operating point: the most specific threshold on P(grade >= 2) that finds this share
+    # of the referable eyes of the validation set (metrics.operating_threshold).
     referable_target_sensitivity: float = 0.9
     checkpoint_dir: str = "checkpoints"  # <checkpoint_dir>/<run id>/last.pt, rewritten every epoch
     checkpoint_artifact: bool = True  # also log last.pt to the run every epoch (resume on another machine)
@@ -374,10 +376,17 @@ _SECTION_TYPES: dict[str, type] = {"preprocess": PreprocessConfig, "train": Trai
 
 
 def study_option_names() -> list[str]:
+    """Every flat option of a study (a section's key sets it in every section that has it)."""
     names = _study_level_keys()
     for section_type in _SECTION_TYPES.values():
         names.update(f.name for f in dataclasses.fields(section_type))
     return sorted(names)
+
+
+def dotted_option_names() -> list[str]:
+    """``section.key`` for every key of every section: sets it in that section only."""
+    return [f"{section}.{f.name}" for section, section_type in _SECTION_TYPES.items()
+            for f in dataclasses.fields(section_type)]
 
 
 def section_option_names(section: str) -> list[str]:
@@ -405,6 +414,10 @@ def validate_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"freeze_epochs={cfg.freeze_epochs} must be between 0 and epochs={cfg.epochs}")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise ConfigError(f"lr={cfg.lr} must be a positive number")
+    require_in_range("momentum", cfg.momentum, 0, 1, upper_open=True)
+    require_in_range("weight_decay", cfg.weight_decay, 0, math.inf)
+    require_in_range("rotation_degrees", cfg.rotation_degrees, 0, 180)
+    require_seed(cfg.seed)
     require_choice("tta", cfg.tta, TTA_MODES)
     require_choice("head", cfg.head, HEADS)
     require_choice("decision", cfg.decision, DECISIONS)
@@ -428,7 +441,23 @@ def validate_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"referable_target_sensitivity={cfg.referable_target_sensitivity} must be in (0, 1]")
 
 
+def require_in_range(name: str, value: float, lower: float, upper: float, *, upper_open: bool = False) -> None:
+    """Fails naming the key, its value and the valid interval when ``value`` (NaN included) is outside it."""
+    inside = lower <= value < upper if upper_open else lower <= value <= upper
+    if not (math.isfinite(value) and inside):
+        closing = ")" if upper_open or math.isinf(upper) else "]"
+        raise ConfigError(f"{name}={value} must be a finite number in [{lower:g}, {upper:g}{closing}")
+
+
+def require_seed(seed: int, name: str = "seed") -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{name}={seed} must be an integer in [0, {MAX_SEED}]")
+
+
 def validate_preprocess_config(cfg: PreprocessConfig) -> None:
+    require_seed(cfg.seed)
+    if cfg.num_workers < 0:
+        raise ConfigError(f"num_workers={cfg.num_workers} must be 0 (one process per CPU core) or more")
     require_choice("on_bad_image", cfg.on_bad_image, BAD_IMAGE_POLICIES)
     require_choice("layout", cfg.layout, LAYOUTS)
     require_choice("role", cfg.role, DATASET_ROLES)
@@ -556,8 +585,7 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def add_override_arguments(parser: argparse.ArgumentParser, names: list[str]) -> None:
     """One ``--name VALUE`` flag per config key; values stay strings until the config coerces them."""
     for name in names:
-        spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        parser.add_argument(*spellings, dest=name, default=None, metavar="VALUE")
+        parser.add_argument(f"--{name}", dest=name, default=None, metavar="VALUE")
 
 
 def given_overrides(args: argparse.Namespace, names: list[str]) -> dict[str, str]:

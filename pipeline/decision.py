@@ -22,10 +22,8 @@ log = logging.getLogger(__name__)
 CutPoints = tuple[float, ...]  # t_1 <= ... <= t_4: grade >= k where the expected grade reaches t_k
 # The cut points argmax would be, were the probabilities of a grade peaked around it.
 MIDPOINT_CUTS: CutPoints = tuple(grade + 0.5 for grade in range(NUM_GRADES - 1))
-# Candidate positions of one cut point per search step: every gap between distinct expected grades
-# on a small validation set, quantiles of them on a large one (each step scores every candidate).
-MAX_CANDIDATES = 200
-MAX_ROUNDS = 10  # coordinate ascent passes over the four cut points; it converges in 2-4 here
+# Dinkelbach rounds of the cut point search: each strictly raises QWK; it converges in 2-5 here.
+MAX_ROUNDS = 50
 # Weights of the fellow eye tried on validation: 0 (each eye alone) up to 0.5 (the mean of both).
 FUSE_WEIGHTS = tuple(np.round(np.linspace(0.0, 0.5, 11), 2))
 
@@ -68,27 +66,21 @@ def predicted_grades(probabilities: np.ndarray, cut_points: CutPoints | None = N
 
 
 def fit_cut_points(targets: np.ndarray, probabilities: np.ndarray) -> CutPoints | None:
-    """Cut points on the expected grade that maximise QWK on these images (the validation set).
-
-    Coordinate ascent: each cut point in turn moves to the best of the candidate positions between
-    its neighbours, until a full pass changes nothing. It starts from the midpoints (0.5, ..., 3.5)
-    and from the cut points that reproduce argmax's share of each grade, and keeps the better.
+    """Cut points on the expected grade that maximise QWK on these images (the validation set):
+    the best of every way to cut them, in order of expected grade, into five consecutive grades
+    (``best_cut_points``).
 
     Returns:
         The cut points, or None when they score below argmax here (argmax is not a set of cut
-        points on the expected grade, so no search start contains it): the decision then stays
+        points on the expected grade, so the search cannot contain it): the decision then stays
         argmax, and cut points never do worse than argmax on the set they were fitted on.
     """
     targets = np.asarray(targets)
     expected = expected_grade(probabilities)
     if not np.isfinite(expected).all() or len(targets) == 0:
         return None
-    argmax_grades = predicted_grades(probabilities)
-    argmax_kappa = quadratic_kappa(targets, argmax_grades)
-    candidates = _candidates(expected)
-    fitted = [_ascend(targets, expected, start, candidates)
-              for start in (MIDPOINT_CUTS, _share_matching_cuts(expected, argmax_grades))]
-    cuts = max(fitted, key=lambda pair: pair[0])[1]
+    argmax_kappa = quadratic_kappa(targets, predicted_grades(probabilities))
+    cuts = best_cut_points(targets, expected)
     kappa = quadratic_kappa(targets, predicted_grades(probabilities, cuts))
     log.info("cut points %s on the expected grade: QWK %.4f on the fitting set (argmax %.4f)",
              ", ".join(f"{c:.3f}" for c in cuts), kappa, argmax_kappa)
@@ -99,38 +91,70 @@ def fit_cut_points(targets: np.ndarray, probabilities: np.ndarray) -> CutPoints 
     return cuts
 
 
-def _candidates(expected: np.ndarray) -> np.ndarray:
-    values = np.unique(expected)
-    if len(values) > MAX_CANDIDATES:
-        values = np.unique(np.quantile(values, np.linspace(0, 1, MAX_CANDIDATES)))
-    # Midway between neighbours (no image sits on a cut point), plus one below and one above all.
-    between = (values[1:] + values[:-1]) / 2
-    return np.concatenate([[values[0] - 0.5], between, [values[-1] + 0.5]])
+def best_cut_points(targets: np.ndarray, expected: np.ndarray) -> CutPoints:
+    """The cut points of the highest QWK, exactly: no search start or grid can miss it.
 
-
-def _share_matching_cuts(expected: np.ndarray, argmax_grades: np.ndarray) -> CutPoints:
-    """Cut points that give each grade as many images as argmax gives it."""
-    shares = np.cumsum(np.bincount(argmax_grades, minlength=NUM_GRADES))[:-1] / len(expected)
-    return tuple(float(q) for q in np.quantile(expected, shares))
-
-
-def _ascend(targets: np.ndarray, expected: np.ndarray, start: CutPoints, candidates: np.ndarray
-            ) -> tuple[float, CutPoints]:
-    cuts = list(start)
-    best = search_kappa(targets, np.searchsorted(cuts, expected, side="right"))
+    QWK = 1 - O / E, where O sums each image's weight w(true grade, decided grade) and E sums each
+    image's chance weight e(decided grade) = sum_i w(i, decided) * n_i / n (n_i: the images of true
+    grade i, fixed). Both are sums over images, so for a fixed ``ratio`` the decision minimising
+    O - ratio * E is one dynamic programme over the images in order of expected grade
+    (``_cheapest_ordered_grades``); Dinkelbach's iteration (ratio = O / E of the last decision)
+    lowers O / E to its minimum, QWK's maximum, in a few rounds. Images of equal expected grade
+    share a grade (no cut point can part them); each cut point lies midway between neighbours.
+    """
+    values, group = np.unique(expected, return_inverse=True)
+    true_counts = np.zeros((len(values), NUM_GRADES))
+    np.add.at(true_counts, (group, targets), 1)
+    observed = true_counts @ _QUADRATIC_WEIGHTS  # (group, decided grade): the group's O if decided so
+    chance_weight = np.bincount(targets, minlength=NUM_GRADES) @ _QUADRATIC_WEIGHTS / len(targets)
+    chance = true_counts.sum(axis=1, keepdims=True) * chance_weight  # the group's E if decided so
+    rows = np.arange(len(values))
+    grades = np.searchsorted(MIDPOINT_CUTS, values, side="right")
     for _ in range(MAX_ROUNDS):
-        moved = False
-        for k in range(len(cuts)):
-            low = cuts[k - 1] if k > 0 else -np.inf
-            high = cuts[k + 1] if k + 1 < len(cuts) else np.inf
-            for candidate in candidates[(candidates >= low) & (candidates <= high)]:
-                trial = [*cuts[:k], float(candidate), *cuts[k + 1:]]
-                kappa = search_kappa(targets, np.searchsorted(trial, expected, side="right"))
-                if kappa > best:  # strictly: a tie keeps the current position
-                    best, cuts, moved = kappa, trial, True
-        if not moved:
+        disagreement = chance[rows, grades].sum()
+        if disagreement == 0:  # one true grade only: QWK is 0 whatever the decision
             break
-    return best, tuple(float(c) for c in cuts)
+        ratio = observed[rows, grades].sum() / disagreement
+        candidate = _cheapest_ordered_grades(observed - ratio * chance)
+        if (observed - ratio * chance)[rows, candidate].sum() >= -1e-12 * disagreement:
+            break  # nothing lowers O / E below ratio: the decision is optimal
+        grades = candidate
+    return _cuts_between(values, grades)
+
+
+def _cheapest_ordered_grades(cost: np.ndarray) -> np.ndarray:
+    """The non-decreasing grades (one per row, in row order) of least total ``cost[row, grade]``."""
+    rows, grade_index = len(cost), np.arange(NUM_GRADES)
+    total = cost[0].copy()
+    came_from = np.zeros((rows, NUM_GRADES), dtype=np.int64)
+    for row in range(1, rows):
+        # The cheapest way to end the previous row at a grade <= g, for every g, and that grade.
+        best_before = np.minimum.accumulate(total)
+        lowers = np.concatenate([[True], total[1:] < best_before[:-1]])
+        came_from[row] = np.maximum.accumulate(np.where(lowers, grade_index, 0))
+        total = best_before + cost[row]
+    grades = np.empty(rows, dtype=np.int64)
+    grades[-1] = int(np.argmin(total))
+    for row in range(rows - 1, 0, -1):
+        grades[row - 1] = came_from[row, grades[row]]
+    return grades
+
+
+def _cuts_between(values: np.ndarray, grades: np.ndarray) -> CutPoints:
+    """The cut points that decide ``grades`` for the sorted distinct ``values``: t_k midway between
+    the last value below grade k and the first at or above it (0.5 beyond the ends)."""
+    cuts = []
+    for k in range(1, NUM_GRADES):
+        first = int(np.searchsorted(grades, k, side="left"))  # grades are sorted
+        if first == 0:
+            cuts.append(float(values[0] - 0.5))
+        elif first == len(values):
+            cuts.append(float(values[-1] + 0.5))
+        else:
+            midway = (values[first - 1] + values[first]) / 2
+            # Two values a rounding step apart have no number between them: cut at the upper one.
+            cuts.append(float(midway if midway > values[first - 1] else values[first]))
+    return tuple(cuts)
 
 
 def fellow_eye_probabilities(probabilities: np.ndarray, patients: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.data.eyepacs import patient_of, read_image_list, resolve_image_dir
 from pipeline.data.photos import PHOTO_EXTENSIONS, PhotoFolder
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 from pipeline.grading import Grader
 
 
@@ -37,6 +38,20 @@ def predict_photos(grader: Grader, inputs: pd.DataFrame, *, batch_size: int = 32
                                 num_workers=num_workers)
     frame.insert(0, "id", inputs["id"].to_numpy())
     return frame
+
+
+def check_output(output: str | Path) -> None:
+    """Fails before any photo is graded when ``output`` cannot be written as a file."""
+    output = Path(output)
+    if output.is_dir():
+        raise ConfigError(f"output={str(output)!r} is a folder; name a CSV file, e.g. {output / 'predictions.csv'}")
+    folder = output.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"output={str(output)!r} cannot be written: {folder} is not a writable folder")
+    if output.exists() and not os.access(output, os.W_OK):
+        raise ConfigError(f"output={str(output)!r} cannot be written: the file is read-only")
 
 
 def write_predictions(frame: pd.DataFrame, output: str | Path) -> Path:

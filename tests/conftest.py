@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
 import mlflow  # noqa: E402
 import pytest  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 import torch
 import torchvision
 
@@ -89,10 +92,26 @@ def empty_torch_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+_STORE_TEMPLATE: list[Path] = []
+
+
+def tracking_store(folder: Path) -> str:
+    """The URI of an embedded store of its own in ``folder`` (``mlflow.db``), already migrated:
+    copied from one made once per session, as creating one runs MLflow's migrations (~2 s)."""
+    if not _STORE_TEMPLATE:
+        home = Path(tempfile.mkdtemp(prefix="retina-flow-store-"))
+        atexit.register(shutil.rmtree, home, True)
+        MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_experiments()  # creates its tables
+        _STORE_TEMPLATE.append(home / "mlflow.db")
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_STORE_TEMPLATE[0], folder / "mlflow.db")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
 @pytest.fixture
 def sqlite_tracking(tmp_path, monkeypatch) -> str:
     """An embedded store of this test's own, as the entry points see it through the environment."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
     monkeypatch.chdir(tmp_path)  # the store's artifacts (./mlruns) land here too
@@ -177,13 +196,14 @@ def postgres(tmp_path_factory) -> Iterator[str]:
         yield uri
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(postgres, tmp_path_factory, request):
-    """A real server for one test module, as a lab shares one: PostgreSQL backend (a fresh database
-    per module), served artifacts; its database stays with the cluster, its artifacts go with the module."""
+@pytest.fixture(scope="session")
+def mlflow_server(postgres, tmp_path_factory):
+    """One real server for the session, as a lab shares one: PostgreSQL backend, served artifacts.
+    Each test module uses experiment and model names of its own (starting a server per module
+    cost ~15 s each)."""
     from tests.postgres import create_database
 
-    database = create_database(postgres, "mlflow_" + request.module.__name__.rsplit(".", 1)[-1])
+    database = create_database(postgres, "mlflow_tests")
     with (scratch_dir(tmp_path_factory, "mlflow_server") as root,
           running_mlflow_server(root, backend_store_uri=database) as url):
         yield url

@@ -79,6 +79,7 @@ def gathered(tmp_path_factory) -> Path:
     return root / "out"
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 @pytest.mark.parametrize("world_size", sorted(WORLD_SIZES))
 def test_gather_in_order_restores_dataset_order_on_every_rank(gathered, world_size):
     for length in LENGTHS:
@@ -90,6 +91,7 @@ def test_gather_in_order_restores_dataset_order_on_every_rank(gathered, world_si
                 np.testing.assert_array_equal(got, full, err_msg=where)
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 @pytest.mark.parametrize("world_size", sorted(WORLD_SIZES))
 def test_every_rank_receives_rank_zeros_value(gathered, world_size):
     for rank in range(world_size):

@@ -37,6 +37,8 @@ CONFIGURATIONS = {  # what the graph must carry: TTA, the ordinal head, the temp
     "resnet50": dict(tta="none", head="classification", temperature=0.8),
 }
 
+pytestmark = pytest.mark.slow  # every test exports (or serves) a network: seconds each
+
 
 def tiny_grader(model: str, processed_dir: Path) -> Grader:
     """An untrained grader with every part an export carries, its novelty model fitted on the

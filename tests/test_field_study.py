@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.tracking import tags
-from tests.conftest import mlflow_run, scratch_dir
+from tests.conftest import mlflow_run, scratch_dir, tracking_store
 from tests.test_end_to_end import STUDY_ENV, runs_by_step
 
 pytestmark = pytest.mark.slow  # three trainings through the real `mlflow run`
@@ -21,7 +21,7 @@ FIELD_PARAMS = {"recipe": "field", "head": "ordinal", "decision": "kappa_thresho
 
 def test_field_yaml_compares_the_field_recipe_with_the_labs(raw_dir, imagenet_weights, tmp_path_factory):
     with scratch_dir(tmp_path_factory, "field") as root:
-        tracking = f"sqlite:///{root / 'mlflow.db'}"
+        tracking = tracking_store(root)
         mlflow_run(tracking, ["-e", "main", "--experiment-name", "field", "-P", "config=experiments/field.yaml",
                               "-P", f"raw_dir={raw_dir}", "-P", f"data_dir={root / 'processed'}", "-P", "models=resnet18",
                               "-P", "image_size=32", "-P", "epochs=2", "-P", "batch_size=8", "-P", "num_workers=0",

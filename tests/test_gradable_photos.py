@@ -18,7 +18,7 @@ from pipeline.data.synthetic import UNIFORM_GRADE_SHARES, generate_eyepacs_layou
 from pipeline.catalog import NOT_A_FUNDUS, OUT_OF_FOCUS, OVEREXPOSED, TOO_DARK
 from pipeline.predict import list_inputs, predict_photos
 from pipeline.tracking import registry
-from tests.conftest import scratch_dir
+from tests.conftest import scratch_dir, tracking_store
 from tests.real_photos import NON_FUNDUS, non_fundus, png_bytes
 
 pytestmark = pytest.mark.slow  # a training
@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
         generate_eyepacs_layout(raw, train_patients=40, test_patients=25, size=(256, 192),
                                 grade_shares=UNIFORM_GRADE_SHARES, seed=3, workers=2)
         preprocess(raw, root / "processed", image_size=128, val_fraction=0.25, seed=0, num_workers=2)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_store(root))
         monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "gradable")
         monkeypatch.chdir(root)
         assert train_cli.main(["--data_dir", str(root / "processed"), "--image_size", "32", "--epochs", "2",

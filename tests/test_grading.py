@@ -171,6 +171,7 @@ def test_explain_adds_a_heat_map_png_per_graded_photo_and_none_for_a_refused_one
     assert HEATMAP_COLUMN not in grade_request(grader, encode_photos(request)).columns  # off: as before
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 def test_the_logged_grader_takes_explain_as_a_parameter(grader, raw_dir, sqlite_tracking):
     import mlflow
 

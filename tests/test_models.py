@@ -1,3 +1,6 @@
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -133,7 +136,15 @@ def test_ordinal_probabilities_are_the_differences_of_the_cumulative_outputs(sca
     features = torch.randn(64, 8) * scale
     with torch.no_grad():
         probabilities = torch.exp(head(features)).double()
-        cumulative = torch.sigmoid(head.cumulative_logits(features).double())  # P(grade >= k), k = 1..4
+    # P(grade >= k) = sigmoid(w.x + b_k) by hand, from the head's parameters in float64: b_1 the
+    # first cut, each next one lower by softplus(gap) = log(1 + exp(gap)).
+    w = head.score.weight.detach().double().numpy()[0]
+    bias = float(head.score.bias.detach())
+    b = [float(head.first_cut.detach())]
+    for gap in head.cut_gaps.detach().double().numpy():
+        b.append(b[-1] - math.log1p(math.exp(gap)))
+    x = features.double().numpy()
+    cumulative = torch.tensor(1 / (1 + np.exp(-(x @ w + bias)[:, None] - np.array(b)[None, :])))
     assert torch.isfinite(probabilities).all() and (probabilities >= 0).all()
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(64, dtype=torch.float64), atol=1e-5)
     assert (cumulative[:, 1:] <= cumulative[:, :-1]).all()  # falls with k

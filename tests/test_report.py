@@ -133,6 +133,7 @@ def test_further_tables_follow_the_summary_under_their_headings(table):
 # --- in a real browser -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_report_renders_in_chromium(tmp_path, table):
     chromium_binary()
     p_referable = np.linspace(0.1, 0.9, 8)
@@ -167,6 +168,7 @@ def test_report_renders_in_chromium(tmp_path, table):
     assert console_messages(probed.stderr) == []
 
 
+@pytest.mark.slow
 def test_browser_checks_catch_broken_pages(tmp_path, figures):
     # The checks above would be worthless if they could not fail: a page with an external image
     # (blocked by the policy), a corrupt embedded image and a script error must trip all of them.

@@ -17,7 +17,7 @@ from pipeline import checkpoint
 from pipeline.catalog import PER_EPOCH_METRICS, SPEED_METRICS
 from pipeline.faults import KILL_AT_BATCH_ENV
 from pipeline.tracking import tags
-from tests.conftest import mlflow_run, scratch_dir, subprocess_env
+from tests.conftest import mlflow_run, scratch_dir, subprocess_env, tracking_store
 
 pytestmark = pytest.mark.slow  # subprocess trainings killed and resumed
 
@@ -55,7 +55,7 @@ def histories(client, run_id):
 def reference(processed_dir, tmp_path_factory):
     """The uninterrupted run every interrupted one must match."""
     with scratch_dir(tmp_path_factory, "reference") as root:
-        store = f"sqlite:///{root / 'mlflow.db'}"
+        store = tracking_store(root)
         result = train(store, "reference", processed_dir, root / "checkpoints", "--checkpoint_artifact", "false",
                        "--keep_checkpoint", "true")
         assert result.returncode == 0, result.stderr[-3000:]
@@ -84,7 +84,7 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(case, mode, reference
     per_epoch = batches_per_epoch(processed_dir)
     # A seeded random batch of a random epoch after the first (the first leaves nothing to resume).
     kill_at = random.Random(20261122 + case).randrange(per_epoch + 1, per_epoch * EPOCHS)
-    store, experiment = f"sqlite:///{tmp_path / 'mlflow.db'}", "crash"
+    store, experiment = tracking_store(tmp_path), "crash"
     checkpoints = tmp_path / "checkpoints"
     from_artifact = mode.startswith("auto")
     # The artifact case keeps the default (the local checkpoint goes once the run has finished);
@@ -148,7 +148,7 @@ def test_uint8_cache_device_augmentation_and_the_field_recipe_resume_bit_identic
     a cosine schedule after a warm-up, field augmentation on the device, flip TTA, cut points, fused
     eyes): killed mid-epoch and resumed, the same weights to the bit, and the same decision."""
     data = Path(shutil.copytree(processed_dir / "64px", tmp_path / "data"))  # the arrays go beside its manifest
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = tracking_store(tmp_path)
     flags = ["--cache_format", "uint8", "--augment_device", "model", "--checkpoint_artifact", "false",
              "--keep_checkpoint", "true", "--head", "ordinal", "--optimizer", "adamw", "--lr_schedule", "cosine",
              "--warmup_epochs", "1", "--augment", "field", "--tta", "flips", "--decision", "kappa_thresholds",
@@ -181,7 +181,7 @@ def test_uint8_cache_device_augmentation_and_the_field_recipe_resume_bit_identic
 
 
 def test_killed_in_the_first_epoch_leaves_nothing_to_resume_and_says_so(processed_dir, tmp_path):
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = tracking_store(tmp_path)
     killed = train(store, "early", processed_dir, tmp_path / "checkpoints", kill_at=2)
     assert killed.returncode == -signal.SIGKILL
     run = only_run(MlflowClient(store), "early")
@@ -192,14 +192,14 @@ def test_killed_in_the_first_epoch_leaves_nothing_to_resume_and_says_so(processe
 
 
 def test_resume_of_an_unknown_run_is_a_clear_error(processed_dir, tmp_path):
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = tracking_store(tmp_path)
     result = train(store, "none", processed_dir, tmp_path / "checkpoints", "--resume", "0123456789abcdef")
     assert result.returncode == 2
     assert "error: resume=0123456789abcdef: no such run" in result.stderr
 
 
 def test_resume_refuses_several_processes(processed_dir, tmp_path):
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = tracking_store(tmp_path)
     result = train(store, "multi", processed_dir, tmp_path / "checkpoints", "--resume", "auto", "--nproc", "2")
     assert result.returncode == 2
     assert "error: resume=auto continues a run in one process; leave nproc at 1 (it was 2)" in result.stderr

@@ -35,22 +35,34 @@ from tests.real_photos import NON_FUNDUS, non_fundus, png_bytes
 pytestmark = pytest.mark.slow  # a training, a real tracking server and a real model server
 
 MODEL_NAME = "dr-resnet-served"
+ENHANCED = "ben_graham"
 TOLERANCE = 1e-4
 
 
+# What the grader does beyond the labs' argmax, every part of it on the served path too: flip TTA,
+# cut points fitted for QWK, and Ben Graham's preparation of each photo.
+SERVED_RECIPE = ("--tta", "flips", "--decision", "kappa_thresholds", "--enhance", ENHANCED)
+
+
 @pytest.fixture(scope="module")
-def champion(mlflow_server, processed_dir, tmp_path_factory):
-    """A resnet18 trained for one epoch on the tiny cache, registered with alias champion."""
+def champion(mlflow_server, raw_dir, tmp_path_factory):
+    """A resnet18 with the recipe above trained for two epochs on a tiny Ben Graham cache,
+    registered with alias champion; its cut points are pinned to exist (checked)."""
     with scratch_dir(tmp_path_factory, "served") as root, pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
         monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "serving")
         monkeypatch.chdir(root)
-        assert train_cli.main(["--data_dir", str(processed_dir), "--image_size", "32", "--epochs", "1",
+        preprocess(raw_dir, root / "processed", image_size=64, val_fraction=0.25, seed=0, num_workers=1,
+                   enhance=ENHANCED)
+        assert train_cli.main(["--data_dir", str(root / "processed"), "--image_size", "32", "--epochs", "2",
                                "--batch_size", "8", "--num_workers", "0", "--bootstrap_resamples", "0",
-                               "--checkpoint_artifact", "false", "--checkpoint_dir", str(root / "checkpoints")]) == 0
+                               "--checkpoint_artifact", "false", "--checkpoint_dir", str(root / "checkpoints"),
+                               *SERVED_RECIPE]) == 0
         client = MlflowClient(mlflow_server)
         (run,) = client.search_runs([client.get_experiment_by_name("serving").experiment_id])
         registry.register_model(run.data.tags["retina_flow.model_uri"], MODEL_NAME, "champion")
+        spec = registry.load_model(run.data.tags["retina_flow.model_uri"]).grader.spec
+        assert (spec.tta, spec.enhance) == ("flips", ENHANCED) and spec.cut_points is not None
         yield {"uri": f"models:/{MODEL_NAME}@champion", "root": root, "run": run}
     mlflow.set_tracking_uri(None)  # the in-process steps pointed MLflow at this module's server
 
@@ -91,7 +103,8 @@ def with_ungradable(raw_dir, tmp_path_factory):
             path = raw / "images" / f"{image_id}.jpeg"
             pixels = np.clip(np.asarray(Image.open(path), float) * gain, 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(path, quality=95)
-        preprocess(raw, root / "processed", image_size=64, val_fraction=0.25, seed=0, num_workers=1)
+        preprocess(raw, root / "processed", image_size=64, val_fraction=0.25, seed=0, num_workers=1,
+                   enhance=ENHANCED)
         yield {"raw": raw, "processed": root / "processed", "spoilt": {test_ids[0]: TOO_DARK, test_ids[1]: OVEREXPOSED}}
 
 

@@ -72,9 +72,22 @@ def run_step(step: str, body: Callable[[], None], run_name: str | None = None,
     return 0
 
 
+class EntryPointParser(argparse.ArgumentParser):
+    """Every entry point's parser: an option ``--name_with_underscores`` (as MLproject passes it) also
+    answers to ``--name-with-hyphens`` (as people type it)."""
+
+    def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:
+        spellings = list(names)
+        for name in names:
+            hyphenated = "--" + name[2:].replace("_", "-")
+            if name.startswith("--") and hyphenated not in spellings:
+                spellings.append(hyphenated)
+        return super().add_argument(*spellings, **kwargs)
+
+
 def section_parser(section: str, prog: str, description: str | None) -> argparse.ArgumentParser:
     """``--config FILE`` plus one ``--key VALUE`` flag per key of one config section."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = EntryPointParser(prog=prog, description=description)
     parser.add_argument("--config", help=f"experiment YAML whose '{section}' section sets the defaults")
     add_override_arguments(parser, section_option_names(section))
     return parser

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from pipeline.catalog import Configuration
-from pipeline.cli._runner import run_step
+from pipeline.cli._runner import EntryPointParser, run_step
 from pipeline.config import StudyConfig, coerce_list
 from pipeline.steps.compare import run_compare
 
@@ -14,7 +13,7 @@ DEFAULTS = StudyConfig()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="compare", description=__doc__)
+    parser = EntryPointParser(prog="compare", description=__doc__)
     parser.add_argument("--models", default=",".join(DEFAULTS.models))
     parser.add_argument("--pretrained", default=",".join(str(p).lower() for p in DEFAULTS.pretrained))
     parser.add_argument("--recipes", default=",".join(r.name for r in DEFAULTS.recipes),

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from pipeline.cli._runner import run_step
+from pipeline.cli._runner import EntryPointParser, run_step
 from pipeline.config import StudyConfig, coerce_int
 from pipeline.steps.evaluate import run_evaluate
 
@@ -13,7 +12,7 @@ DEFAULT_MODEL = f"models:/{StudyConfig().registered_model}@{StudyConfig().champi
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="evaluate", description=__doc__)
+    parser = EntryPointParser(prog="evaluate", description=__doc__)
     parser.add_argument("--model_uri", default=DEFAULT_MODEL, help="train run id, runs:/, models:/ URI (default %(default)s)")
     parser.add_argument("--data_dir", default="data/processed")
     parser.add_argument("--batch_size", default="32")

@@ -3,10 +3,9 @@ torch, checked against the torch grader and registered beside it."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from pipeline.cli._runner import run_step
+from pipeline.cli._runner import EntryPointParser, run_step
 from pipeline.cli.evaluate import DEFAULT_MODEL
 from pipeline.config import coerce_int, coerce_value
 from pipeline.export import EXPORT_FORMATS, QUANTIZATIONS
@@ -14,7 +13,7 @@ from pipeline.steps.export import run_export
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="export", description=__doc__)
+    parser = EntryPointParser(prog="export", description=__doc__)
     parser.add_argument("--model_uri", default=DEFAULT_MODEL, help="train run id, runs:/, models:/ URI (default %(default)s)")
     parser.add_argument("--data_dir", default="data/processed", help="the processed dataset whose photos check the export")
     parser.add_argument("--format", default="onnx", help=f"{' | '.join(EXPORT_FORMATS)} (default %(default)s)")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 
-from pipeline.cli._runner import setup_logging
+from pipeline.cli._runner import EntryPointParser, setup_logging
 from pipeline.catalog import LAYOUTS
 from pipeline.config import coerce_int, coerce_value
-from pipeline.data.synthetic import EYEPACS_GRADE_SHARES, UNIFORM_GRADE_SHARES, generate_eyepacs_layout
+from pipeline.data.synthetic import (EYEPACS_GRADE_SHARES, UNIFORM_GRADE_SHARES, generate_eyepacs_layout,
+                                     shares_in_percent)
 from pipeline.errors import ConfigError
 
 NAMED_SHARES = {"eyepacs": EYEPACS_GRADE_SHARES, "uniform": UNIFORM_GRADE_SHARES}
@@ -34,7 +34,7 @@ def parse_shares(text: str) -> tuple[float, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="generate", description=__doc__)
+    parser = EntryPointParser(prog="generate", description=__doc__)
     parser.add_argument("--out", default="data/raw", help="folder for the set: its label files and photos "
                         "(default %(default)s)")
     parser.add_argument("--layout", default="labs", choices=LAYOUTS,
@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train_patients", default="150")
     parser.add_argument("--test_patients", default="50")
     parser.add_argument("--size", default="512x384", help="photo WIDTHxHEIGHT; real EyePACS photos are up to 4752x3168")
-    parser.add_argument("--shares", default="eyepacs", help="grade shares: eyepacs (73/7/15/2/2 %%), uniform, or 5 numbers")
+    parser.add_argument("--shares", default="eyepacs", help=f"grade shares: eyepacs ({shares_in_percent(EYEPACS_GRADE_SHARES)}%), uniform, "
+                        "or 5 numbers")
     parser.add_argument("--seed", default="0")
     parser.add_argument("--defects", default="0", help="share of photos given one of clinics' defects (frames, "
                         "text, bars, markers, clipping, dark photos, a small fundus); 0-1 (default %(default)s)")

@@ -3,17 +3,16 @@ MLflow Spark UDF, its ONNX export where there is one), one parquet row per photo
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from pipeline.cli._runner import run_step
+from pipeline.cli._runner import EntryPointParser, run_step
 from pipeline.cli.evaluate import DEFAULT_MODEL
 from pipeline.config import coerce_value
 from pipeline.steps.grade_archive import run_grade_archive
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="grade_archive", description=__doc__)
+    parser = EntryPointParser(prog="grade_archive", description=__doc__)
     parser.add_argument("--model_uri", default=DEFAULT_MODEL, help="train run id, runs:/, models:/ URI (default %(default)s)")
     parser.add_argument("--input", required=True, help="a folder of photos (read recursively) or a glob")
     parser.add_argument("--output", required=True, help="the parquet folder to write")

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from pipeline.catalog import REFERABLE_GRADE
-from pipeline.cli._runner import run_step
-from pipeline.config import add_override_arguments, given_overrides, load_study_config, study_option_names
+from pipeline.cli._runner import EntryPointParser, run_step
+from pipeline.config import (add_override_arguments, dotted_option_names, given_overrides, load_study_config,
+                             study_option_names)
 from pipeline.model_card import with_interval
 from pipeline.steps.study import run_study
 from pipeline.tracking import runs
 
-OPTIONS = study_option_names()
+# --image_size: every section that has it; --train.image_size: train's alone.
+OPTIONS = study_option_names() + dotted_option_names()
+
+
+def build_parser() -> EntryPointParser:
+    parser = EntryPointParser(prog="main", description=__doc__)
+    parser.add_argument("--config", default="experiments/study.yaml", help="experiment YAML (default %(default)s)")
+    add_override_arguments(parser, OPTIONS)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="main", description=__doc__)
-    parser.add_argument("--config", default="experiments/study.yaml", help="experiment YAML (default %(default)s)")
-    add_override_arguments(parser, OPTIONS)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     def body() -> None:
         cfg = load_study_config(args.config, given_overrides(args, OPTIONS))

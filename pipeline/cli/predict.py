@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from pipeline.cli._runner import run_step
+from pipeline.cli._runner import EntryPointParser, run_step
 from pipeline.cli.evaluate import DEFAULT_MODEL
 from pipeline.config import coerce_int
 from pipeline.steps.predict import run_predict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="predict", description=__doc__)
+    parser = EntryPointParser(prog="predict", description=__doc__)
     parser.add_argument("--model_uri", default=DEFAULT_MODEL, help="train run id, runs:/ or models:/ URI (default %(default)s)")
     parser.add_argument("--input", required=True, help="folder of photos, or a one-column CSV of image ids")
     parser.add_argument("--output", default="predictions.csv")

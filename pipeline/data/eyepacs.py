@@ -7,6 +7,7 @@ being ``<id>.<ext>`` for any of ``photos.PHOTO_EXTENSIONS`` (``.jpeg`` in EyePAC
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pandas as pd
 
 from pipeline.catalog import NUM_GRADES
 from pipeline.data.photos import PHOTO_EXTENSIONS, PhotoFolder
+from pipeline.data.text_files import read_text
 from pipeline.errors import DataError
 
 SPLITS = ("train", "test")
@@ -40,7 +42,8 @@ def _read_column(path: Path) -> pd.Series:
     if not path.is_file():
         raise DataError(f"missing CSV file: {path}")
     try:
-        frame = pd.read_csv(path, header=None, dtype=str, keep_default_na=False, skip_blank_lines=True)
+        frame = pd.read_csv(io.StringIO(read_text(path)), header=None, dtype=str, keep_default_na=False,
+                            skip_blank_lines=True)
     except pd.errors.EmptyDataError:
         raise DataError(f"CSV file is empty: {path}") from None
     except pd.errors.ParserError as exc:
@@ -113,6 +116,8 @@ def read_image_list(csv_path: str | Path, image_dir: str | Path) -> pd.DataFrame
     csv_path, photos = Path(csv_path), PhotoFolder(Path(image_dir).resolve())
     ids = _read_column(csv_path)
     ids, first_line = _drop_header(ids, _has_id_header(ids, photos))
+    if len(ids) == 0:
+        raise DataError(f"{csv_path} lists no image ids (a header alone)")
     return pd.DataFrame({"id": ids, "path": _existing_image_paths(ids, photos, csv_path, first_line)})
 
 

@@ -37,6 +37,7 @@ optionally, the columns ``patient``, ``split`` and ``gradable`` in any order::
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ from pipeline.catalog import LAYOUTS, NUM_GRADES
 from pipeline.data.eyepacs import SPLITS as LABS_SPLITS
 from pipeline.data.eyepacs import _check_plain_id, _is_integer_text, patient_of, read_split, resolve_image_dir
 from pipeline.data.photos import PHOTO_EXTENSIONS, PhotoFolder, is_photo_file
+from pipeline.data.text_files import read_text
 from pipeline.errors import ConfigError, DataError
 
 __all__ = ["COLUMNS", "LAYOUTS", "LayoutData", "UNGRADED", "read_layout"]
@@ -183,7 +185,7 @@ def _read_table(path: Path, layout: str, columns: Sequence[str], optional: Seque
     """
     _require_file(path, layout)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as file:
+        with io.StringIO(read_text(path), newline="") as file:
             reader = csv.reader(file, delimiter=delimiter)
             header = [name.strip() for name in next(reader, [])]
             if not {name.strip() for name in columns} <= set(header):
@@ -195,7 +197,7 @@ def _read_table(path: Path, layout: str, columns: Sequence[str], optional: Seque
                 if any(value.strip() for value in fields):
                     values = dict(zip(header, (value.strip() for value in fields)))
                     rows.append((reader.line_num, {name: values.get(name, "") for name in wanted}))
-    except (csv.Error, UnicodeDecodeError) as exc:
+    except csv.Error as exc:
         raise DataError(f"{path} could not be read as a CSV file: {exc}") from None
     return rows
 

@@ -75,6 +75,12 @@ EYES: tuple[str, str] = ("left", "right")
 EYEPACS_GRADE_SHARES: tuple[float, ...] = (0.735, 0.07, 0.15, 0.025, 0.02)
 UNIFORM_GRADE_SHARES: tuple[float, ...] = (0.2, 0.2, 0.2, 0.2, 0.2)
 
+
+def shares_in_percent(shares: Sequence[float]) -> str:
+    """``(0.735, 0.07, ...)`` -> ``73.5/7/15/2.5/2 %``: how help texts and the README write shares."""
+    return "/".join(f"{100 * share:g}" for share in shares) + " %"
+
+
 MIN_SIDE = 64
 # In real data the two eyes of a patient usually share a grade; this is the chance that the
 # second eye simply copies the first eye's grade instead of being drawn independently.

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.predict import list_inputs, predict_photos, write_predictions
+from pipeline.predict import check_output, list_inputs, predict_photos, write_predictions
 from pipeline.tracking import artifacts, registry, runs
 from pipeline.tracking.sink import metric_sink
 
 
 def run_predict(model_ref: str, source: str, output: str, batch_size: int = 32, num_workers: int = 0) -> pd.DataFrame:
     """Predictions for new photos, prepared exactly as training's (the processed cache's encoding)."""
+    check_output(output)
     uri = registry.model_uri_of(model_ref)
     loaded = registry.load_model(uri)
     runs.log_params({"model_uri": uri, "input": source, "output": output, "batch_size": batch_size})

@@ -66,15 +66,32 @@ def configure() -> str:
         require_reachable(uri)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
-    if run_id := os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` opened the run, in its experiment
-        experiment_id = client.get_run(run_id).info.experiment_id
-    elif not (experiment_id := os.environ.get("MLFLOW_EXPERIMENT_ID", "")):
-        # MLflow's own lookup of a name fails the run that loses a race to create it.
-        experiment_id = _experiment_id_creating_it(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
-        if not os.environ.get("MLFLOW_EXPERIMENT_NAME"):
-            mlflow.set_experiment(experiment_id=experiment_id)
-    _mark_as_model_development(experiment_id)
+    with _refusal_explained(uri):
+        if run_id := os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` opened the run, in its experiment
+            experiment_id = client.get_run(run_id).info.experiment_id
+        elif not (experiment_id := os.environ.get("MLFLOW_EXPERIMENT_ID", "")):
+            # MLflow's own lookup of a name fails the run that loses a race to create it.
+            experiment_id = _experiment_id_creating_it(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+            if not os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+                mlflow.set_experiment(experiment_id=experiment_id)
+        _mark_as_model_development(experiment_id)
     return mlflow.get_tracking_uri()
+
+
+@contextlib.contextmanager
+def _refusal_explained(uri: str) -> Iterator[None]:
+    """A server that refuses who we are (HTTP 401 or 403) is a user error, said in one line."""
+    try:
+        yield
+    except mlflow.exceptions.MlflowException as exc:
+        status = exc.get_http_status_code()
+        if status == 401:
+            raise ConfigError(f"the tracking server {uri} refused the request: not authenticated (HTTP 401); "
+                              "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
+        if status == 403:
+            raise ConfigError(f"the tracking server {uri} refused the request: this user lacks the permission "
+                              "(HTTP 403); ask its admin for it, or use another experiment") from None
+        raise
 
 
 def _experiment_id_creating_it(name: str) -> str:

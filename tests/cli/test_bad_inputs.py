@@ -1,7 +1,9 @@
 """Each bad input exits non-zero with a message naming the file, row or value, and a FAILED run."""
 
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -9,13 +11,14 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.cli import evaluate as evaluate_cli
 from pipeline.cli import main as main_cli
+from pipeline.cli import predict as predict_cli
 from pipeline.cli import preprocess as preprocess_cli
 from pipeline.cli import train as train_cli
 from pipeline.grading import Grader
 from pipeline.photo_grader import GraderSpec
 from pipeline.models import build_model
 from pipeline.tracking import registry, tags
-from tests.conftest import PROJECT_ROOT, subprocess_env
+from tests.conftest import PROJECT_ROOT, subprocess_env, tracking_store
 
 
 def rewrite_column(path, change):
@@ -92,6 +95,13 @@ def test_preprocess_rejects_bad_raw_data(case, raw_copy, tmp_path, sqlite_tracki
     (["--image_size", "128"], "image_size=128 is larger than every processed cache"),
     (["--epochs", "two"], "epochs='two' must be an integer"),
     (["--device", "cuda:0", "--image_size", "32"], "device='cuda:0' but CUDA is not available"),
+    (["--momentum", "-0.1"], "momentum=-0.1 must be a finite number in [0, 1)"),
+    (["--momentum", "1"], "momentum=1.0 must be a finite number in [0, 1)"),
+    (["--weight_decay", "-0.0005"], "weight_decay=-0.0005 must be a finite number in [0, inf)"),
+    (["--weight_decay", "nan"], "weight_decay=nan must be a finite number in [0, inf)"),
+    (["--rotation_degrees", "-5"], "rotation_degrees=-5.0 must be a finite number in [0, 180]"),
+    (["--rotation_degrees", "nan"], "rotation_degrees=nan must be a finite number in [0, 180]"),
+    (["--seed", "-1"], "seed=-1 must be an integer in [0, 4294967295]"),
 ])
 def test_train_rejects_bad_options(args, message, processed_dir, sqlite_tracking, capsys):
     code = train_cli.main(["--data_dir", str(processed_dir), "--epochs", "1", "--num_workers", "0",
@@ -107,6 +117,53 @@ def test_train_pretrained_without_weights_names_the_file(name, file, processed_d
                                      f"in the folder {empty_torch_home}/hub/checkpoints")
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
+def test_a_bad_photo_met_in_a_loader_worker_is_the_original_error(processed_dir, tmp_path, sqlite_tracking, capsys):
+    """train's default two workers: the error names the photo, not the worker and its traceback."""
+    data = Path(shutil.copytree(processed_dir / "64px", tmp_path / "data"))
+    manifest = pd.read_csv(data / "manifest.csv", dtype=str)
+    victim = data / manifest[manifest["split"] == "train"]["file"].iloc[0]
+    victim.write_bytes(b"not a jpeg")
+    code = train_cli.main(["--data_dir", str(data), "--image_size", "32", "--epochs", "1", "--num_workers", "2",
+                           "--bootstrap_resamples", "0", "--checkpoint_artifact", "false"])
+    run = assert_failed_with(capsys, code, f"image {victim} is corrupt, truncated or not an image")
+    assert "DataLoader worker" not in run.data.tags[tags.ERROR] and "Traceback" not in run.data.tags[tags.ERROR]
+
+
+def test_preprocess_rejects_a_negative_seed(raw_dir, tmp_path, sqlite_tracking, capsys):
+    code = preprocess_cli.main(["--raw_dir", str(raw_dir), "--data_dir", str(tmp_path / "out"), "--seed", "-3"])
+    assert_failed_with(capsys, code, "seed=-3 must be an integer in [0, 4294967295]")
+
+
+@pytest.fixture
+def a_grader(monkeypatch):
+    """Any model URI loads a scratch resnet18 grader (the tests below fail before or around grading)."""
+    loaded = registry.LoadedModel(Grader(build_model("resnet18", pretrained=False), GraderSpec("resnet18", 32, 64)),
+                                  "models:/m-1", None, None)
+    monkeypatch.setattr(registry, "load_model", lambda uri: loaded)
+
+
+def test_predict_rejects_an_id_csv_with_a_header_alone(raw_dir, tmp_path, sqlite_tracking, a_grader, capsys):
+    ids = tmp_path / "ids.csv"
+    ids.write_text("image\n")
+    shutil.copytree(raw_dir / "images", tmp_path / "images")
+    code = predict_cli.main(["--model_uri", "models:/m-1", "--input", str(ids), "--output", str(tmp_path / "p.csv")])
+    assert_failed_with(capsys, code, f"{ids} lists no image ids (a header alone)")
+
+
+@pytest.mark.parametrize("output, message", [
+    ("a_folder", "output='{out}' is a folder; name a CSV file"),
+    ("a_file/p.csv", "output='{out}' cannot be written: {tmp}/a_file is not a writable folder"),
+])
+def test_predict_rejects_an_output_it_cannot_write(output, message, raw_dir, tmp_path, sqlite_tracking, a_grader,
+                                                   capsys):
+    (tmp_path / "a_folder").mkdir()
+    (tmp_path / "a_file").write_text("not a folder")
+    out = tmp_path / output
+    code = predict_cli.main(["--model_uri", "models:/m-1", "--input", str(raw_dir / "images"), "--output", str(out)])
+    assert_failed_with(capsys, code, message.format(out=out, tmp=tmp_path))
+
+
 def test_main_fails_fast_before_training_when_weights_are_missing(raw_dir, tmp_path, sqlite_tracking, empty_torch_home, capsys):
     code = main_cli.main(["--config", str(PROJECT_ROOT / "experiments" / "tiny.yaml"), "--raw_dir", str(raw_dir),
                           "--data_dir", str(tmp_path / "data")])
@@ -117,8 +174,9 @@ def test_main_fails_fast_before_training_when_weights_are_missing(raw_dir, tmp_p
     assert not (tmp_path / "data").exists()  # failed before preprocessing, let alone training
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 def test_real_process_exits_non_zero_and_marks_the_run_failed(processed_dir, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_store(tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.cli.train", "--data_dir", str(processed_dir), "--model", "resnet101"],
         cwd=tmp_path, env=subprocess_env(MLFLOW_TRACKING_URI=uri, MLFLOW_EXPERIMENT_NAME="tests"),
@@ -132,6 +190,7 @@ def test_real_process_exits_non_zero_and_marks_the_run_failed(processed_dir, tmp
     assert run.info.status == "FAILED"
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 def test_on_bad_image_skip_records_what_it_left_out(raw_copy, tmp_path, sqlite_tracking, capsys):
     victim = sorted((raw_copy / "images").iterdir())[0]
     victim.write_bytes(b"not a jpeg")

@@ -11,14 +11,14 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import subprocess_env
+from tests.conftest import subprocess_env, tracking_store
 
 pytestmark = pytest.mark.slow  # a training in a process of its own
 
 
 @pytest.mark.parametrize("stop, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_stopped_train_ends_killed_with_a_hint(stop, code, processed_dir, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_store(tmp_path)
     command = [sys.executable, "-m", "pipeline.cli.train", "--data_dir", str(processed_dir), "--image_size", "32",
                "--epochs", "200", "--batch_size", "8", "--num_workers", "0", "--bootstrap_resamples", "0",
                "--checkpoint_artifact", "false", "--checkpoint_dir", str(tmp_path / "checkpoints")]

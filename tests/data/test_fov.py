@@ -160,6 +160,7 @@ def synthetic_sizes(tmp_path_factory):
     return layouts
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 @pytest.mark.parametrize("size", [(128, 96), (300, 200), (512, 384)])
 def test_synthetic_photos_agree_with_the_drawn_field_and_with_the_old_rule_where_it_was_right(synthetic_sizes, size):
     root = synthetic_sizes[size]
@@ -178,6 +179,7 @@ def test_synthetic_photos_agree_with_the_drawn_field_and_with_the_old_rule_where
     assert old_right >= len(drawn) // 4  # the comparison is not vacuous
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 def test_every_defect_the_generator_draws_is_found(tmp_path):
     generate_eyepacs_layout(tmp_path, train_patients=24, test_patients=2, size=(512, 384),
                             grade_shares=UNIFORM_GRADE_SHARES, seed=5, defects=1.0)

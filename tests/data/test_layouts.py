@@ -27,7 +27,7 @@ from pipeline.data.layouts import COLUMNS, LAYOUTS, read_layout
 from pipeline.data.synthetic import UNIFORM_GRADE_SHARES, UNLABELLED, generate_layout
 from pipeline.errors import ConfigError, DataError
 from pipeline.tracking import tags
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, tracking_store
 
 SIZE = (128, 96)
 TRAIN_PATIENTS, TEST_PATIENTS = 4, 2
@@ -371,10 +371,10 @@ def test_the_generate_entry_point_takes_a_layout():
 
 
 @pytest.fixture(scope="module")
-def tracking_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def module_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One embedded store for the module's entry-point runs (each test its own experiment)."""
     root = tmp_path_factory.mktemp("tracking")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = tracking_store(root)
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         monkeypatch.chdir(root)  # the store's artifacts (./mlruns) land here
@@ -383,21 +383,21 @@ def tracking_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     mlflow.set_tracking_uri(None)
 
 
-def run_preprocess_cli(tracking_store: str, experiment: str, root: Path, layout: str, out: Path,
+def run_preprocess_cli(store: str, experiment: str, root: Path, layout: str, out: Path,
                        monkeypatch: pytest.MonkeyPatch) -> tuple[int, Run]:
     """``preprocess`` on ``root`` as ``layout`` at 32 px, in an experiment of its own: its exit code and run."""
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
     code = preprocess_cli.main(["--raw_dir", str(root), "--layout", layout, "--data_dir", str(out), "--image_size", "32",
                                 "--num_workers", "1", "--val_fraction", "0.25"])
-    client = MlflowClient(tracking_store)
+    client = MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     return code, run
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_preprocess_reads_each_layout_as_the_generator_wrote_it(written, tracking_store, tmp_path, monkeypatch, layout):
+def test_preprocess_reads_each_layout_as_the_generator_wrote_it(written, module_store, tmp_path, monkeypatch, layout):
     root, record = written[layout]
-    code, run = run_preprocess_cli(tracking_store, f"read-{layout}", root, layout, tmp_path / "out", monkeypatch)
+    code, run = run_preprocess_cli(module_store, f"read-{layout}", root, layout, tmp_path / "out", monkeypatch)
     assert code == 0 and run.info.status == "FINISHED" and run.data.params["layout"] == layout
     cache = next((tmp_path / "out").iterdir())
     manifest = pd.read_csv(cache / "manifest.csv", dtype={"id": str, "patient": str})
@@ -423,7 +423,7 @@ def test_preprocess_reads_each_layout_as_the_generator_wrote_it(written, trackin
     assert sum(metadata["ungradable"].values()) == int((~written_photos["gradable"]).sum())
 
 
-def test_an_external_set_is_every_photo_a_test_photo(written, tracking_store, tmp_path, monkeypatch):
+def test_an_external_set_is_every_photo_a_test_photo(written, module_store, tmp_path, monkeypatch):
     root, record = written["messidor2"]
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "external")
     assert preprocess_cli.main(["--raw_dir", str(root), "--layout", "messidor2", "--role", "external", "--data_dir",
@@ -435,11 +435,11 @@ def test_an_external_set_is_every_photo_a_test_photo(written, tracking_store, tm
 
 
 @pytest.mark.parametrize("layout, damage", DAMAGED)
-def test_preprocess_exits_2_naming_the_bad_input_and_fails_its_run(written, tracking_store, tmp_path, monkeypatch, capsys,
+def test_preprocess_exits_2_naming_the_bad_input_and_fails_its_run(written, module_store, tmp_path, monkeypatch, capsys,
                                                                    layout, damage):
     root = copy_of(written, layout, tmp_path)
     message = DAMAGES[damage](root, layout)
-    code, run = run_preprocess_cli(tracking_store, f"{layout}-{damage}", root, layout, tmp_path / "out", monkeypatch)
+    code, run = run_preprocess_cli(module_store, f"{layout}-{damage}", root, layout, tmp_path / "out", monkeypatch)
     assert code == 2
     assert re.search(message, capsys.readouterr().err)
     assert run.info.status == "FAILED" and re.search(message, run.data.tags[tags.ERROR])

@@ -83,6 +83,7 @@ def test_interrupted_preprocess_leaves_no_dataset(raw_copy, tmp_path, monkeypatc
     assert list(target.iterdir()) == []  # no 32px dataset and no partial folder left behind
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 def test_failed_rebuild_keeps_the_previous_dataset(raw_copy, tmp_path):
     target = tmp_path / "processed"
     preprocess(raw_copy, target, image_size=32, num_workers=1)
@@ -95,6 +96,7 @@ def test_failed_rebuild_keeps_the_previous_dataset(raw_copy, tmp_path):
     assert [p.name for p in target.iterdir()] == ["32px"]
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 def test_each_size_is_its_own_cache(raw_copy, tmp_path):
     target = tmp_path / "processed"
     preprocess(raw_copy, target, image_size=32, num_workers=1)
@@ -104,6 +106,7 @@ def test_each_size_is_its_own_cache(raw_copy, tmp_path):
     assert json.loads((cache_dir(target, 48) / METADATA).read_text())["image_size"] == 48
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 def test_rerun_reuses_unchanged_outputs_and_redoes_changed_ones(raw_copy, tmp_path):
     target = tmp_path / "processed"
     first = preprocess(raw_copy, target, image_size=32, num_workers=1)
@@ -145,6 +148,7 @@ def test_skip_policy_still_fails_when_too_many_are_bad(raw_copy, tmp_path):
     assert not cache_dir(tmp_path / "out", 32).exists()
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 def test_enhance_has_a_cache_of_its_own_and_train_picks_the_requested_one(raw_dir, tmp_path):
     target = tmp_path / "processed"
     plain = preprocess(raw_dir, target, image_size=32, num_workers=1)
@@ -206,6 +210,7 @@ def test_a_photo_without_a_fundus_is_named_or_skipped(raw_copy, tmp_path):
     assert "not a fundus photograph" in summary["skipped_images"][0]["reason"]
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 def test_a_cache_of_the_old_format_is_rebuilt_not_reused(raw_copy, tmp_path):
     target = tmp_path / "processed"
     preprocess(raw_copy, target, image_size=32, num_workers=1)

@@ -204,6 +204,7 @@ def _quantization_at(quality: int, subsampling: str = "4:2:0") -> dict:
     return Image.open(buffer).quantization
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 def test_camera_sized_photos_are_written_as_a_camera_writes_them(tmp_path: Path) -> None:
     """Sensor noise and q95 with 4:2:2 chroma: real-sized files, so benchmarks decode what users will."""
     photo = render_fundus(2, "left", (2592, 1944), np.random.default_rng(0))

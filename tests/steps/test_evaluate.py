@@ -26,6 +26,7 @@ CUT_POINTS = (1.9, 2.0, 2.1, 2.2)  # near the expected grade of an untrained net
 FUSE_WEIGHT = 0.4
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 def test_evaluate_fuses_each_eye_with_its_fellow_and_decides_by_the_cut_points(processed_dir, raw_dir, sqlite_tracking,
                                                                                tmp_path):
     torch.manual_seed(3)
@@ -74,6 +75,7 @@ def test_the_check_is_scored_against_a_datasets_own_gradability_labels():
     assert metrics["test_accuracy"] == pytest.approx(1.0) and metrics["test_all_accuracy"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 def test_photos_labelled_ungradable_that_hold_no_fundus_are_kept_and_refused(sqlite_tracking, tmp_path):
     """A set's ungradable photos may be too poor for a field of view to be found, or unreadable:
     preprocess keeps them (as the grader would refuse them) instead of stopping, a rerun reuses

@@ -31,6 +31,7 @@ def fixed_grader(probabilities: list[float], threshold: float, cut_points: tuple
     ([0.10, 0.30, 0.25, 0.20, 0.15], 0.5, (0.4, 1.9, 2.1, 3.0), 2, 0.60, True),
     ([0.10, 0.30, 0.25, 0.20, 0.15], 0.5, (0.4, 1.9, 2.0, 3.0), 3, 0.60, True),  # reaching a cut point counts
 ])
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 def test_predict_columns_from_a_known_grader(probabilities, threshold, cut_points, grade, p_referable, referable,
                                              raw_dir, sqlite_tracking, tmp_path):
     photo = next((raw_dir / "images").iterdir()).read_bytes()

@@ -19,7 +19,7 @@ from pipeline.search_space import load_space
 from pipeline.steps import sweep as sweep_step
 from pipeline.steps.sweep import RUN_ID, log_best, open_study, pruning_hook, record_trial_state, trial_objective
 from pipeline.tracking import runs, tags
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, tracking_store
 
 SPACE = PROJECT_ROOT / "experiments" / "sweeps" / "recipe.yaml"
 
@@ -70,6 +70,7 @@ def test_the_median_pruner_waits_for_the_startup_trials_and_the_warmup_epochs(tm
     assert behind_at_epoch_2()
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 def test_a_pruned_trial_ends_killed_with_its_epochs_logged_and_its_checkpoint_gone(sqlite_tracking, processed_dir,
                                                                                   tmp_path):
     base = tiny_train(processed_dir, tmp_path, epochs=2, checkpoint_artifact=True)
@@ -128,7 +129,7 @@ def resumed_sweep(processed_dir, tmp_path_factory):
     """A sweep of 1 trial, continued to 2; a sweep killed mid-trial; the sweep again (nothing to run); and
     the study with another metric."""
     root = tmp_path_factory.mktemp("sweep")
-    uri, storage = f"sqlite:///{root / 'mlflow.db'}", f"sqlite:///{root / 'optuna.db'}"
+    uri, storage = tracking_store(root), f"sqlite:///{root / 'optuna.db'}"
     train = tiny_train(processed_dir, root)
     args = ["--storage", storage, "--study_name", STUDY, "--space", str(SPACE), "--data_dir", train.data_dir,
             "--image_size", "32", "--epochs", "1", "--batch_size", "8", "--num_workers", "0",
@@ -171,6 +172,7 @@ def nested_runs(client: MlflowClient, parent) -> list:
                               filter_string=f"tags.`{tags.PARENT_RUN}` = '{parent.info.run_id}'")
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 def test_a_continued_sweep_runs_only_the_missing_trials(resumed_sweep):
     codes, client, study, _ = resumed_sweep
     assert codes[:3] == [0, 0, 0]
@@ -182,6 +184,7 @@ def test_a_continued_sweep_runs_only_the_missing_trials(resumed_sweep):
         assert run.info.status == "FINISHED" and run.data.tags[tags.TRIAL] == str(trial.number)
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 def test_a_killed_sweeps_trial_is_failed_with_its_run(resumed_sweep):
     _, client, study, killed_run = resumed_sweep
     assert study.trials[2].user_attrs[RUN_ID] == killed_run
@@ -189,12 +192,14 @@ def test_a_killed_sweeps_trial_is_failed_with_its_run(resumed_sweep):
     assert run.info.status == "FAILED" and run.data.tags[tags.TRIAL_STATE] == "FAIL"
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 def test_a_continued_study_draws_values_of_its_own(resumed_sweep):
     """Not the first sweep's first draws again, as a sampler seeded alike would give."""
     _, _, study, _ = resumed_sweep
     assert study.trials[1].params != study.trials[0].params
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 def test_a_continued_sweep_sums_up_the_whole_study(resumed_sweep):
     _, client, study, _ = resumed_sweep
     last = sweep_runs(client)[2]
@@ -211,6 +216,7 @@ def test_a_continued_sweep_sums_up_the_whole_study(resumed_sweep):
     assert all(t.user_attrs[RUN_ID][:8] in note for t in study.trials)
 
 
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
 def test_a_study_refuses_another_metric(resumed_sweep):
     codes, client, _, _ = resumed_sweep
     assert codes[3] == 2

@@ -5,10 +5,19 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
+from pipeline.calibration import calibrate, fit_temperature
 from pipeline.cli import evaluate as evaluate_cli
 from pipeline.cli import train as train_cli
+from pipeline.data.dataset import ProcessedDataset
+from pipeline.data.preprocess import preprocess
+from pipeline.data.synthetic import UNIFORM_GRADE_SHARES, generate_eyepacs_layout
+from pipeline.decision import fit_cut_points, fit_fuse_weight
+from pipeline.metrics import operating_threshold
+from pipeline.models import build_model
 from pipeline.tracking import registry
 
 FIELD_RECIPE = ["--head", "ordinal", "--decision", "kappa_thresholds", "--fuse_eyes", "true", "--tta", "flips",
@@ -18,13 +27,19 @@ FIELD_RECIPE = ["--head", "ordinal", "--decision", "kappa_thresholds", "--fuse_e
 pytestmark = pytest.mark.slow  # a training and an evaluation, ~10 s
 
 
-def test_the_field_recipes_decision_travels_with_its_grader(sqlite_tracking, processed_dir, tmp_path):
-    assert train_cli.main(["--data_dir", str(processed_dir), "--image_size", "32", "--epochs", "2",
+def train_the_field_recipe(data, epochs: int, tmp_path):
+    """The field's recipe trained in this process at 32 px, fp32; the client and its one run."""
+    assert train_cli.main(["--data_dir", str(data), "--image_size", "32", "--epochs", str(epochs),
                            "--batch_size", "8", "--num_workers", "0", "--bootstrap_resamples", "0",
                            "--precision", "fp32", "--checkpoint_artifact", "false",
                            "--checkpoint_dir", str(tmp_path / "checkpoints"), *FIELD_RECIPE]) == 0
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    return client, run
+
+
+def test_the_field_recipes_decision_travels_with_its_grader(sqlite_tracking, processed_dir, tmp_path):
+    client, run = train_the_field_recipe(processed_dir, 2, tmp_path)
     metrics, params = run.data.metrics, run.data.params
     assert run.info.status == "FINISHED"
     assert (params["head"], params["decision"], params["fuse_eyes"]) == ("ordinal", "kappa_thresholds", "true")
@@ -45,3 +60,56 @@ def test_the_field_recipes_decision_travels_with_its_grader(sqlite_tracking, pro
     for name in ("accuracy", "kappa", "referable_auc", "referable_sensitivity", "referable_specificity"):
         expected, got = run.data.metrics[f"selected_test_{name}"], evaluation.data.metrics[f"test_{name}"]
         assert got == pytest.approx(expected, abs=1e-6) or (np.isnan(got) and np.isnan(expected)), name
+
+
+@pytest.fixture(scope="module")
+def pinned_dataset(tmp_path_factory):
+    """Enough validation patients (20, both eyes each, every grade) that the fitted decision is not
+    degenerate: cut points found, a fellow-eye weight above 0 (the test below checks both; the
+    generator's seed is pinned to one where that holds)."""
+    root = tmp_path_factory.mktemp("pinned")
+    generate_eyepacs_layout(root / "raw", train_patients=40, test_patients=4, size=(128, 96),
+                            grade_shares=UNIFORM_GRADE_SHARES, seed=3)
+    preprocess(root / "raw", root / "data", image_size=64, val_fraction=0.5, seed=0, num_workers=1)
+    return root / "data" / "64px"
+
+
+def by_hand_tta_probabilities(network: torch.nn.Module, data, rows, image_size: int) -> np.ndarray:
+    """The network's grade probabilities on ``rows``' cache images, resized and normalised here,
+    averaged over the four flips (``tta=flips``), without the grader's code."""
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    images = []
+    for file in rows["file"]:
+        with Image.open(data / file) as photo:
+            small = photo.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
+        images.append(torch.from_numpy(np.asarray(small, dtype=np.float32) / 255).permute(2, 0, 1))
+    batch = (torch.stack(images) - mean) / std
+    with torch.no_grad():
+        views = [batch, batch.flip(-1), batch.flip(-2), batch.flip(-2, -1)]
+        return np.mean([torch.exp(network(view)).double().numpy() for view in views], axis=0)  # ordinal: log-probabilities
+
+
+def test_train_fits_its_decision_on_the_selected_epochs_validation_outputs(sqlite_tracking, pinned_dataset, tmp_path):
+    """best_model.pt rerun on validation by hand: the temperature, cut points, operating point and
+    fellow eye's weight fitted from those outputs are the ones the run logged."""
+    client, run = train_the_field_recipe(pinned_dataset, 3, tmp_path)
+    metrics = run.data.metrics
+    assert metrics["selected_val_ungradable_fraction"] == 0  # pinned: every validation photo enters the fit
+    weights = torch.load(client.download_artifacts(run.info.run_id, "checkpoints/best_model.pt", str(tmp_path)),
+                         weights_only=True)
+    network = build_model("resnet18", pretrained=False, head="ordinal")
+    network.load_state_dict(weights)
+    network.eval()
+
+    val = ProcessedDataset(pinned_dataset).split("val")
+    targets, patients = val["grade"].to_numpy(), val["patient"].to_numpy()
+    probabilities = by_hand_tta_probabilities(network, pinned_dataset, val, 32)
+    temperature = fit_temperature(targets, probabilities)
+    assert temperature == pytest.approx(metrics["temperature"], rel=1e-3)
+    calibrated = calibrate(probabilities, metrics["temperature"])
+    cuts = fit_cut_points(targets, calibrated)
+    assert cuts is not None  # pinned: not NaN
+    assert list(cuts) == pytest.approx([metrics[f"threshold_{k}"] for k in range(1, 5)], abs=1e-4)
+    assert operating_threshold(targets, calibrated, 0.9) == pytest.approx(metrics["referable_threshold"], abs=1e-4)
+    weight = fit_fuse_weight(targets, calibrated, patients, cuts)
+    assert weight > 0 and weight == pytest.approx(metrics["fuse_weight"])  # pinned: not 0
