@@ -68,7 +68,9 @@ def test_basic_auth_refuses_anonymous_and_admits_a_user(auth_server, processed_d
                                              "--checkpoint_dir", str(tmp_path)),
                                cwd=PROJECT_ROOT, env=subprocess_env(MLFLOW_TRACKING_URI=auth_server),
                                capture_output=True, text=True, timeout=300)
-    assert anonymous.returncode != 0 and "401" in anonymous.stderr
+    assert anonymous.returncode == 2 and "Traceback" not in anonymous.stderr, anonymous.stderr[-3000:]
+    assert (f"error: the tracking server {auth_server} refused the request: not authenticated (HTTP 401); set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") in anonymous.stderr
 
     credentials = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
     admitted = subprocess.run(train_command(processed_dir, "resnet18", "false", "--epochs", "1",
