@@ -509,11 +509,6 @@ def validate_study_config(cfg: StudyConfig) -> None:
             raise ConfigError(f"per_model names {model!r}, which is not one of the study's models "
                               f"({', '.join(cfg.models)})")
     for recipe in cfg.recipes:
-        for model in cfg.models:
-            try:
-                validate_train_config(model_train_config(recipe_train_config(cfg.train, recipe), model, cfg.per_model))
-            except ConfigError as exc:
-                raise ConfigError(f"per_model[{model}] with recipes[{recipe.name}]: {exc}") from None
         train = recipe_train_config(cfg.train, recipe)
         try:
             validate_train_config(train)
@@ -523,6 +518,12 @@ def validate_study_config(cfg: StudyConfig) -> None:
             # The study preprocesses one cache, of preprocess.enhance: another would not exist.
             raise ConfigError(f"recipes[{recipe.name}] trains on enhance={train.enhance!r} but the study preprocesses "
                               f"enhance={cfg.preprocess.enhance!r}; set enhance for the whole study (-P enhance=...)")
+        # A sound recipe may still be spoilt for one depth by that depth's own values.
+        for model in cfg.per_model:
+            try:
+                validate_train_config(model_train_config(train, model, cfg.per_model))
+            except ConfigError as exc:
+                raise ConfigError(f"per_model[{model}] with recipes[{recipe.name}]: {exc}") from None
 
 
 def recipe_train_config(train: TrainConfig, recipe: RecipeConfig) -> TrainConfig:

@@ -15,17 +15,7 @@ from pipeline.decision import (
     fuse_eyes,
     predicted_grades,
     quadratic_kappa,
-    search_kappa,
 )
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_the_searchs_kappa_is_sklearns(seed):
-    rng = np.random.default_rng(seed)
-    targets, grades = rng.integers(0, 5, size=50), rng.integers(0, 5, size=50)
-    grades[:25] = targets[:25]
-    assert search_kappa(targets, grades) == pytest.approx(quadratic_kappa(targets, grades), abs=1e-12)
-    assert search_kappa(targets, np.zeros(50, dtype=int)) == quadratic_kappa(targets, np.zeros(50, dtype=int)) == 0.0
 
 
 def test_cut_points_count_the_cuts_the_expected_grade_reaches():

@@ -311,7 +311,7 @@ def test_the_mlflow_ui_shows_the_training_runs_and_the_study_runs_comparison(stu
 
 
 def test_gradcam_artifact_is_the_champions_gradcam_of_its_photos(study, mlflow_server, monkeypatch, tmp_path):
-    client, runs, _, _ = study
+    client, runs, _, checkpoints = study
     version = client.get_model_version_by_alias("dr-resnet", "champion")
     names = {a.path for a in client.list_artifacts(version.run_id, "gradcam")}
     assert names == {"gradcam/test_gradcam.png", "gradcam/test_gradcam.npz"}
@@ -327,16 +327,12 @@ def test_gradcam_artifact_is_the_champions_gradcam_of_its_photos(study, mlflow_s
         grader = registry.load_model("models:/dr-resnet@champion").grader
     finally:
         mlflow.set_tracking_uri(None)
-    cache = ProcessedDataset(checkpoints_of(study).parent / "processed" / "64px")
+    cache = ProcessedDataset(checkpoints.parent / "processed" / "64px")
     rows = cache.split("test").set_index("id").loc[arrays["ids"]].reset_index()
     dataset = FundusDataset(cache.root, rows, EvalPreset(32))
     images = normalize_batch(torch.stack([dataset[i][0] for i in range(len(rows))]))
     recomputed = grad_cam(grader.network, images, last_conv_stage(grader.network)).numpy()
     assert np.abs(recomputed - heatmaps).max() < 1e-4
-
-
-def checkpoints_of(study) -> Path:
-    return study[3]
 
 
 def test_the_champions_test_metrics_are_its_predictions(study, tmp_path):

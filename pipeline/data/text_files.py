@@ -36,5 +36,5 @@ def read_text(path: str | Path) -> str:
         if encoding != FALLBACK_ENCODINGS[0]:
             log.info("%s is not UTF-8; read it as %s", path, encoding)
         return text
-    raise DataError(f"{path} is not text in any encoding tried ({', '.join(('utf-8-sig', 'utf-16') + FALLBACK_ENCODINGS)}); "
-                    "save it as UTF-8")
+    tried = [*dict.fromkeys(encoding for _, encoding in _MARKS), *FALLBACK_ENCODINGS]
+    raise DataError(f"{path} is not text in any encoding tried ({', '.join(tried)}); save it as UTF-8")

@@ -62,7 +62,7 @@ def configure() -> str:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
-    if uri.startswith(("http://", "https://")):
+    if _served(uri):
         require_reachable(uri)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
@@ -297,9 +297,7 @@ def run_url(run_id: str) -> str:
 def run_link(run: Run | None = None) -> str:
     """The run's page in the tracking UI (the active run by default)."""
     run = run or mlflow.active_run()
-    uri = mlflow.get_tracking_uri()
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
-    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}{UI_VIEW}"
+    return f"{_ui_base()}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}{UI_VIEW}"
 
 
 def artifact_url(run_id: str, artifact_path: str) -> str:
@@ -307,9 +305,14 @@ def artifact_url(run_id: str, artifact_path: str) -> str:
     return run_url(run_id).removesuffix(UI_VIEW) + f"/artifactPath/{artifact_path}{UI_VIEW}"
 
 
+def _served(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
 def _ui_base() -> str:
+    """Where the tracking UI is: the tracking server itself, else a local `mlflow ui`."""
     uri = mlflow.get_tracking_uri()
-    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return uri.rstrip("/") if _served(uri) else LOCAL_UI
 
 
 def model_version_url(name: str, version: str) -> str:
@@ -331,6 +334,5 @@ def artifact_location(run_id: str, artifact_path: str) -> str:
 def tracking_ui_hint() -> str:
     """How to look at this experiment's runs in the MLflow UI."""
     uri = mlflow.get_tracking_uri()
-    served = uri.startswith(("http://", "https://"))
-    page = f"{uri.rstrip('/') if served else LOCAL_UI}/#/experiments/{experiment_ids()[0]}/runs{UI_VIEW}"
-    return f"open {page}" if served else f"run `mlflow ui --backend-store-uri {uri}` and open {page}"
+    page = f"{_ui_base()}/#/experiments/{experiment_ids()[0]}/runs{UI_VIEW}"
+    return f"open {page}" if _served(uri) else f"run `mlflow ui --backend-store-uri {uri}` and open {page}"

@@ -12,7 +12,7 @@ from PIL import Image
 from pipeline.calibration import calibrate, fit_temperature
 from pipeline.cli import evaluate as evaluate_cli
 from pipeline.cli import train as train_cli
-from pipeline.data.dataset import ProcessedDataset
+from pipeline.data.dataset import IMAGENET_MEAN, IMAGENET_STD, ProcessedDataset
 from pipeline.data.preprocess import preprocess
 from pipeline.data.synthetic import UNIFORM_GRADE_SHARES, generate_eyepacs_layout
 from pipeline.decision import fit_cut_points, fit_fuse_weight
@@ -77,7 +77,7 @@ def pinned_dataset(tmp_path_factory):
 def by_hand_tta_probabilities(network: torch.nn.Module, data, rows, image_size: int) -> np.ndarray:
     """The network's grade probabilities on ``rows``' cache images, resized and normalised here,
     averaged over the four flips (``tta=flips``), without the grader's code."""
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     images = []
     for file in rows["file"]:
         with Image.open(data / file) as photo:
