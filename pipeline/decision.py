@@ -38,7 +38,7 @@ def quadratic_kappa(targets: np.ndarray, grades: np.ndarray) -> float:
 
 
 # (i - j)^2 for true grade i and decided grade j: QWK's disagreement weights.
-_QUADRATIC_WEIGHTS = (np.arange(NUM_GRADES)[:, None] - np.arange(NUM_GRADES)[None, :]) ** 2
+QUADRATIC_WEIGHTS = (np.arange(NUM_GRADES)[:, None] - np.arange(NUM_GRADES)[None, :]) ** 2
 
 
 def expected_grade(probabilities: np.ndarray) -> np.ndarray:
@@ -95,8 +95,8 @@ def best_cut_points(targets: np.ndarray, expected: np.ndarray) -> CutPoints:
     values, group = np.unique(expected, return_inverse=True)
     true_counts = np.zeros((len(values), NUM_GRADES))
     np.add.at(true_counts, (group, targets), 1)
-    observed = true_counts @ _QUADRATIC_WEIGHTS  # (group, decided grade): the group's O if decided so
-    chance_weight = np.bincount(targets, minlength=NUM_GRADES) @ _QUADRATIC_WEIGHTS / len(targets)
+    observed = true_counts @ QUADRATIC_WEIGHTS  # (group, decided grade): the group's O if decided so
+    chance_weight = np.bincount(targets, minlength=NUM_GRADES) @ QUADRATIC_WEIGHTS / len(targets)
     chance = true_counts.sum(axis=1, keepdims=True) * chance_weight  # the group's E if decided so
     rows = np.arange(len(values))
     grades = np.searchsorted(MIDPOINT_CUTS, values, side="right")

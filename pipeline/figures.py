@@ -38,7 +38,8 @@ def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     """The figure as PNG bytes; the figure is closed so long report runs do not pile them up."""
     buffer = io.BytesIO()
     try:
-        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+        # Every figure is laid out "constrained", so it fits its canvas: no second, "tight" draw.
+        fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
     finally:
         plt.close(fig)
     return buffer.getvalue()

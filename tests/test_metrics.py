@@ -8,12 +8,14 @@ from pipeline.metrics import (
     all_metrics,
     bootstrap_intervals,
     classification_metrics,
+    each_resample,
     confusion_matrices,
     epoch_metrics,
     metrics_with_intervals,
     operating_threshold,
     per_grade_metrics,
     referable_metrics,
+    resampled_all_metrics,
 )
 
 
@@ -185,6 +187,52 @@ def test_bootstrap_narrows_with_more_data():
 
     # Width goes as 1/sqrt(n): 16x the images should give about a quarter of the width.
     assert width(1600) < 0.5 * width(100)
+
+
+def rounded_predictions(n, seed, decimals):
+    """``noisy_predictions`` rounded to ``decimals`` (many tied scores), renormalised."""
+    targets, probabilities = noisy_predictions(n, seed)
+    probabilities = np.round(probabilities, decimals) + 1e-3
+    return targets, probabilities / probabilities.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("n, seed, decimals, cut_points, threshold", [
+    (40, 0, 1, None, 0.5),  # ties everywhere: the AUC's half credit and the calls at the threshold
+    (12, 1, 2, None, 0.3),  # resamples without some grades, or without a referable eye
+    (200, 2, 6, (0.6, 1.5, 2.4, 3.3), 0.45),  # grades cut on the expected grade
+    (5, 3, 1, None, 0.5),  # five images: resamples of one grade, where kappa is undefined
+])
+def test_every_resample_at_once_gives_all_metrics_of_each_resample(n, seed, decimals, cut_points, threshold):
+    """The bootstrap's vectorised metrics against scikit-learn's, called on every resample's images."""
+    targets, probabilities = rounded_predictions(n, seed, decimals)
+    draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=60)
+    at_once = resampled_all_metrics(targets, probabilities, draws, threshold=threshold, cut_points=cut_points)
+    one_by_one = each_resample(lambda t, p: all_metrics(t, p, threshold, cut_points))(targets, probabilities, draws)
+    assert set(at_once) == set(one_by_one) == set(all_metrics(targets, probabilities))
+    for name, expected in one_by_one.items():
+        np.testing.assert_allclose(at_once[name], expected, rtol=1e-12, atol=1e-12, err_msg=name)
+    undefined = {name for name, values in one_by_one.items() if np.isnan(values).any()}
+    if n <= 12:  # the small sets reach the undefined cases this test is for
+        assert {"referable_auc", "kappa"} & undefined, undefined
+
+
+def test_non_finite_scores_leave_the_auc_undefined_in_every_resample():
+    targets, probabilities = noisy_predictions(30, seed=4)
+    probabilities[3] = np.nan
+    draws = np.random.default_rng(0).multinomial(30, np.full(30, 1 / 30), size=20)
+    assert np.isnan(resampled_all_metrics(targets, probabilities, draws)["referable_auc"]).all()
+
+
+@pytest.mark.slow  # over the quick loop's budget (pyproject.toml)
+def test_intervals_of_all_metrics_are_the_same_at_once_or_one_by_one():
+    targets, probabilities = noisy_predictions(80, seed=5)
+    patients = np.arange(80) // 2
+    one_by_one = bootstrap_intervals(targets, probabilities, groups=patients, n_resamples=200, seed=3)
+    at_once = bootstrap_intervals(targets, probabilities, groups=patients, n_resamples=200, seed=3,
+                                  resampled_fn=resampled_all_metrics)
+    assert set(at_once) == set(one_by_one)
+    for name in one_by_one:
+        assert at_once[name] == pytest.approx(one_by_one[name], abs=1e-12), name
 
 
 def recording_metric(log):
