@@ -22,8 +22,11 @@ def test_a_stopped_train_ends_killed_with_a_hint(stop, code, processed_dir, tmp_
     command = [sys.executable, "-m", "pipeline.cli.train", "--data_dir", str(processed_dir), "--image_size", "32",
                "--epochs", "200", "--batch_size", "8", "--num_workers", "0", "--bootstrap_resamples", "0",
                "--checkpoint_artifact", "false", "--checkpoint_dir", str(tmp_path / "checkpoints")]
+    # A suite started in the background (`make test &`) hands its processes SIGINT ignored, and Python
+    # keeps it so: the training gets Ctrl-C's default back, as a terminal's foreground job has it.
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=subprocess_env(MLFLOW_TRACKING_URI=uri, MLFLOW_EXPERIMENT_NAME="stops"))
+                               env=subprocess_env(MLFLOW_TRACKING_URI=uri, MLFLOW_EXPERIMENT_NAME="stops"),
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     client = MlflowClient(uri)
     deadline = time.monotonic() + 180
     run = None

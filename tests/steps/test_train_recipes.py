@@ -15,7 +15,7 @@ from pipeline.cli import train as train_cli
 from pipeline.data.dataset import IMAGENET_MEAN, IMAGENET_STD, ProcessedDataset
 from pipeline.data.preprocess import preprocess
 from pipeline.data.synthetic import UNIFORM_GRADE_SHARES, generate_eyepacs_layout
-from pipeline.decision import fit_cut_points, fit_fuse_weight
+from pipeline.decision import FUSE_WEIGHTS, fit_cut_points, fit_fuse_weight, fuse_eyes, predicted_grades, quadratic_kappa
 from pipeline.metrics import operating_threshold
 from pipeline.models import build_model
 from pipeline.tracking import registry
@@ -112,4 +112,10 @@ def test_train_fits_its_decision_on_the_selected_epochs_validation_outputs(sqlit
     assert list(cuts) == pytest.approx([metrics[f"threshold_{k}"] for k in range(1, 5)], abs=1e-4)
     assert operating_threshold(targets, calibrated, 0.9) == pytest.approx(metrics["referable_threshold"], abs=1e-4)
     weight = fit_fuse_weight(targets, calibrated, patients, cuts)
-    assert weight > 0 and weight == pytest.approx(metrics["fuse_weight"])  # pinned: not 0
+    assert weight == pytest.approx(metrics["fuse_weight"])
+    # The weights tried, scored here from the blends themselves: the fellow eye's weight changes the
+    # decisions on these outputs (so matching it is not 0 == 0 by default), and the logged one is
+    # the best. Whether the best is 0 depends on the CPU's kernels (AVX2 or AVX-512), not on train.
+    scores = [quadratic_kappa(targets, predicted_grades(fuse_eyes(calibrated, patients, w), cuts)) for w in FUSE_WEIGHTS]
+    assert len(set(scores)) > 1, scores
+    assert weight == FUSE_WEIGHTS[int(np.argmax(scores))]
