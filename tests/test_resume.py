@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -25,17 +26,33 @@ EPOCHS = 3
 BATCH_SIZE = 4
 
 
+def train_options(processed_dir, checkpoint_dir, *extra) -> list[str]:
+    return ["--data_dir", str(processed_dir), "--image_size", "32", "--epochs", str(EPOCHS), "--batch_size",
+            str(BATCH_SIZE), "--num_workers", "0", "--lr", "0.01", "--bootstrap_resamples", "0",
+            "--checkpoint_dir", str(checkpoint_dir), *extra]
+
+
 def train(store, experiment, processed_dir, checkpoint_dir, *extra, kill_at=None) -> subprocess.CompletedProcess:
     """Trains in the test's folder (``checkpoint_dir``'s parent), where a sqlite store's ./mlruns belongs."""
     env = subprocess_env(MLFLOW_TRACKING_URI=store, MLFLOW_EXPERIMENT_NAME=experiment)
     if kill_at is not None:
         env[KILL_AT_BATCH_ENV] = str(kill_at)
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli.train", "--data_dir", str(processed_dir), "--image_size", "32",
-         "--epochs", str(EPOCHS), "--batch_size", str(BATCH_SIZE), "--num_workers", "0", "--lr", "0.01",
-         "--bootstrap_resamples", "0", "--checkpoint_dir", str(checkpoint_dir), *extra],
-        cwd=Path(checkpoint_dir).parent, env=env, capture_output=True, text=True, timeout=600,
-    )
+    return subprocess.run([sys.executable, "-m", "pipeline.cli.train", *train_options(processed_dir, checkpoint_dir, *extra)],
+                          cwd=Path(checkpoint_dir).parent, env=env, capture_output=True, text=True, timeout=600)
+
+
+def refused_here(monkeypatch, store, experiment, processed_dir, checkpoint_dir, *extra) -> int:
+    """The same train command in this process, for a resume refused before training: what a process
+    of its own would add (its exit status) is checked by tests/cli/test_bad_inputs.py."""
+    from pipeline.cli import train as train_cli
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
+    monkeypatch.chdir(Path(checkpoint_dir).parent)
+    try:
+        return train_cli.main(train_options(processed_dir, checkpoint_dir, *extra))
+    finally:
+        mlflow.set_tracking_uri(None)
 
 
 def only_run(client, experiment):
@@ -180,26 +197,26 @@ def test_uint8_cache_device_augmentation_and_the_field_recipe_resume_bit_identic
     assert finals["crash"][2] == pytest.approx(finals["reference"][2], nan_ok=True)
 
 
-def test_killed_in_the_first_epoch_leaves_nothing_to_resume_and_says_so(processed_dir, tmp_path):
+def test_killed_in_the_first_epoch_leaves_nothing_to_resume_and_says_so(processed_dir, tmp_path, monkeypatch, capsys):
     store = tracking_store(tmp_path)
     killed = train(store, "early", processed_dir, tmp_path / "checkpoints", kill_at=2)
     assert killed.returncode == -signal.SIGKILL
     run = only_run(MlflowClient(store), "early")
-    resumed = train(store, "early", processed_dir, tmp_path / "checkpoints", "--resume", run.info.run_id)
-    assert resumed.returncode == 2
-    assert f"run {run.info.run_id} has no checkpoint to resume from" in resumed.stderr
+    code = refused_here(monkeypatch, store, "early", processed_dir, tmp_path / "checkpoints", "--resume", run.info.run_id)
+    assert code == 2
+    assert f"run {run.info.run_id} has no checkpoint to resume from" in capsys.readouterr().err
     assert only_run(MlflowClient(store), "early").info.status == "FAILED"
 
 
-def test_resume_of_an_unknown_run_is_a_clear_error(processed_dir, tmp_path):
-    store = tracking_store(tmp_path)
-    result = train(store, "none", processed_dir, tmp_path / "checkpoints", "--resume", "0123456789abcdef")
-    assert result.returncode == 2
-    assert "error: resume=0123456789abcdef: no such run" in result.stderr
+def test_resume_of_an_unknown_run_is_a_clear_error(processed_dir, tmp_path, monkeypatch, capsys):
+    code = refused_here(monkeypatch, tracking_store(tmp_path), "none", processed_dir, tmp_path / "checkpoints",
+                        "--resume", "0123456789abcdef")
+    assert code == 2
+    assert "error: resume=0123456789abcdef: no such run" in capsys.readouterr().err
 
 
-def test_resume_refuses_several_processes(processed_dir, tmp_path):
-    store = tracking_store(tmp_path)
-    result = train(store, "multi", processed_dir, tmp_path / "checkpoints", "--resume", "auto", "--nproc", "2")
-    assert result.returncode == 2
-    assert "error: resume=auto continues a run in one process; leave nproc at 1 (it was 2)" in result.stderr
+def test_resume_refuses_several_processes(processed_dir, tmp_path, monkeypatch, capsys):
+    code = refused_here(monkeypatch, tracking_store(tmp_path), "multi", processed_dir, tmp_path / "checkpoints",
+                        "--resume", "auto", "--nproc", "2")
+    assert code == 2
+    assert "error: resume=auto continues a run in one process; leave nproc at 1 (it was 2)" in capsys.readouterr().err
