@@ -65,8 +65,9 @@ def test_the_field_recipes_decision_travels_with_its_grader(sqlite_tracking, pro
 @pytest.fixture(scope="module")
 def pinned_dataset(tmp_path_factory):
     """Enough validation patients (20, both eyes each, every grade) that the fitted decision is not
-    degenerate: cut points found, a fellow-eye weight above 0 (the test below checks both; the
-    generator's seed is pinned to one where that holds)."""
+    degenerate: cut points found, and a fellow eye's weight that changes decisions (the test below
+    checks both; the generator's seed is pinned to one where that holds with AVX2 and AVX-512
+    kernels, one thread or two)."""
     root = tmp_path_factory.mktemp("pinned")
     generate_eyepacs_layout(root / "raw", train_patients=40, test_patients=4, size=(128, 96),
                             grade_shares=UNIFORM_GRADE_SHARES, seed=3)
