@@ -52,7 +52,7 @@ postgres:
 
 # Two workers, each taking whole test files (module fixtures stay shared): 1.34x on 2 cores.
 TEST_WORKERS ?= 2
-# Where PYTHONDONTWRITEBYTECODE is set (as on the CI machines) no process caches the project's own
+# Where PYTHONDONTWRITEBYTECODE is set (as on our development machines) no process caches the project's own
 # bytecode, so each of the suite's processes would compile pipeline/ again (~0.45 s each): compile it
 # once here (pip compiled the installed packages already).
 test: install spark java browser postgres
