@@ -24,7 +24,7 @@ from sklearn.metrics import (
 )
 
 from pipeline.calibration import negative_log_likelihood
-from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, GRADES, REFERABLE_GRADE
+from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, GRADES, NUM_GRADES, REFERABLE_GRADE
 from pipeline.decision import QUADRATIC_WEIGHTS, CutPoints, predicted_grades
 
 log = logging.getLogger(__name__)
@@ -284,10 +284,10 @@ def resampled_all_metrics(targets: np.ndarray, probabilities: np.ndarray, draws:
     """
     targets = np.asarray(targets)
     counts = np.asarray(draws, dtype=np.float64)
-    grades = len(GRADES)
     decided = predicted_grades(probabilities, cut_points)
     # matrix[r, i, j]: the images of true grade i decided j, as often as resample r drew them.
-    matrix = (counts @ np.eye(grades * grades)[targets * grades + decided]).reshape(-1, grades, grades)
+    cells = np.eye(NUM_GRADES * NUM_GRADES)[targets * NUM_GRADES + decided]
+    matrix = (counts @ cells).reshape(-1, NUM_GRADES, NUM_GRADES)
     true_counts, decided_counts = matrix.sum(axis=2), matrix.sum(axis=1)
     agreed = np.diagonal(matrix, axis1=1, axis2=2)
     total = true_counts.sum(axis=1)
@@ -295,7 +295,7 @@ def resampled_all_metrics(targets: np.ndarray, probabilities: np.ndarray, draws:
         recall = agreed / true_counts  # NaN for a grade the resample lacks
         precision = agreed / decided_counts
         f1 = 2 * agreed / (true_counts + decided_counts)
-        chance = decided_counts[:, :, None] * true_counts[:, None, :] / total[:, None, None]
+        chance = true_counts[:, :, None] * decided_counts[:, None, :] / total[:, None, None]  # laid out as matrix
         disagreement = (QUADRATIC_WEIGHTS * matrix).sum(axis=(1, 2))
         chance_disagreement = (QUADRATIC_WEIGHTS * chance).sum(axis=(1, 2))
         kappa = np.where(chance_disagreement == 0, np.nan, 1 - disagreement / chance_disagreement)
