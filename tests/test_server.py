@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -43,6 +44,22 @@ def test_four_trainings_in_parallel_against_one_server(mlflow_server, processed_
         assert run.data.tags.get("retina_flow.model_uri", "").startswith("models:/")
 
 
+def train_here(monkeypatch, processed_dir, *extra: str, **env: str) -> int:
+    """``train_command``'s training in this process, for one refused before it trains: a process of
+    its own would only add its start-up (~5 s). Exit statuses of real processes are checked in
+    tests/cli/test_bad_inputs.py."""
+    from pipeline.cli import train as train_cli
+
+    for name in [name for name in os.environ if name.startswith("MLFLOW_") and name != "MLFLOW_DISABLE_TELEMETRY"]:
+        monkeypatch.delenv(name)  # as subprocess_env leaves them out
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        return train_cli.main(train_command(processed_dir, "resnet18", "false", *extra)[3:])
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 ADMIN_PASSWORD = "a-long-test-only-password-1"
 
 
@@ -61,18 +78,18 @@ def auth_server(tmp_path):
         yield url
 
 
-def test_basic_auth_refuses_anonymous_and_admits_a_user(auth_server, processed_dir, tmp_path):
+def test_basic_auth_refuses_anonymous_and_admits_a_user(auth_server, processed_dir, tmp_path, monkeypatch, capsys):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"{auth_server}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
     assert refused.value.code == 401
 
-    anonymous = subprocess.run(train_command(processed_dir, "resnet18", "false", "--epochs", "1",
-                                             "--checkpoint_dir", str(tmp_path)),
-                               cwd=PROJECT_ROOT, env=subprocess_env(MLFLOW_TRACKING_URI=auth_server),
-                               capture_output=True, text=True, timeout=300)
-    assert anonymous.returncode == 2 and "Traceback" not in anonymous.stderr, anonymous.stderr[-3000:]
+    # Refused before it trains: in this process (a real process's exit status: tests/cli/test_bad_inputs.py).
+    anonymous = train_here(monkeypatch, processed_dir, "--epochs", "1", "--checkpoint_dir", str(tmp_path),
+                           MLFLOW_TRACKING_URI=auth_server)
+    stderr = capsys.readouterr().err
+    assert anonymous == 2 and "Traceback" not in stderr, stderr[-3000:]
     assert (f"error: the tracking server {auth_server} refused the request: not authenticated (HTTP 401); set "
-            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") in anonymous.stderr
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") in stderr
 
     credentials = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
     admitted = subprocess.run(train_command(processed_dir, "resnet18", "false", "--epochs", "1",
@@ -123,12 +140,10 @@ def test_training_survives_a_tracking_server_restart(processed_dir, tmp_path):
             assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == list(range(1, epochs + 1)), metric
 
 
-def test_an_unreachable_server_fails_the_step_at_once_naming_it(processed_dir, tmp_path):
+def test_an_unreachable_server_fails_the_step_at_once_naming_it(processed_dir, tmp_path, monkeypatch, capsys):
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
-    result = subprocess.run(train_command(processed_dir, "resnet18", "false", "--checkpoint_dir", str(tmp_path)),
-                            cwd=PROJECT_ROOT, env=subprocess_env(MLFLOW_TRACKING_URI=uri),
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2
-    assert f"error: the tracking server {uri} is unreachable" in result.stderr
+    code = train_here(monkeypatch, processed_dir, "--checkpoint_dir", str(tmp_path), MLFLOW_TRACKING_URI=uri)
+    assert code == 2
+    assert f"error: the tracking server {uri} is unreachable" in capsys.readouterr().err
     assert time.monotonic() - started < 60  # MLflow's own retries would take minutes
