@@ -64,15 +64,17 @@ def describe_machine() -> str:
             f"torch {info['torch']}; load average {load}")
 
 
-def realistic_photos(folder: Path, photos: int, size: tuple[int, int]) -> list[Path]:
-    """``photos`` camera-like synthetic photos (sensor noise, camera JPEG) of ``size`` in ``folder``,
-    generated unless the folder already holds that set (benchmarks may share one with ``--raw``)."""
+def realistic_photos(folder: Path, photos: int, size: tuple[int, int], jpeg_quality: int | None = None) -> list[Path]:
+    """``photos`` camera-like synthetic photos (sensor noise; the camera's JPEG settings, or
+    ``jpeg_quality``) of ``size`` in ``folder``, generated unless the folder already holds that set
+    (benchmarks may share one with ``--raw``)."""
     marker = folder / SYNTHETIC_MARKER
-    wanted = {"size": list(size), "counts": {"train": photos - 2, "test": 2}}
+    wanted = {"size": list(size), "counts": {"train": photos - 2, "test": 2}, "jpeg_quality": jpeg_quality}
     if not (marker.is_file() and {k: json.loads(marker.read_text()).get(k) for k in wanted} == wanted):
         started = time.perf_counter()
         generate_eyepacs_layout(folder, train_patients=(photos - 2) // 2, test_patients=1, size=size,
-                                grade_shares=UNIFORM_GRADE_SHARES, workers=os.cpu_count() or 1)
+                                grade_shares=UNIFORM_GRADE_SHARES, workers=os.cpu_count() or 1,
+                                jpeg_quality=jpeg_quality)
         print(f"generated {photos} {size[0]}x{size[1]} photos in {time.perf_counter() - started:.0f} s", flush=True)
     return sorted((folder / "images").iterdir())
 

@@ -1070,6 +1070,7 @@ def generate_layout(
         "generator": "retina-flow synthetic fundus generator (pipeline/data/synthetic.py)",
         "size": [width, height], "camera_format": is_camera_size((width, height)), "grade_shares": [float(s) for s in shares], "seed": seed, "counts": counts,
         "defects": float(defects),
+        "jpeg_quality": jpeg_quality,  # None: the camera's settings at camera sizes (save_photo)
     }, indent=2))
     logger.info("Synthetic %s layout written to %s: %s", layout, out, counts)
     return record[list(RECORD_COLUMNS)]
