@@ -16,9 +16,10 @@ DEMO_EXTERNAL := data/external/messidor2
 # shadow it: here that folder *is* the package); PIP_QUIET_EDITABLE silences that one warning.
 PIP_QUIET_EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
 # pip byte-compiles what it installs in one process (116 s with it, 64 s without, back to back here);
-# compileall does it on every core instead (32 s). Compiled it must be: where PYTHONDONTWRITEBYTECODE is set nothing caches it
-# later, and each process would compile the packages it imports again (15 s vs 6.5 s to start
-# train). A few files are for newer Pythons and do not compile: pip skipped them too (-qq, || true).
+# compileall does it on every core instead (32 s). Compiled it must be: where PYTHONDONTWRITEBYTECODE
+# is set nothing caches it later, and each process would compile the packages it imports again
+# (15 s vs 6.5 s to start train). A few files are for newer Pythons and do not compile: pip skipped
+# them too (-qq, || true).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
