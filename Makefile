@@ -61,7 +61,7 @@ postgres:
 TEST_WORKERS ?= 2
 # Where PYTHONDONTWRITEBYTECODE is set (as on our development machines) no process caches the project's own
 # bytecode, so each of the suite's processes would compile pipeline/ again (~0.45 s each): compile it
-# once here (pip compiled the installed packages already).
+# once here (the install compiled the installed packages already).
 test: install spark java browser postgres
 	$(BIN)/python -m compileall -q pipeline
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile

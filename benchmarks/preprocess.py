@@ -115,7 +115,7 @@ def main() -> None:
         for row in rows:
             row["x naive bilinear"] = row["photos/s"] / naive_rate
         stages_rows = stage_costs(paths[: min(12, len(paths))], args.size)
-    quality = f"JPEG q{args.jpeg_quality}" if args.jpeg_quality else "the camera's JPEG settings"
+    quality = "the camera's JPEG settings" if args.jpeg_quality is None else f"JPEG q{args.jpeg_quality}"
     print_table(f"Preprocess to {args.size} px: {len(paths)} photos {args.photo} ({quality}, mean {megabytes:.2f} MB), "
                 f"best of {args.repeats}", rows)
     print_table(f"Per photo and core, {args.photo} -> {args.size} px (median CPU ms)", stages_rows)

@@ -202,6 +202,25 @@ def scratch_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator
         shutil.rmtree(path, ignore_errors=True)
 
 
+def train_in_process(monkeypatch: pytest.MonkeyPatch, args: list[str], *, cwd: Path | None = None, **env: str) -> int:
+    """The train entry point on ``args`` in this process, in ``cwd`` with ``env`` (and, as
+    ``subprocess_env`` gives a child, no other MLflow settings): for a training refused before it
+    trains, where a process of its own would only add its start-up (~5 s). Real processes' exit
+    statuses are checked in tests/cli/test_bad_inputs.py."""
+    from pipeline.cli import train as train_cli
+
+    for name in [name for name in os.environ if name.startswith("MLFLOW_") and name != "MLFLOW_DISABLE_TELEMETRY"]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if cwd is not None:
+        monkeypatch.chdir(cwd)
+    try:
+        return train_cli.main(args)
+    finally:
+        mlflow.set_tracking_uri(None)  # the entry point pointed MLflow at env's store
+
+
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory) -> Iterator[str]:
     """One throwaway PostgreSQL cluster for the session (see tests/postgres.py); yields its base URI."""

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -18,7 +17,7 @@ from pipeline import checkpoint
 from pipeline.catalog import PER_EPOCH_METRICS, SPEED_METRICS
 from pipeline.faults import KILL_AT_BATCH_ENV
 from pipeline.tracking import tags
-from tests.conftest import mlflow_run, scratch_dir, subprocess_env, tracking_store
+from tests.conftest import mlflow_run, scratch_dir, subprocess_env, tracking_store, train_in_process
 
 pytestmark = pytest.mark.slow  # subprocess trainings killed and resumed
 
@@ -42,17 +41,9 @@ def train(store, experiment, processed_dir, checkpoint_dir, *extra, kill_at=None
 
 
 def refused_here(monkeypatch, store, experiment, processed_dir, checkpoint_dir, *extra) -> int:
-    """The same train command in this process, for a resume refused before training: what a process
-    of its own would add (its exit status) is checked by tests/cli/test_bad_inputs.py."""
-    from pipeline.cli import train as train_cli
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
-    monkeypatch.chdir(Path(checkpoint_dir).parent)
-    try:
-        return train_cli.main(train_options(processed_dir, checkpoint_dir, *extra))
-    finally:
-        mlflow.set_tracking_uri(None)
+    """``train``'s command in this process, for a resume refused before training."""
+    return train_in_process(monkeypatch, train_options(processed_dir, checkpoint_dir, *extra),
+                            cwd=Path(checkpoint_dir).parent, MLFLOW_TRACKING_URI=store, MLFLOW_EXPERIMENT_NAME=experiment)
 
 
 def only_run(client, experiment):

@@ -8,12 +8,12 @@ import time
 import urllib.error
 import urllib.request
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.catalog import PER_EPOCH_METRICS
-from tests.conftest import PROJECT_ROOT, free_port, running_mlflow_server, subprocess_env, train_command
+from tests.conftest import (PROJECT_ROOT, free_port, running_mlflow_server, subprocess_env, train_command,
+                            train_in_process)
 
 pytestmark = pytest.mark.slow  # a real mlflow server, parallel and restarted trainings
 
@@ -45,19 +45,8 @@ def test_four_trainings_in_parallel_against_one_server(mlflow_server, processed_
 
 
 def train_here(monkeypatch, processed_dir, *extra: str, **env: str) -> int:
-    """``train_command``'s training in this process, for one refused before it trains: a process of
-    its own would only add its start-up (~5 s). Exit statuses of real processes are checked in
-    tests/cli/test_bad_inputs.py."""
-    from pipeline.cli import train as train_cli
-
-    for name in [name for name in os.environ if name.startswith("MLFLOW_") and name != "MLFLOW_DISABLE_TELEMETRY"]:
-        monkeypatch.delenv(name)  # as subprocess_env leaves them out
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    try:
-        return train_cli.main(train_command(processed_dir, "resnet18", "false", *extra)[3:])
-    finally:
-        mlflow.set_tracking_uri(None)
+    """``train_command``'s training in this process, for one refused before it trains."""
+    return train_in_process(monkeypatch, train_command(processed_dir, "resnet18", "false", *extra)[3:], **env)
 
 
 ADMIN_PASSWORD = "a-long-test-only-password-1"
