@@ -20,6 +20,13 @@ from pathlib import Path
 # code iterating os.environ (urllib reading proxies: a KeyError mid-request); these machines are
 # offline anyway. Off before MLflow is imported, and in child processes (subprocess_env).
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+# Under xdist (`make test`), one intra-op thread per process unless the caller chose: the workers
+# share two cores with the processes they start, and torch's OpenMP threads spin while they wait
+# for work, so two trainings at once with two threads each took 1.4-1.8x the CPU of one thread
+# each here. A run in one process (the quick loop) keeps torch's default. Set before torch is
+# imported; child processes inherit it (subprocess_env).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import mlflow  # noqa: E402
 import pytest  # noqa: E402
@@ -35,6 +42,30 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 # The fake "ImageNet" weights use another seed than training, so they differ from a scratch init.
 FAKE_WEIGHTS_SEED = 1234
+
+
+# The longest test files, longest first (seconds of test time, on a fresh clone, 2026-12-07): xdist
+# gives a worker a whole file at a time (`make test`: --dist loadfile), so a long file begun last
+# would keep one worker busy after the others finish. The other files follow in collection order.
+LONGEST_FILES_FIRST = (
+    "tests/test_end_to_end.py",  # ~170: the four-configuration study and its parallel twin
+    "tests/test_entry_points.py",  # ~115: mlflow run -e train, torchrun on one and two nodes, -e sweep
+    "tests/test_server.py",  # ~100: four trainings at once, a restart, basic auth
+    "tests/test_resume.py",  # ~100: trainings killed and resumed
+    "tests/test_export.py",  # ~100: ONNX exports, and serving from a fresh torch-free environment
+    "tests/steps/test_sweep.py",  # ~80: sweeps in this process and two sweep processes
+    "tests/test_serving.py",  # ~50: a champion served by `mlflow models serve`
+    "tests/steps/test_grade_archive.py",  # ~40: Spark
+    "tests/test_field_study.py",  # ~35: the field study through `mlflow run -e main`
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing = [name for name in LONGEST_FILES_FIRST if not (PROJECT_ROOT / name).is_file()]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py's LONGEST_FILES_FIRST names files that do not exist: {missing}")
+    rank = {name: index for index, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.relative_to(PROJECT_ROOT).as_posix(), len(rank)))
 
 
 @pytest.fixture(scope="session")
@@ -250,6 +281,27 @@ def server_tracking(mlflow_server, monkeypatch):
     mlflow.set_tracking_uri(mlflow_server)  # an earlier in-process step may have set another one
     yield mlflow_server
     mlflow.set_tracking_uri(None)
+
+
+def runs_by_step(client: MlflowClient, experiment: str) -> dict[str, list]:
+    """An experiment's runs grouped by the step that made them (main, train, evaluate, ...)."""
+    from pipeline.tracking import tags
+
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    grouped: dict[str, list] = {}
+    for run in client.search_runs([experiment_id], max_results=100):
+        grouped.setdefault(run.data.tags.get(tags.STEP), []).append(run)
+    return grouped
+
+
+# The environment of the tests' studies and multi-process trainings.
+STUDY_ENV = {
+    # Tiny trainings last seconds: sample system metrics every second.
+    "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",
+    # One thread per training (whatever the suite's own setting): oneDNN picks its kernels, and so
+    # its rounding, by thread count, and the parallel study's table must match the sequential one's.
+    "OMP_NUM_THREADS": "1",
+}
 
 
 def mlflow_run(tracking_uri: str, args: list[str], **env: str) -> subprocess.CompletedProcess:

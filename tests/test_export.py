@@ -131,6 +131,8 @@ def test_the_logged_onnx_grader_serves_with_torch_unimportable(exported18, raw_d
     local = mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "model"))
     requirements = (Path(local) / "requirements.txt").read_text()
     assert "onnxruntime==" in requirements and "torch" not in requirements
+    # MLflow without its tracking server (Flask, SQLAlchemy, pyarrow, ...): what serving needs.
+    assert {line.split("==")[0] for line in requirements.split()} & {"mlflow", "mlflow-skinny"} == {"mlflow-skinny"}
     request = tmp_path / "request.json"
     encode_photos(photos).to_json(request, orient="split")
     result = subprocess.run([sys.executable, "-c", TORCH_FREE_SCRIPT, local, str(request)], capture_output=True,

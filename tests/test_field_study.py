@@ -10,8 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.tracking import tags
-from tests.conftest import mlflow_run, scratch_dir, tracking_store
-from tests.test_end_to_end import STUDY_ENV, runs_by_step
+from tests.conftest import STUDY_ENV, mlflow_run, runs_by_step, scratch_dir, tracking_store
 
 pytestmark = pytest.mark.slow  # three trainings through the real `mlflow run`
 

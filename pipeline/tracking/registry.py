@@ -32,8 +32,9 @@ SERVED_PACKAGES = ("torch", "torchvision", "pillow", "numpy", "pandas", "scikit-
                    "pydicom", "matplotlib")  # matplotlib: the heat maps of explain=true
 
 
-# The ONNX grader's: no torch, no torchvision (its network runs in onnxruntime).
-ONNX_SERVED_PACKAGES = ("onnxruntime", "pillow", "numpy", "pandas", "scikit-learn", "scikit-image", "scipy", "pydicom")
+# The ONNX grader's: no torch, no torchvision (its network runs in onnxruntime), and MLflow without
+# its tracking server's packages (Flask, SQLAlchemy, pyarrow, ...): serving needs none of them.
+ONNX_SERVED_PACKAGES = ("mlflow-skinny", "onnxruntime", "pillow", "numpy", "pandas", "scikit-learn", "scikit-image", "scipy", "pydicom")
 
 
 def served_requirements(packages: tuple[str, ...] = SERVED_PACKAGES) -> list[str]:
