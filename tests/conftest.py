@@ -62,11 +62,11 @@ LONGEST_FILES_FIRST = (
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    missing = [name for name in LONGEST_FILES_FIRST if not (PROJECT_ROOT / name).is_file()]
+    rank = {PROJECT_ROOT / name: index for index, name in enumerate(LONGEST_FILES_FIRST)}
+    missing = [str(path) for path in rank if not path.is_file()]
     if missing:
         raise pytest.UsageError(f"tests/conftest.py's LONGEST_FILES_FIRST names files that do not exist: {missing}")
-    rank = {name: index for index, name in enumerate(LONGEST_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.relative_to(PROJECT_ROOT).as_posix(), len(rank)))
+    items.sort(key=lambda item: rank.get(item.path, len(rank)))
 
 
 @pytest.fixture(scope="session")
@@ -236,9 +236,9 @@ def scratch_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator
 
 def train_in_process(monkeypatch: pytest.MonkeyPatch, args: list[str], *, cwd: Path | None = None, **env: str) -> int:
     """The train entry point on ``args`` in this process, in ``cwd`` with ``env`` (and, as
-    ``subprocess_env`` gives a child, no other MLflow settings): for a training refused before it
-    trains, where a process of its own would only add its start-up (~5 s). Real processes' exit
-    statuses are checked in tests/cli/test_bad_inputs.py."""
+    ``subprocess_env`` gives a child, no other MLflow settings): for a training whose own process is
+    not what a test is about (one refused before it trains, say), where that process would only add
+    its start-up (~5 s). Real processes' exit statuses are checked in tests/cli/test_bad_inputs.py."""
     from pipeline.cli import train as train_cli
 
     for name in [name for name in os.environ if name.startswith("MLFLOW_") and name != "MLFLOW_DISABLE_TELEMETRY"]:

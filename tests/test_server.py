@@ -45,7 +45,7 @@ def test_four_trainings_in_parallel_against_one_server(mlflow_server, processed_
 
 
 def train_here(monkeypatch, processed_dir, *extra: str, **env: str) -> int:
-    """``train_command``'s training in this process, for one refused before it trains."""
+    """``train_command``'s training in this process (``train_in_process``)."""
     return train_in_process(monkeypatch, train_command(processed_dir, "resnet18", "false", *extra)[3:], **env)
 
 
