@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +37,7 @@ import torch
 import torchvision
 
 from pipeline.catalog import SUPPORTED_MODELS
+from pipeline.data.arrays import exclusive_lock
 from pipeline.data.preprocess import preprocess
 from pipeline.data.synthetic import UNIFORM_GRADE_SHARES, generate_eyepacs_layout
 
@@ -178,22 +181,64 @@ def wait_for_server(url: str, process: subprocess.Popen, log_path: Path, *, heal
     raise TimeoutError(f"the server at {url} did not answer within {timeout} s")
 
 
-@contextlib.contextmanager
-def running_server(command: list[str], port: int, log_path: Path, *, cwd: Path, env: dict[str, str] | None = None,
-                   health: str = "/health", timeout: float = 90.0) -> Iterator[str]:
-    """A real server process on a loopback port, yielded once it answers; stopped (killed if need be) after."""
+def start_server(command: list[str], port: int, log_path: Path, *, cwd: Path, env: dict[str, str] | None = None,
+                 health: str = "/health", timeout: float = 90.0) -> tuple[str, subprocess.Popen]:
+    """A real server process on a loopback port, returned with its URL once it answers."""
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     try:
         wait_for_server(url, process, log_path, health=health, timeout=timeout)
+    except BaseException:
+        stop_server(process.pid)
+        raise
+    _STARTED[process.pid] = process
+    return url, process
+
+
+# The servers this process started, by pid: stop_server waits for its own children, and polls for
+# another process's (the session's shared tracking server may be stopped by the last test worker).
+_STARTED: dict[int, subprocess.Popen] = {}
+
+
+def stop_server(pid: int, grace: float = 30.0) -> None:
+    """Terminates a server (``mlflow server`` passes it on to its workers), killed if it outlives ``grace``."""
+    own = _STARTED.pop(pid, None)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if own is not None:
+        try:
+            own.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            own.kill()
+            own.wait()
+        return
+    deadline = time.monotonic() + grace
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _running(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is alive (a zombie waiting for its parent to reap it is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+@contextlib.contextmanager
+def running_server(command: list[str], port: int, log_path: Path, *, cwd: Path, env: dict[str, str] | None = None,
+                   health: str = "/health", timeout: float = 90.0) -> Iterator[str]:
+    """A real server process on a loopback port, yielded once it answers; stopped (killed if need be) after."""
+    url, process = start_server(command, port, log_path, cwd=cwd, env=env, health=health, timeout=timeout)
+    try:
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_server(process.pid)
 
 
 def makefile_server_env() -> dict[str, str]:
@@ -208,18 +253,26 @@ def makefile_server_env() -> dict[str, str]:
 SERVER_ENV = makefile_server_env()
 
 
+def mlflow_server_command(root: Path, *extra: str, port: int, backend_store_uri: str | None = None) -> list[str]:
+    """``mlflow server`` on a loopback ``port``, served artifacts under ``root``; its backend is
+    ``backend_store_uri`` (a sqlite file under ``root`` by default)."""
+    return [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'server.db'}",
+            "--artifacts-destination", str(root / "artifacts"), "--workers", "1", *extra]
+
+
+def mlflow_server_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    # As `make server` runs it: without MLflow's job runner (eight more processes, ~15 s of CPU a start).
+    return {**(os.environ if env is None else env), **SERVER_ENV}
+
+
 @contextlib.contextmanager
 def running_mlflow_server(root: Path, *extra: str, env: dict[str, str] | None = None,
                           port: int | None = None, backend_store_uri: str | None = None) -> Iterator[str]:
-    """A real ``mlflow server`` process on a (free) loopback port, served artifacts under ``root``;
-    its backend is ``backend_store_uri`` (a sqlite file under ``root`` by default)."""
+    """A real ``mlflow server`` process on a (free) loopback port (see ``mlflow_server_command``)."""
     port = port or free_port()
-    command = [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-               "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'server.db'}",
-               "--artifacts-destination", str(root / "artifacts"), "--workers", "1", *extra]
-    # As `make server` runs it: without MLflow's job runner (eight more processes, ~15 s of CPU a start).
-    env = {**(os.environ if env is None else env), **SERVER_ENV}
-    with running_server(command, port, root / "server.log", cwd=root, env=env) as url:
+    command = mlflow_server_command(root, *extra, port=port, backend_store_uri=backend_store_uri)
+    with running_server(command, port, root / "server.log", cwd=root, env=mlflow_server_env(env)) as url:
         yield url
 
 
@@ -253,26 +306,93 @@ def train_in_process(monkeypatch: pytest.MonkeyPatch, args: list[str], *, cwd: P
         mlflow.set_tracking_uri(None)  # the entry point pointed MLflow at env's store
 
 
+def session_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder every process of this test session shares: under xdist each worker's own
+    temporary folder is inside it."""
+    own = tmp_path_factory.getbasetemp()
+    return own.parent if os.environ.get("PYTEST_XDIST_WORKER") else own
+
+
+TRACKING_SERVICE = "tracking_service"  # its state file (.json) and lock (.lock) in the session folder
+
+
+def start_tracking_service(folder: Path) -> dict:
+    """A throwaway PostgreSQL cluster (tests/postgres.py) and an ``mlflow server`` on a database of
+    it, serving artifacts under ``folder``; returns what ``stop_tracking_service`` needs."""
+    from tests.postgres import create_database, start_cluster, stop_cluster
+
+    cluster = start_cluster(free_port())
+    try:
+        folder.mkdir()
+        port = free_port()
+        command = mlflow_server_command(folder, port=port,
+                                        backend_store_uri=create_database(cluster["uri"], "mlflow_tests"))
+        url, process = start_server(command, port, folder / "server.log", cwd=folder, env=mlflow_server_env())
+    except BaseException:
+        stop_cluster(cluster)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return {"cluster": cluster, "url": url, "pid": process.pid, "folder": str(folder), "users": 0}
+
+
+def stop_tracking_service(state: dict) -> None:
+    from tests.postgres import stop_cluster
+
+    try:
+        stop_server(state["pid"])
+    finally:
+        stop_cluster(state["cluster"])
+        shutil.rmtree(state["folder"], ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory) -> Iterator[str]:
-    """One throwaway PostgreSQL cluster for the session (see tests/postgres.py); yields its base URI."""
-    from tests.postgres import postgres_cluster
+def tracking_service(tmp_path_factory) -> Iterator[dict]:
+    """One PostgreSQL-backed tracking server for the whole test session, as a lab shares one, whatever
+    the number of test workers: the first to need it starts it, the last to finish stops it. Each test
+    module uses experiment and model names of its own (a server per module cost ~15 s each, and
+    one per worker ~10 s of CPU each)."""
+    folder = session_folder(tmp_path_factory)
+    state_file, lock = folder / f"{TRACKING_SERVICE}.json", folder / f"{TRACKING_SERVICE}.lock"
+    with exclusive_lock(lock):
+        state = json.loads(state_file.read_text()) if state_file.exists() else start_tracking_service(
+            folder / TRACKING_SERVICE)
+        state["users"] += 1
+        state_file.write_text(json.dumps(state))
+    try:
+        yield state
+    finally:
+        with exclusive_lock(lock):
+            state = json.loads(state_file.read_text())
+            state["users"] -= 1
+            if state["users"]:
+                state_file.write_text(json.dumps(state))
+            else:
+                state_file.unlink()
+                stop_tracking_service(state)
 
-    with postgres_cluster(free_port()) as uri:
-        yield uri
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stops a tracking service a test worker that died left behind: in xdist's controlling process,
+    once every worker is gone (where a worker's fixture stopped it, there is no state file)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(session.config.option, "numprocesses", None):
+        return
+    state_file = session.config._tmp_path_factory.getbasetemp() / f"{TRACKING_SERVICE}.json"
+    if state_file.exists():
+        state = json.loads(state_file.read_text())
+        state_file.unlink()
+        stop_tracking_service(state)
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(postgres, tmp_path_factory):
-    """One real server for the session, as a lab shares one: PostgreSQL backend, served artifacts.
-    Each test module uses experiment and model names of its own (starting a server per module
-    cost ~15 s each)."""
-    from tests.postgres import create_database
+def postgres(tracking_service) -> str:
+    """The session's PostgreSQL cluster (see ``tracking_service``); its base URI."""
+    return tracking_service["cluster"]["uri"]
 
-    database = create_database(postgres, "mlflow_tests")
-    with (scratch_dir(tmp_path_factory, "mlflow_server") as root,
-          running_mlflow_server(root, backend_store_uri=database) as url):
-        yield url
+
+@pytest.fixture(scope="session")
+def mlflow_server(tracking_service) -> str:
+    """The session's real tracking server (see ``tracking_service``): PostgreSQL backend, served artifacts."""
+    return tracking_service["url"]
 
 
 @pytest.fixture

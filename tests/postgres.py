@@ -3,13 +3,11 @@ loopback port, with one fresh database per tracking server; removed when the ses
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,9 +38,9 @@ def _run(command: list[str]) -> None:
         raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
 
 
-@contextlib.contextmanager
-def postgres_cluster(port: int) -> Iterator[str]:
-    """A running cluster on 127.0.0.1:``port``; yields its base URI (``postgresql://postgres@host:port``)."""
+def start_cluster(port: int) -> dict[str, str]:
+    """Starts a cluster on 127.0.0.1:``port``; returns what ``stop_cluster`` needs (plain strings,
+    so that another process of the session may stop it) and its base URI under ``uri``."""
     binaries = server_binaries()
     root = Path(tempfile.mkdtemp(prefix="retina-flow-postgres-"))
     if os.geteuid() == 0:
@@ -56,12 +54,18 @@ def postgres_cluster(port: int) -> Iterator[str]:
         options = f"-p {port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off -c full_page_writes=off"
         _run([str(binaries / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60",
               "-o", options, "start"])
-        try:
-            yield f"postgresql://postgres@127.0.0.1:{port}"
-        finally:
-            _run([str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"])
-    finally:
+    except BaseException:
         shutil.rmtree(root, ignore_errors=True)
+        raise
+    return {"uri": f"postgresql://postgres@127.0.0.1:{port}", "root": str(root), "pg_ctl": str(binaries / "pg_ctl")}
+
+
+def stop_cluster(cluster: dict[str, str]) -> None:
+    """Stops a cluster ``start_cluster`` started and removes its files."""
+    try:
+        _run([cluster["pg_ctl"], "-D", str(Path(cluster["root"]) / "data"), "-m", "immediate", "-w", "stop"])
+    finally:
+        shutil.rmtree(cluster["root"], ignore_errors=True)
 
 
 def create_database(cluster_uri: str, name: str) -> str:

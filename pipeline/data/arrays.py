@@ -98,7 +98,7 @@ def build_arrays(root: Path, splits: dict[str, Dataset], ids: dict[str, list[str
     paths = {split: array_path(root, image_size, split) for split in splits}
     # A DataLoader draws its base seed from the global RNG: building must not change the model's
     # initialisation, or a run would differ with whether its cache existed already.
-    with _locked(folder / ".lock"), torch.random.fork_rng(devices=[]):
+    with exclusive_lock(folder / ".lock"), torch.random.fork_rng(devices=[]):
         for split, dataset in splits.items():
             if not _is_current(paths[split], ids[split]):
                 _write(paths[split], dataset, ids[split], image_size, num_workers)
@@ -143,7 +143,8 @@ def _write(path: Path, dataset: Dataset, ids: list[str], image_size: int, num_wo
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Holds an exclusive lock on the file ``path`` (created if need be) across processes."""
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
