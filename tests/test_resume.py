@@ -40,8 +40,11 @@ def train(store, experiment, processed_dir, checkpoint_dir, *extra, kill_at=None
                           cwd=Path(checkpoint_dir).parent, env=env, capture_output=True, text=True, timeout=600)
 
 
-def refused_here(monkeypatch, store, experiment, processed_dir, checkpoint_dir, *extra) -> int:
-    """``train``'s command in this process, for a resume refused before training."""
+def train_here(monkeypatch, store, experiment, processed_dir, checkpoint_dir, *extra) -> int:
+    """``train``'s command in this process, where that process is not what is tested (the
+    uninterrupted reference, a resume by run id, a resume refused before training); the killed
+    trainings are processes of their own. Both run torch on the same threads (the worker's
+    OMP_NUM_THREADS, which its children inherit): the same kernels, so the same bits."""
     return train_in_process(monkeypatch, train_options(processed_dir, checkpoint_dir, *extra),
                             cwd=Path(checkpoint_dir).parent, MLFLOW_TRACKING_URI=store, MLFLOW_EXPERIMENT_NAME=experiment)
 
@@ -62,11 +65,10 @@ def histories(client, run_id):
 @pytest.fixture(scope="module")
 def reference(processed_dir, tmp_path_factory):
     """The uninterrupted run every interrupted one must match."""
-    with scratch_dir(tmp_path_factory, "reference") as root:
+    with scratch_dir(tmp_path_factory, "reference") as root, pytest.MonkeyPatch.context() as monkeypatch:
         store = tracking_store(root)
-        result = train(store, "reference", processed_dir, root / "checkpoints", "--checkpoint_artifact", "false",
-                       "--keep_checkpoint", "true")
-        assert result.returncode == 0, result.stderr[-3000:]
+        assert train_here(monkeypatch, store, "reference", processed_dir, root / "checkpoints",
+                          "--checkpoint_artifact", "false", "--keep_checkpoint", "true") == 0
         client = MlflowClient(store)
         run = only_run(client, "reference")
         final = checkpoint.load(root / "checkpoints" / run.info.run_id / checkpoint.LAST)
@@ -135,7 +137,8 @@ def test_sigkill_then_resume_auto_through_mlflow_run_from_the_artifact_matches_t
     assert stored_bytes(client, run.info.run_id) <= 1.5 * stored["checkpoints/best_model.pt"]
 
 
-def test_uint8_cache_device_augmentation_and_the_field_recipe_resume_bit_identically(processed_dir, tmp_path):
+def test_uint8_cache_device_augmentation_and_the_field_recipe_resume_bit_identically(processed_dir, tmp_path,
+                                                                                       monkeypatch):
     """cache_format=uint8 with augment_device=model, and the field's recipe (ordinal head, AdamW with
     a cosine schedule after a warm-up, field augmentation on the device, flip TTA, cut points, fused
     eyes): killed mid-epoch and resumed, the same weights to the bit, and the same decision."""
@@ -155,8 +158,7 @@ def test_uint8_cache_device_augmentation_and_the_field_recipe_resume_bit_identic
             killed = train(store, name, data, checkpoints, *flags, kill_at=kill_at)
             assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
             flags = [*flags, "--resume", only_run(MlflowClient(store), name).info.run_id]
-        result = train(store, name, data, checkpoints, *flags)
-        assert result.returncode == 0, result.stderr[-3000:]
+        assert train_here(monkeypatch, store, name, data, checkpoints, *flags) == 0
         run = only_run(MlflowClient(store), name)
         assert run.data.params["cache_format"] == "uint8" and run.data.params["augment_device"] == "model"
         assert (run.data.params["head"], run.data.params["augment"]) == ("ordinal", "field")
@@ -177,21 +179,21 @@ def test_killed_in_the_first_epoch_leaves_nothing_to_resume_and_says_so(processe
     killed = train(store, "early", processed_dir, tmp_path / "checkpoints", kill_at=2)
     assert killed.returncode == -signal.SIGKILL
     run = only_run(MlflowClient(store), "early")
-    code = refused_here(monkeypatch, store, "early", processed_dir, tmp_path / "checkpoints", "--resume", run.info.run_id)
+    code = train_here(monkeypatch, store, "early", processed_dir, tmp_path / "checkpoints", "--resume", run.info.run_id)
     assert code == 2
     assert f"run {run.info.run_id} has no checkpoint to resume from" in capsys.readouterr().err
     assert only_run(MlflowClient(store), "early").info.status == "FAILED"
 
 
 def test_resume_of_an_unknown_run_is_a_clear_error(processed_dir, tmp_path, monkeypatch, capsys):
-    code = refused_here(monkeypatch, tracking_store(tmp_path), "none", processed_dir, tmp_path / "checkpoints",
+    code = train_here(monkeypatch, tracking_store(tmp_path), "none", processed_dir, tmp_path / "checkpoints",
                         "--resume", "0123456789abcdef")
     assert code == 2
     assert "error: resume=0123456789abcdef: no such run" in capsys.readouterr().err
 
 
 def test_resume_refuses_several_processes(processed_dir, tmp_path, monkeypatch, capsys):
-    code = refused_here(monkeypatch, tracking_store(tmp_path), "multi", processed_dir, tmp_path / "checkpoints",
+    code = train_here(monkeypatch, tracking_store(tmp_path), "multi", processed_dir, tmp_path / "checkpoints",
                         "--resume", "auto", "--nproc", "2")
     assert code == 2
     assert "error: resume=auto continues a run in one process; leave nproc at 1 (it was 2)" in capsys.readouterr().err
