@@ -10,6 +10,8 @@ DEMO_DATA ?= data/processed
 DEMO_EXTERNAL := data/external/messidor2
 
 .PHONY: install spark java browser postgres demo test ui server clean
+# One target at a time, even under `make -j`: install and spark build the same venv.
+.NOTPARALLEL:
 
 # pyproject.toml is the one list of dependencies; the project installs editable, with pytest.
 # setuptools prints a warning box on every editable install (a folder named like the package may

@@ -31,7 +31,7 @@ from pipeline.data.preprocess import preprocess
 # Camera-like photos of ~1 MB at 3888x2592 (sensor noise), as the speed goal (at least 6x the naive
 # decode + resize at 512 px) was set on. The synthetic camera's own files (q95, 4:2:2 chroma, ~2.3 MB)
 # cost more to entropy-decode: `--jpeg-quality 0`.
-ISSUE_PHOTOS_JPEG_QUALITY = 88
+GOAL_PHOTOS_JPEG_QUALITY = 88
 
 
 def full_decode(path: Path) -> Image.Image:
@@ -96,10 +96,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="preprocess's image_size")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--raw", default="", help="a folder to keep (and reuse) the generated photos in")
-    parser.add_argument("--jpeg-quality", type=int, default=ISSUE_PHOTOS_JPEG_QUALITY,
-                        help=f"the photos' JPEG quality (default {ISSUE_PHOTOS_JPEG_QUALITY}: ~1 MB at 3888x2592, the "
-                             "photos the 6x goal was set on; 0: the synthetic camera's own settings, q95 with 4:2:2 "
-                             "chroma, ~2.3 MB)")
+    parser.add_argument("--jpeg-quality", type=int, default=GOAL_PHOTOS_JPEG_QUALITY,
+                        help=f"the photos' JPEG quality (default {GOAL_PHOTOS_JPEG_QUALITY}: ~1 MB at 3888x2592; 0: the "
+                             "synthetic camera's own settings, q95 with 4:2:2 chroma, ~2.3 MB)")
     args = parser.parse_args()
     width, height = (int(v) for v in args.photo.split("x"))
     cores = os.cpu_count() or 1
@@ -125,7 +124,9 @@ def main() -> None:
     print_table(f"Preprocess to {args.size} px: {len(paths)} photos {args.photo} ({quality}, mean {megabytes:.2f} MB), "
                 f"best of {args.repeats}", rows)
     print_table(f"Per photo and core, {args.photo} -> {args.size} px (median CPU ms)", stages_rows)
-    write_json("preprocess" if args.jpeg_quality == ISSUE_PHOTOS_JPEG_QUALITY else f"preprocess-q{args.jpeg_quality}", {"args": vars(args), "mean_photo_mb": megabytes, "rows": rows, "stages": stages_rows})
+    name = {GOAL_PHOTOS_JPEG_QUALITY: "preprocess", 0: "preprocess-camera"}.get(args.jpeg_quality,
+                                                                               f"preprocess-q{args.jpeg_quality}")
+    write_json(name, {"args": vars(args), "mean_photo_mb": megabytes, "rows": rows, "stages": stages_rows})
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import TypedDict
 from pathlib import Path
 
 # MLflow's telemetry sets and unsets an environment variable from a thread, which races with
@@ -182,44 +183,50 @@ def wait_for_server(url: str, process: subprocess.Popen, log_path: Path, *, heal
     raise TimeoutError(f"the server at {url} did not answer within {timeout} s")
 
 
+# The servers this process started, by pid: stop_server waits for its own children, and polls for
+# another process's (the session's shared tracking server may be stopped by the last test worker).
+_STARTED: dict[int, subprocess.Popen] = {}
+
+
 def start_server(command: list[str], port: int, log_path: Path, *, cwd: Path, env: dict[str, str] | None = None,
                  health: str = "/health", timeout: float = 90.0) -> tuple[str, subprocess.Popen]:
     """A real server process on a loopback port, returned with its URL once it answers."""
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+    _STARTED[process.pid] = process
     try:
         wait_for_server(url, process, log_path, health=health, timeout=timeout)
     except BaseException:
         stop_server(process.pid)
         raise
-    _STARTED[process.pid] = process
     return url, process
 
 
-# The servers this process started, by pid: stop_server waits for its own children, and polls for
-# another process's (the session's shared tracking server may be stopped by the last test worker).
-_STARTED: dict[int, subprocess.Popen] = {}
-
-
 def stop_server(pid: int, grace: float = 30.0) -> None:
-    """Terminates a server (``mlflow server`` passes it on to its workers), killed if it outlives ``grace``."""
+    """Terminates a server (``mlflow server`` passes it on to its workers); if it outlives ``grace``,
+    kills it and every process under it."""
+    import psutil
+
     own = _STARTED.pop(pid, None)
+    try:
+        family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     if own is not None:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             own.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            own.kill()
-            own.wait()
-        return
-    deadline = time.monotonic() + grace
-    while _running(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _running(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    else:
+        deadline = time.monotonic() + grace
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    for process in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    if own is not None:
+        own.wait()
 
 
 def _running(pid: int) -> bool:
@@ -317,14 +324,25 @@ def session_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 TRACKING_SERVICE = "tracking_service"  # its state file (.json) and lock (.lock) in the session folder
 
 
-def start_tracking_service(folder: Path) -> dict:
+class TrackingService(TypedDict, total=False):
+    """The shared tracking service's state file: what any test process needs to use or stop it."""
+
+    cluster: dict[str, str]  # tests/postgres.py's start_cluster
+    url: str
+    pid: int  # the `mlflow server` process
+    folder: str  # its artifacts and log
+    users: int  # test processes using it now
+    error: str  # why it could not start: later workers fail at once instead of trying again
+
+
+def start_tracking_service(folder: Path) -> TrackingService:
     """A throwaway PostgreSQL cluster (tests/postgres.py) and an ``mlflow server`` on a database of
     it, serving artifacts under ``folder``; returns what ``stop_tracking_service`` needs."""
     from tests.postgres import create_database, start_cluster, stop_cluster
 
     cluster = start_cluster(free_port())
     try:
-        folder.mkdir()
+        folder.mkdir(exist_ok=True)
         port = free_port()
         command = mlflow_server_command(folder, port=port,
                                         backend_store_uri=create_database(cluster["uri"], "mlflow_tests"))
@@ -336,9 +354,11 @@ def start_tracking_service(folder: Path) -> dict:
     return {"cluster": cluster, "url": url, "pid": process.pid, "folder": str(folder), "users": 0}
 
 
-def stop_tracking_service(state: dict) -> None:
+def stop_tracking_service(state: TrackingService) -> None:
     from tests.postgres import stop_cluster
 
+    if "error" in state:
+        return  # it never started
     try:
         stop_server(state["pid"])
     finally:
@@ -347,16 +367,24 @@ def stop_tracking_service(state: dict) -> None:
 
 
 @pytest.fixture(scope="session")
-def tracking_service(tmp_path_factory) -> Iterator[dict]:
-    """One PostgreSQL-backed tracking server for the whole test session, as a lab shares one, whatever
-    the number of test workers: the first to need it starts it, the last to finish stops it. Each test
-    module uses experiment and model names of its own (a server per module cost ~15 s each, and
-    one per worker ~10 s of CPU each)."""
+def tracking_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingService]:
+    """One PostgreSQL-backed tracking server for the test session, as a lab shares one, whatever the
+    number of test workers: the first to need it starts it, the last to finish stops it (at most one
+    at a time). Each test module uses experiment and model names of its own (a server per module
+    cost ~15 s each, and one per worker ~10 s of CPU each)."""
     folder = session_folder(tmp_path_factory)
     state_file, lock = folder / f"{TRACKING_SERVICE}.json", folder / f"{TRACKING_SERVICE}.lock"
     with exclusive_lock(lock):
-        state = json.loads(state_file.read_text()) if state_file.exists() else start_tracking_service(
-            folder / TRACKING_SERVICE)
+        if state_file.exists():
+            state: TrackingService = json.loads(state_file.read_text())
+        else:
+            try:
+                state = start_tracking_service(folder / TRACKING_SERVICE)
+            except Exception as error:
+                state_file.write_text(json.dumps({"error": f"{type(error).__name__}: {error}"}))
+                raise
+        if "error" in state:
+            pytest.fail(f"the session's tracking service could not start: {state['error']}")
         state["users"] += 1
         state_file.write_text(json.dumps(state))
     try:
@@ -373,9 +401,10 @@ def tracking_service(tmp_path_factory) -> Iterator[dict]:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Stops a tracking service a test worker that died left behind: in xdist's controlling process,
-    once every worker is gone (where a worker's fixture stopped it, there is no state file)."""
-    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(session.config.option, "numprocesses", None):
+    """Stops a tracking service a test worker that died left behind: in xdist's controlling process
+    (the "dsession" plugin), once every worker is gone. Only there: in a single-process run this hook
+    runs before the session's fixtures are torn down, and the fixture stops the service itself."""
+    if not session.config.pluginmanager.hasplugin("dsession"):
         return
     state_file = session.config._tmp_path_factory.getbasetemp() / f"{TRACKING_SERVICE}.json"
     if state_file.exists():
@@ -385,13 +414,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres(tracking_service) -> str:
+def postgres(tracking_service: TrackingService) -> str:
     """The session's PostgreSQL cluster (see ``tracking_service``); its base URI."""
     return tracking_service["cluster"]["uri"]
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tracking_service) -> str:
+def mlflow_server(tracking_service: TrackingService) -> str:
     """The session's real tracking server (see ``tracking_service``): PostgreSQL backend, served artifacts."""
     return tracking_service["url"]
 

@@ -65,10 +65,11 @@ def histories(client, run_id):
 @pytest.fixture(scope="module")
 def reference(processed_dir, tmp_path_factory):
     """The uninterrupted run every interrupted one must match."""
-    with scratch_dir(tmp_path_factory, "reference") as root, pytest.MonkeyPatch.context() as monkeypatch:
+    with scratch_dir(tmp_path_factory, "reference") as root:
         store = tracking_store(root)
-        assert train_here(monkeypatch, store, "reference", processed_dir, root / "checkpoints",
-                          "--checkpoint_artifact", "false", "--keep_checkpoint", "true") == 0
+        with pytest.MonkeyPatch.context() as monkeypatch:  # undone before the module's tests run
+            assert train_here(monkeypatch, store, "reference", processed_dir, root / "checkpoints",
+                              "--checkpoint_artifact", "false", "--keep_checkpoint", "true") == 0
         client = MlflowClient(store)
         run = only_run(client, "reference")
         final = checkpoint.load(root / "checkpoints" / run.info.run_id / checkpoint.LAST)
