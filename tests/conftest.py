@@ -32,6 +32,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import mlflow  # noqa: E402
+import psutil  # noqa: E402
 import pytest  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 import torch
@@ -206,11 +207,10 @@ def start_server(command: list[str], port: int, log_path: Path, *, cwd: Path, en
 def stop_server(pid: int, grace: float = 30.0) -> None:
     """Terminates a server (``mlflow server`` passes it on to its workers); if it outlives ``grace``,
     kills it and every process under it."""
-    import psutil
-
     own = _STARTED.pop(pid, None)
     try:
-        family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        server = psutil.Process(pid)
+        family = [server, *server.children(recursive=True)]
     except psutil.NoSuchProcess:
         family = []
     with contextlib.suppress(ProcessLookupError):
@@ -220,7 +220,7 @@ def stop_server(pid: int, grace: float = 30.0) -> None:
             own.wait(timeout=grace)
     else:
         deadline = time.monotonic() + grace
-        while _running(pid) and time.monotonic() < deadline:
+        while family and _running(family[0]) and time.monotonic() < deadline:
             time.sleep(0.2)
     for process in family:
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -229,13 +229,13 @@ def stop_server(pid: int, grace: float = 30.0) -> None:
         own.wait()
 
 
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is alive (a zombie waiting for its parent to reap it is not)."""
+def _running(process: psutil.Process) -> bool:
+    """Whether ``process`` is alive: a zombie (its parent, another test worker, has not reaped it)
+    is not."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 @contextlib.contextmanager

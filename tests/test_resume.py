@@ -188,13 +188,13 @@ def test_killed_in_the_first_epoch_leaves_nothing_to_resume_and_says_so(processe
 
 def test_resume_of_an_unknown_run_is_a_clear_error(processed_dir, tmp_path, monkeypatch, capsys):
     code = train_here(monkeypatch, tracking_store(tmp_path), "none", processed_dir, tmp_path / "checkpoints",
-                        "--resume", "0123456789abcdef")
+                      "--resume", "0123456789abcdef")
     assert code == 2
     assert "error: resume=0123456789abcdef: no such run" in capsys.readouterr().err
 
 
 def test_resume_refuses_several_processes(processed_dir, tmp_path, monkeypatch, capsys):
     code = train_here(monkeypatch, tracking_store(tmp_path), "multi", processed_dir, tmp_path / "checkpoints",
-                        "--resume", "auto", "--nproc", "2")
+                      "--resume", "auto", "--nproc", "2")
     assert code == 2
     assert "error: resume=auto continues a run in one process; leave nproc at 1 (it was 2)" in capsys.readouterr().err
