@@ -29,6 +29,12 @@ def test_train_on_the_ben_graham_cache_logs_a_grader_that_enhances(both_caches, 
     assert run.data.params["enhance"] == "ben_graham"
     assert run.inputs.dataset_inputs[0].dataset.name == "64px-ben_graham"
     assert registry.load_model(run.data.tags[tags.MODEL_URI]).grader.spec.enhance == "ben_graham"
+    # The logged model carries the run's summary (its page in the UI lists them), every value as logged.
+    (output,) = run.outputs.model_outputs
+    linked = {m.key: m.value for m in client.get_logged_model(output.model_id).metrics}
+    summary = {"best_epoch", "selection_score", "selected_test_accuracy", "selected_val_kappa", "referable_threshold"}
+    assert summary <= set(linked), sorted(linked)
+    assert all(linked[name] == pytest.approx(run.data.metrics[name], nan_ok=True) for name in summary)
 
 
 @pytest.mark.parametrize("place", ["loader", "model"])
