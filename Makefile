@@ -72,12 +72,12 @@ postgres:
 # process or a server to start, and every process runs torch on one thread (tests/conftest.py):
 # the third worker fills those waits (524 s against 565 s for two, back to back here).
 TEST_WORKERS ?= 3
-# Where PYTHONDONTWRITEBYTECODE is set (as on our development machines) no process caches the project's own
-# bytecode, so each of the suite's processes would compile pipeline/ again (~0.45 s each): compile it
-# once here (the install compiled the installed packages already).
+# Where PYTHONDONTWRITEBYTECODE is set (as on our development machines) no process caches the bytecode
+# of pipeline/ or of the test modules pytest rewrites, so each of the suite's ~100 processes would
+# compile them again (~0.45 s and ~1.2 s of CPU): the suite's processes write it (to __pycache__
+# folders git ignores; the install compiled the installed packages already).
 test: spark java browser postgres
-	$(BIN)/python -m compileall -q pipeline
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	PYTHONDONTWRITEBYTECODE= PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # MLflow's server jobs (GenAI scoring and prompt optimization; retina-flow uses none) cost each `mlflow
 # server` or `mlflow ui` eight more processes (~15 s of CPU a start): off unless you set it to true.

@@ -16,8 +16,8 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from typing import TypedDict
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 # MLflow's telemetry sets and unsets an environment variable from a thread, which races with
 # code iterating os.environ (urllib reading proxies: a KeyError mid-request); these machines are
@@ -31,17 +31,14 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import mlflow  # noqa: E402
+# MLflow, torch and the pipeline are imported where a fixture or helper uses them: under xdist the
+# controlling process loads this file too, before it starts the workers, and runs no test (importing
+# them there cost ~5 s of CPU, on one core, before any worker began).
 import psutil  # noqa: E402
 import pytest  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-import torch
-import torchvision
 
-from pipeline.catalog import SUPPORTED_MODELS
-from pipeline.data.arrays import exclusive_lock
-from pipeline.data.preprocess import preprocess
-from pipeline.data.synthetic import UNIFORM_GRADE_SHARES, generate_eyepacs_layout
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -56,7 +53,7 @@ FAKE_WEIGHTS_SEED = 1234
 LONGEST_FILES_FIRST = (
     "tests/test_end_to_end.py",  # 214: the four-configuration study and its parallel twin
     "tests/test_entry_points.py",  # 195: mlflow run -e train, torchrun on one and two nodes, -e sweep
-    "tests/test_server.py",  # 153: four trainings at once, a restart, basic auth
+    "tests/test_server.py",  # 153: three trainings at once, a restart, basic auth
     "tests/test_export.py",  # 118: ONNX exports, and serving from a fresh torch-free environment
     "tests/test_resume.py",  # 96: trainings killed and resumed
     "tests/steps/test_sweep.py",  # 65: sweeps in this process and two sweep processes
@@ -78,6 +75,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def raw_dir(tmp_path_factory) -> Path:
     """A tiny raw EyePACS layout: 12 train patients, 5 test patients, 128x96 photos, all grades."""
+    from pipeline.data.synthetic import UNIFORM_GRADE_SHARES, generate_eyepacs_layout
+
     root = tmp_path_factory.mktemp("raw")
     generate_eyepacs_layout(root, train_patients=12, test_patients=5, size=(128, 96),
                             grade_shares=UNIFORM_GRADE_SHARES, seed=0)
@@ -92,6 +91,8 @@ def raw_copy(raw_dir, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def processed_dir(raw_dir, tmp_path_factory) -> Path:
+    from pipeline.data.preprocess import preprocess
+
     target = tmp_path_factory.mktemp("processed") / "data"
     preprocess(raw_dir, target, image_size=64, val_fraction=0.25, seed=0, num_workers=1)
     return target
@@ -104,6 +105,10 @@ def imagenet_weights(tmp_path_factory) -> dict[str, Path]:
     The contents are random (no download is possible here); the tests check that the loading
     path finds and loads exactly these files.
     """
+    import torch
+    import torchvision
+
+    from pipeline.catalog import SUPPORTED_MODELS
     from pipeline.models import imagenet_weights as weights_of
 
     home = tmp_path_factory.mktemp("torch_home")
@@ -138,6 +143,8 @@ def tracking_store(folder: Path) -> str:
     """The URI of an embedded store of its own in ``folder`` (``mlflow.db``), already migrated:
     copied from one made once per session, as creating one runs MLflow's migrations (~2 s)."""
     if not _STORE_TEMPLATE:
+        from mlflow.tracking import MlflowClient
+
         home = Path(tempfile.mkdtemp(prefix="retina-flow-store-"))
         atexit.register(shutil.rmtree, home, True)
         MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_experiments()  # creates its tables
@@ -150,6 +157,8 @@ def tracking_store(folder: Path) -> str:
 @pytest.fixture
 def sqlite_tracking(tmp_path, monkeypatch) -> str:
     """An embedded store of this test's own, as the entry points see it through the environment."""
+    import mlflow
+
     uri = tracking_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
@@ -300,6 +309,8 @@ def train_in_process(monkeypatch: pytest.MonkeyPatch, args: list[str], *, cwd: P
     ``subprocess_env`` gives a child, no other MLflow settings): for a training whose own process is
     not what a test is about (one refused before it trains, say), where that process would only add
     its start-up (~5 s). Real processes' exit statuses are checked in tests/cli/test_bad_inputs.py."""
+    import mlflow
+
     from pipeline.cli import train as train_cli
 
     for name in [name for name in os.environ if name.startswith("MLFLOW_") and name != "MLFLOW_DISABLE_TELEMETRY"]:
@@ -372,6 +383,8 @@ def tracking_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Track
     number of test workers: the first to need it starts it, the last to finish stops it (at most one
     at a time). Each test module uses experiment and model names of its own (a server per module
     cost ~15 s each, and one per worker ~10 s of CPU each)."""
+    from pipeline.data.arrays import exclusive_lock
+
     folder = session_folder(tmp_path_factory)
     state_file, lock = folder / f"{TRACKING_SERVICE}.json", folder / f"{TRACKING_SERVICE}.lock"
     with exclusive_lock(lock):
@@ -428,6 +441,8 @@ def mlflow_server(tracking_service: TrackingService) -> str:
 @pytest.fixture
 def server_tracking(mlflow_server, monkeypatch):
     """The module's real server, as the steps find it through the environment; later tests start clean."""
+    import mlflow
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     mlflow.set_tracking_uri(mlflow_server)  # an earlier in-process step may have set another one
     yield mlflow_server

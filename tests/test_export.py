@@ -189,10 +189,19 @@ def test_export_checks_logs_and_registers_a_tagged_version(registered_grader, pr
     assert "test_grade_agreement" in capsys.readouterr().out
 
 
-def test_export_refuses_an_unknown_quantization_and_evaluate_an_onnx_grader(registered_grader, processed_dir, capsys):
-    assert export_cli.main(["--model_uri", registered_grader, "--data_dir", str(processed_dir), "--quantize", "int4"]) == 2
+def test_export_refuses_an_unknown_quantization_and_evaluate_an_onnx_grader(exported18, raw_dir, processed_dir,
+                                                                            sqlite_tracking, capsys):
+    # Refused before any model is loaded: the quantization is checked first.
+    assert export_cli.main(["--model_uri", "models:/dr-export@champion", "--data_dir", str(processed_dir),
+                            "--quantize", "int4"]) == 2
     assert "quantize='int4' is not supported; choose one of none, int8" in capsys.readouterr().err
-    assert export_cli.main(["--model_uri", registered_grader, "--data_dir", str(processed_dir)]) == 0
+    # A registered ONNX grader (the module's export, logged as `export` logs one) is not evaluate's.
+    grader, network = exported18
+    photo = next((raw_dir / "images").iterdir()).read_bytes()
+    with mlflow.start_run():
+        uri, _ = registry.log_onnx_grader(OnnxGrader(network, grader.spec, grader.novelty), network, [photo, photo],
+                                          "grader_onnx")
+    registry.register_model(uri, "dr-export", "champion-onnx")
     assert evaluate_cli.main(["--model_uri", "models:/dr-export@champion-onnx", "--data_dir", str(processed_dir)]) == 2
     assert "is an exported ONNX grader" in capsys.readouterr().err
 

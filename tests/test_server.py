@@ -17,14 +17,15 @@ from tests.conftest import (PROJECT_ROOT, free_port, running_mlflow_server, subp
 
 pytestmark = pytest.mark.slow  # a real mlflow server, parallel and restarted trainings
 
-# Four processes at once is what is tested, not depth (the end-to-end study trains resnet50): resnet18s.
-CONFIGURATIONS = [("false", "0"), ("true", "0"), ("false", "1"), ("true", "1")]  # (pretrained, seed)
+# Three processes at once is what is tested (a lab's server takes several users' trainings), not
+# depth (the end-to-end study trains resnet50): resnet18s, both ways of starting one.
+CONFIGURATIONS = [("false", "0"), ("true", "0"), ("false", "1")]  # (pretrained, seed)
 
 
-def test_four_trainings_in_parallel_against_one_server(mlflow_server, processed_dir, imagenet_weights, tmp_path):
+def test_three_trainings_in_parallel_against_one_server(mlflow_server, processed_dir, imagenet_weights, tmp_path):
     env = subprocess_env(MLFLOW_TRACKING_URI=mlflow_server, MLFLOW_EXPERIMENT_NAME="parallel",
                          TORCH_HOME=str(imagenet_weights["home"]), OMP_NUM_THREADS="1")
-    # The experiment does not exist yet: the four processes race to create it, as users' would.
+    # The experiment does not exist yet: the three processes race to create it, as users' would.
     processes = [subprocess.Popen(train_command(processed_dir, "resnet18", pretrained, "--seed", seed,
                                                 "--checkpoint_dir", str(tmp_path)),
                                   cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from pipeline.config import SweepConfig, TrainConfig, to_dict, validate_sweep_config, validate_train_config
 from pipeline.data.dataset import resolve_dataset_dir
@@ -149,6 +149,17 @@ def check_continued_study(study: optuna.Study, cfg: SweepConfig, record: dict[st
                     cfg.study_name, ", ".join(f"{k} {began[k]!r} -> {record['train'][k]!r}" for k in changed))
 
 
+# SQLSTATEs of a CREATE that another connection's CREATE beat: PostgreSQL's duplicate_table and
+# duplicate_object (a type: Optuna's enums).
+DUPLICATE_SCHEMA_STATES = ("42P07", "42710")
+
+
+def created_by_another(exc: DBAPIError) -> bool:
+    """Whether ``exc`` is a CREATE of Optuna's schema that lost a race with another sweep's."""
+    state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return isinstance(exc, IntegrityError) or state in DUPLICATE_SCHEMA_STATES or "already exists" in str(exc.orig)
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """Optuna's storage at ``url``, with the heartbeat that finds the trials of a killed sweep."""
     try:
@@ -160,10 +171,11 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                     return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
                                                       grace_period=GRACE_SECONDS,
                                                       heartbeat_stale_trial_callback=record_trial_state)
-            except IntegrityError:
-                # Sweeps started together on a new database both create Optuna's tables; the
-                # slower one's CREATE collides with the other's. The tables are there a moment later.
-                if attempt == SCHEMA_ATTEMPTS - 1:
+            except DBAPIError as exc:
+                # Sweeps started together on a new database both create Optuna's tables (and, on
+                # PostgreSQL, its enum types); the slower one's CREATE collides with the other's.
+                # What it wanted to create is there a moment later.
+                if not created_by_another(exc) or attempt == SCHEMA_ATTEMPTS - 1:
                     raise
                 time.sleep(1 + attempt)
     except (SQLAlchemyError, ImportError, ValueError) as exc:

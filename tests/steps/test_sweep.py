@@ -8,13 +8,16 @@ import time
 
 import mlflow
 import optuna
+import psycopg
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
+from sqlalchemy.exc import ProgrammingError
 
 from pipeline.cli import sweep as sweep_cli
 from pipeline.config import SweepConfig, TrainConfig
+from pipeline.errors import ConfigError
 from pipeline.search_space import load_space
 from pipeline.steps import sweep as sweep_step
 from pipeline.steps.sweep import RUN_ID, log_best, open_study, pruning_hook, record_trial_state, trial_objective
@@ -34,6 +37,34 @@ def tiny_train(processed_dir, root, **values) -> TrainConfig:
     return TrainConfig(**{"data_dir": str(processed_dir), "image_size": 32, "epochs": 1, "batch_size": 8,
                           "num_workers": 0, "bootstrap_resamples": 0, "checkpoint_artifact": False,
                           "checkpoint_dir": str(root / "checkpoints"), **values})
+
+
+@pytest.mark.parametrize("error, then_opens", [
+    # Two sweeps creating Optuna's schema on a new PostgreSQL database at once: the slower one's
+    # CREATE TYPE (or TABLE) fails; the schema is the winner's, and a second try opens it.
+    (psycopg.errors.DuplicateObject('type "studydirection" already exists'), True),
+    (psycopg.errors.DuplicateTable('relation "studies" already exists'), True),
+    # Anything else is the user's to fix, at once: a wrong password waits for nothing.
+    (psycopg.errors.InvalidPassword('password authentication failed for user "optuna"'), False),
+])
+def test_a_storage_another_sweep_is_creating_opens_on_a_second_try(monkeypatch, error, then_opens):
+    attempts = []
+
+    def storage(url, **options):
+        attempts.append(url)
+        if len(attempts) == 1:
+            raise ProgrammingError("CREATE ...", {}, error)
+        return "opened"
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", storage)
+    monkeypatch.setattr(sweep_step.time, "sleep", lambda seconds: None)
+    url = "postgresql://optuna@db.example/optuna"
+    if then_opens:
+        assert sweep_step.open_storage(url) == "opened" and len(attempts) == 2
+    else:
+        with pytest.raises(ConfigError, match="password authentication failed"):
+            sweep_step.open_storage(url)
+        assert len(attempts) == 1
 
 
 def test_the_hook_reports_every_epoch_and_prunes_before_the_last_only():
