@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-
 from pipeline.catalog import Configuration
+from pipeline.cli import exit_with
 from pipeline.cli._runner import EntryPointParser, run_step
 from pipeline.config import StudyConfig, coerce_list
 from pipeline.steps.compare import run_compare
@@ -32,4 +31,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
+from pipeline.cli import exit_with
 from pipeline.cli._runner import EntryPointParser, run_step
 from pipeline.config import StudyConfig, coerce_int
 from pipeline.steps.evaluate import run_evaluate
@@ -31,4 +30,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 
+from pipeline.cli import exit_with
 from pipeline.cli._runner import EntryPointParser, setup_logging
 from pipeline.catalog import LAYOUTS
 from pipeline.config import coerce_int, coerce_value
@@ -70,4 +71,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -3,8 +3,7 @@ MLflow Spark UDF, its ONNX export where there is one), one parquet row per photo
 
 from __future__ import annotations
 
-import sys
-
+from pipeline.cli import exit_with
 from pipeline.cli._runner import EntryPointParser, run_step
 from pipeline.cli.evaluate import DEFAULT_MODEL
 from pipeline.config import coerce_value
@@ -32,4 +31,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-
 from pipeline.catalog import REFERABLE_GRADE
+from pipeline.cli import exit_with
 from pipeline.cli._runner import EntryPointParser, run_step
 from pipeline.config import (add_override_arguments, dotted_option_names, given_overrides, load_study_config,
                              study_option_names)
@@ -55,4 +54,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
+from pipeline.cli import exit_with
 from pipeline.cli._runner import EntryPointParser, run_step
 from pipeline.cli.evaluate import DEFAULT_MODEL
 from pipeline.config import coerce_int
@@ -29,4 +28,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

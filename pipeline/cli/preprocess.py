@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
+from pipeline.cli import exit_with
 from pipeline.cli._runner import load_section, run_step, section_parser
 from pipeline.steps.preprocess import run_preprocess
 
@@ -25,4 +24,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -8,10 +8,9 @@ that study, running only the trials it still misses.
 
 from __future__ import annotations
 
-import sys
-
 import optuna
 
+from pipeline.cli import exit_with
 from pipeline.cli._runner import load_section, run_step, section_parser
 from pipeline.config import add_override_arguments, given_overrides, load_sweep_config, sweep_option_names
 from pipeline.steps.sweep import run_sweep
@@ -44,4 +43,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

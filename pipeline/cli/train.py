@@ -14,6 +14,7 @@ import os
 import sys
 
 from pipeline.catalog import config_label, run_name_of
+from pipeline.cli import exit_with
 from pipeline.cli._runner import load_section, run_step, section_parser, setup_logging
 from pipeline.config import TrainConfig, coerce_int
 from pipeline.errors import ConfigError
@@ -111,4 +112,4 @@ def strip_option(argv: list[str], option: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())
