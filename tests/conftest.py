@@ -31,6 +31,19 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+    def _end_worker_without_teardown() -> None:
+        """A test worker's last exit handler (registered before the others, so run after them): the
+        worker ends without tearing down torch, MLflow and the rest module by module (~2 s of CPU
+        each, while the session's end waits for the last worker), as the entry points end."""
+        import logging
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    atexit.register(_end_worker_without_teardown)
+
 # MLflow, torch and the pipeline are imported where a fixture or helper uses them: under xdist the
 # controlling process loads this file too, before it starts the workers, and runs no test (importing
 # them there cost ~5 s of CPU, on one core, before any worker began).
@@ -462,8 +475,9 @@ def runs_by_step(client: MlflowClient, experiment: str) -> dict[str, list]:
 
 # The environment of the tests' studies and multi-process trainings.
 STUDY_ENV = {
-    # Tiny trainings last seconds: sample system metrics every second.
-    "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",
+    # Tiny trainings last seconds (5-15 here): sample system metrics every 2 s (MLflow's default is 10),
+    # each sample a run lookup and a batch on the server.
+    "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "2",
     # One thread per training (whatever the suite's own setting): oneDNN picks its kernels, and so
     # its rounding, by thread count, and the parallel study's table must match the sequential one's.
     "OMP_NUM_THREADS": "1",
