@@ -17,30 +17,25 @@ DEMO_EXTERNAL := data/external/messidor2
 # setuptools prints a warning box on every editable install (a folder named like the package may
 # shadow it: here that folder *is* the package); PIP_QUIET_EDITABLE silences that one warning.
 PIP_QUIET_EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
+# pip byte-compiles what it installs in one process (116 s with it, 64 s without, back to back here);
+# compileall does it on every core instead (32 s). Compiled it must be: where PYTHONDONTWRITEBYTECODE
+# is set nothing caches it later, and each process would compile the packages it imports again
+# (15 s vs 6.5 s to start train). A few files are for newer Pythons and do not compile: pip skipped
+# them too (-qq, || true). The packages' own test suites (a fifth of the source) are never imported.
 COMMA := ,
 # $(call venv_with,EXTRAS): a venv here with the project installed editable, with its optional EXTRAS.
-# pip would byte-compile what it installs in one process (116 s with it, 64 s without, back to back
-# here): it installs without, and the bytecode comes after (see .compiled and test).
 define venv_with
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(PIP_QUIET_EDITABLE) $(BIN)/python -m pip install --quiet --no-compile -e '.[$(1)]'
+	$(BIN)/python -m compileall -qq -j 0 -x '/tests?/' $(VENV)/lib || true
 endef
 
 $(VENV)/.installed: pyproject.toml
 	$(call venv_with,dev)
 	touch $@
 
-# The installed packages compiled on every core (~20 s). Compiled they must be: where
-# PYTHONDONTWRITEBYTECODE is set nothing caches bytecode later, and each process would compile the
-# packages it imports again (15 s vs 6.5 s to start train). A few files are for newer Pythons and do
-# not compile: pip skipped them too (-qq, || true). The packages' own test suites (a fifth of the
-# source) are never imported.
-$(VENV)/.compiled: $(VENV)/.installed
-	$(BIN)/python -m compileall -qq -j 0 -x '/tests?/' $(VENV)/lib || true
-	touch $@
-
-install: $(VENV)/.installed $(VENV)/.compiled
+install: $(VENV)/.installed
 
 # grade_archive runs on Spark: pyspark (the optional `spark` dependencies) and Java 17+ (Debian's JRE).
 # One pip pass for both sets where there is no venv yet (`make test` on a fresh clone: a second pass
@@ -77,12 +72,10 @@ postgres:
 # process or a server to start, and every process runs torch on one thread (tests/conftest.py):
 # the third worker fills those waits (524 s against 565 s for two, back to back here).
 TEST_WORKERS ?= 3
-# The suite's processes write the bytecode of what they import, even where PYTHONDONTWRITEBYTECODE is
-# set (as on our development machines; in __pycache__ folders, which git ignores): else each of its
-# ~100 processes would compile pipeline/ and the test modules pytest rewrites again (~0.45 s and
-# ~1.2 s of CPU), and the packages too where they are not compiled. They are not, on a fresh clone:
-# the workers compile what they import as they start (~14 s more than with compiled packages,
-# against ~20 s for compiling all 17,000 files of the venv first).
+# Where PYTHONDONTWRITEBYTECODE is set (as on our development machines) no process caches the bytecode
+# of pipeline/ or of the test modules pytest rewrites, so each of the suite's ~100 processes would
+# compile them again (~0.45 s and ~1.2 s of CPU): the suite's processes write it (to __pycache__
+# folders git ignores; the install compiled the installed packages already).
 test: spark java browser postgres
 	PYTHONDONTWRITEBYTECODE= PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
