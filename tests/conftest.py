@@ -31,18 +31,12 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-    def _end_worker_without_teardown() -> None:
-        """A test worker's last exit handler (registered before the others, so run after them): the
-        worker ends without tearing down torch, MLflow and the rest module by module (~2 s of CPU
-        each, while the session's end waits for the last worker), as the entry points end."""
-        import logging
+    # A worker ends as the entry points do, without tearing down torch, MLflow and the rest module by
+    # module (~2 s of CPU each, while the session's end waits for the last worker). Imported here,
+    # before the others register theirs, so its exit handler runs after all of them.
+    from pipeline.cli import end_without_teardown
 
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-
-    atexit.register(_end_worker_without_teardown)
+    end_without_teardown(0)
 
 # MLflow, torch and the pipeline are imported where a fixture or helper uses them: under xdist the
 # controlling process loads this file too, before it starts the workers, and runs no test (importing

@@ -35,7 +35,13 @@ def _end_without_teardown() -> None:
 atexit.register(_end_without_teardown)
 
 
+def end_without_teardown(code: int) -> None:
+    """From now on, this process ends with ``code`` once its threads are joined and its exit
+    handlers have run, without the interpreter's teardown (the test workers' end, too)."""
+    _exit_code.append(code)
+
+
 def exit_with(code: int) -> NoReturn:
     """Ends an entry point's process with ``code`` (see the module's docstring)."""
-    _exit_code.append(code)
+    end_without_teardown(code)
     sys.exit(code)
