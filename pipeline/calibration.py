@@ -33,10 +33,15 @@ def calibrate(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     return np.exp(log_softmax(np.log(np.maximum(probabilities, _TINY)) / temperature, axis=1))
 
 
+def true_grade_log_loss(targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """-log p(true grade) of each row."""
+    rows = np.arange(len(targets))
+    return -np.log(np.maximum(np.asarray(probabilities, dtype=np.float64)[rows, targets], _TINY))
+
+
 def negative_log_likelihood(targets: np.ndarray, probabilities: np.ndarray) -> float:
     """Mean -log p(true grade) over the rows."""
-    rows = np.arange(len(targets))
-    return float(-np.log(np.maximum(np.asarray(probabilities, dtype=np.float64)[rows, targets], _TINY)).mean())
+    return float(true_grade_log_loss(targets, probabilities).mean())
 
 
 def fit_temperature(targets: np.ndarray, probabilities: np.ndarray) -> float:

@@ -23,7 +23,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from pipeline.calibration import negative_log_likelihood
+from pipeline.calibration import negative_log_likelihood, true_grade_log_loss
 from pipeline.catalog import DEFAULT_REFERABLE_THRESHOLD, GRADES, NUM_GRADES, REFERABLE_GRADE
 from pipeline.decision import QUADRATIC_WEIGHTS, CutPoints, predicted_grades
 
@@ -141,13 +141,17 @@ def calibration_metrics(targets: np.ndarray, probabilities: np.ndarray) -> dict[
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if len(targets) == 0 or not np.isfinite(probabilities).all():
         return {"ece": float("nan"), "referable_ece": float("nan"), "brier": float("nan"), "nll": float("nan")}
-    onehot = np.eye(len(GRADES))[targets]
     return {
         "ece": expected_calibration_error(probabilities.max(axis=1), probabilities.argmax(axis=1) == targets),
         "referable_ece": expected_calibration_error(referable_probability(probabilities), referable_targets(targets)),
-        "brier": float(((probabilities - onehot) ** 2).sum(axis=1).mean()),
+        "brier": float(_brier_scores(targets, probabilities).mean()),
         "nll": negative_log_likelihood(targets, probabilities),
     }
+
+
+def _brier_scores(targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Each row's squared error of its five probabilities against its one-hot grade, summed over grades."""
+    return ((probabilities - np.eye(len(GRADES))[targets]) ** 2).sum(axis=1)
 
 
 def all_metrics(targets: np.ndarray, probabilities: np.ndarray, threshold: float = DEFAULT_REFERABLE_THRESHOLD,
@@ -267,8 +271,9 @@ def each_resample(metric_fn: MetricFn) -> ResampledMetricFn:
     return resampled
 
 
-# Images x resamples held at once by the referable AUC of every resample (~32 MB of float64).
-_AUC_BLOCK = 4_000_000
+# Images x resamples held at once by each array of the referable AUC's or the ECE's work over
+# every resample (~32 MB of float64): a large set's resamples are taken a block at a time.
+_RESAMPLE_BLOCK = 4_000_000
 
 
 def resampled_all_metrics(targets: np.ndarray, probabilities: np.ndarray, draws: np.ndarray, *,
@@ -328,7 +333,7 @@ def _resampled_referable(targets: np.ndarray, probabilities: np.ndarray, counts:
     if np.isfinite(scores).all() and referable.any() and (~referable).any():
         _, level = np.unique(scores, return_inverse=True)  # rank of each distinct score
         levels = int(level.max()) + 1
-        block = max(1, _AUC_BLOCK // max(len(scores), levels))
+        block = max(1, _RESAMPLE_BLOCK // max(len(scores), levels))
         for start in range(0, len(counts), block):
             chunk = counts[start:start + block]
             rows = np.arange(len(chunk))[:, None]
@@ -341,6 +346,70 @@ def _resampled_referable(targets: np.ndarray, probabilities: np.ndarray, counts:
             with np.errstate(divide="ignore", invalid="ignore"):
                 auc[start:start + block] = wins / (positives[start:start + block] * negatives[start:start + block])
     return {"referable_sensitivity": sensitivity, "referable_specificity": specificity, "referable_auc": auc}
+
+
+def resampled_calibration_metrics(targets: np.ndarray, probabilities: np.ndarray, draws: np.ndarray
+                                  ) -> dict[str, np.ndarray]:
+    """``calibration_metrics`` of every resample at once (a ``ResampledMetricFn``), to rounding.
+
+    Brier score and NLL are draw-weighted means. The ECE's equal-mass bins split each resample's
+    photos sorted by confidence, where an image drawn k times fills k neighbouring places: each
+    bin's sums of confidences and outcomes are differences of running sums at its edges. A resample
+    that draws a row with non-finite probabilities gets NaN for all four, as ``calibration_metrics`` does.
+    """
+    targets = np.asarray(targets)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    counts = np.asarray(draws, dtype=np.float64)
+    finite = np.isfinite(probabilities).all(axis=1)
+    # Rows that are not finite are zeroed here: every resample that draws one is NaN in the end.
+    probabilities = np.where(finite[:, None], probabilities, 0.0)
+    total = counts.sum(axis=1)
+    metrics = {
+        "ece": _resampled_ece(probabilities.max(axis=1), probabilities.argmax(axis=1) == targets, counts),
+        "referable_ece": _resampled_ece(referable_probability(probabilities), referable_targets(targets), counts),
+        "brier": counts @ _brier_scores(targets, probabilities) / total,
+        "nll": counts @ np.where(finite, true_grade_log_loss(targets, probabilities), 0.0) / total,
+    }
+    unsound = counts[:, ~finite].sum(axis=1) > 0
+    return {name: np.where(unsound, np.nan, values) for name, values in metrics.items()}
+
+
+def _resampled_ece(confidences: np.ndarray, outcomes: np.ndarray, counts: np.ndarray,
+                   bins: int = CALIBRATION_BINS) -> np.ndarray:
+    """``expected_calibration_error`` of every resample; ``counts[r, i]``: how often resample r drew image i."""
+    block = max(1, _RESAMPLE_BLOCK // counts.shape[1])
+    if len(counts) > block:
+        return np.concatenate([_resampled_ece(confidences, outcomes, counts[start:start + block], bins)
+                               for start in range(0, len(counts), block)])
+    # A resample's photos in order of confidence are the images in this (stable) order, each as
+    # often as drawn: np.repeat keeps an image's copies together, ties in image order.
+    order = np.argsort(confidences, kind="stable")
+    confidences, outcomes = confidences[order], np.asarray(outcomes, dtype=np.float64)[order]
+    counts = counts[:, order]
+    ends = np.cumsum(counts, axis=1)  # the place after each image's last copy
+    sums = {name: np.cumsum(counts * values, axis=1) for name, values in
+            (("confidence", confidences), ("outcome", outcomes))}
+    size = ends[:, -1]
+    # np.array_split's edges: min(bins, size) groups, the first size % groups of them one longer;
+    # edges past the last group stay at the end (empty groups).
+    groups = np.minimum(bins, size)
+    edge = np.arange(bins + 1)[None, :]
+    edges = np.minimum(edge * (size // groups)[:, None] + np.minimum(edge, (size % groups)[:, None]), size[:, None])
+    # The image holding each edge's place (the first not yet over at it), in one search over all
+    # resamples: row r's places are shifted past row r - 1's.
+    shift = np.arange(len(counts))[:, None] * (size.max() + 1)
+    found = np.searchsorted((ends + shift).ravel(), (edges + shift).ravel(), side="right").reshape(edges.shape)
+    image = found - np.arange(len(counts))[:, None] * counts.shape[1]
+    inside = image < counts.shape[1]  # an edge at the very end holds no image
+    image = np.minimum(image, counts.shape[1] - 1)
+    rows = np.arange(len(counts))[:, None]
+    started = ends[rows, image] - counts[rows, image]  # places before the image's first copy
+    running = {}
+    for name, values in (("confidence", confidences), ("outcome", outcomes)):
+        before = sums[name][rows, image] - counts[rows, image] * values[image]
+        running[name] = np.where(inside, before + (edges - started) * values[image], sums[name][:, -1:])
+    gaps = np.abs(np.diff(running["outcome"], axis=1) - np.diff(running["confidence"], axis=1))
+    return gaps.sum(axis=1) / size
 
 
 def epoch_metrics(targets: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
@@ -371,4 +440,4 @@ def calibration_with_intervals(targets: np.ndarray, probabilities: np.ndarray, p
     if not resamples or len(targets) == 0:
         return metrics, {}
     return metrics, bootstrap_intervals(targets, probabilities, groups=patients, n_resamples=resamples, seed=seed,
-                                        metric_fn=calibration_metrics)
+                                        resampled_fn=resampled_calibration_metrics)

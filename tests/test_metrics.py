@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from pipeline.metrics import (
+    _resample_weights,
     all_metrics,
     bootstrap_intervals,
+    calibration_metrics,
     classification_metrics,
     confusion_matrices,
     each_resample,
@@ -16,6 +18,7 @@ from pipeline.metrics import (
     per_grade_metrics,
     referable_metrics,
     resampled_all_metrics,
+    resampled_calibration_metrics,
 )
 
 
@@ -214,6 +217,41 @@ def test_every_resample_at_once_gives_all_metrics_of_each_resample(n, seed, deci
     undefined = {name for name, values in one_by_one.items() if np.isnan(values).any()}
     if n <= 12:  # the small sets reach the undefined cases this test is for
         assert {"referable_auc", "kappa"} & undefined, undefined
+
+
+@pytest.mark.parametrize("n, seed, decimals, by_patient, block", [
+    (40, 0, 1, False, None),  # tied confidences across bins' edges
+    (200, 2, 6, True, None),  # two eyes a patient: resamples of different sizes
+    (200, 2, 6, True, 1000),  # the resamples taken a few at a time
+    (5, 3, 1, False, None),  # fewer photos than bins in every resample
+    (1, 4, 2, False, None),  # one photo
+])
+def test_every_resample_at_once_gives_the_calibration_of_each_resample(monkeypatch, n, seed, decimals, by_patient, block):
+    """The bootstrap's vectorised ECE, Brier score and NLL against ``calibration_metrics`` on every
+    resample's photos (its equal-mass bins split as np.array_split splits them)."""
+    if block:
+        monkeypatch.setattr("pipeline.metrics._RESAMPLE_BLOCK", block)
+    targets, probabilities = rounded_predictions(n, seed, decimals)
+    groups = np.arange(n) // 2 if by_patient else np.arange(n)
+    draws = _resample_weights(groups, 60, np.random.default_rng(seed))
+    at_once = resampled_calibration_metrics(targets, probabilities, draws)
+    one_by_one = each_resample(calibration_metrics)(targets, probabilities, draws)
+    assert set(at_once) == set(one_by_one) == {"ece", "referable_ece", "brier", "nll"}
+    for name, expected in one_by_one.items():
+        np.testing.assert_allclose(at_once[name], expected, rtol=1e-12, atol=1e-12, err_msg=name)
+    assert np.ptp(at_once["ece"]) > 0 or n == 1  # the resamples differ: not one value copied
+
+
+def test_a_resample_that_draws_non_finite_probabilities_has_no_calibration():
+    targets, probabilities = noisy_predictions(12, seed=6)
+    probabilities[3] = np.nan  # a diverged model's photo
+    draws = np.random.default_rng(1).multinomial(12, np.full(12, 1 / 12), size=40)
+    at_once = resampled_calibration_metrics(targets, probabilities, draws)
+    drew_it = draws[:, 3] > 0
+    assert drew_it.any() and (~drew_it).any()
+    for name, expected in each_resample(calibration_metrics)(targets, probabilities, draws).items():
+        assert np.isnan(at_once[name][drew_it]).all(), name
+        np.testing.assert_allclose(at_once[name][~drew_it], expected[~drew_it], rtol=1e-12, err_msg=name)
 
 
 def test_non_finite_scores_leave_the_auc_undefined_in_every_resample():

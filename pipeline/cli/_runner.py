@@ -10,7 +10,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.tracking import runs
 from pipeline.config import add_override_arguments, given_overrides, load_study_config, section_option_names
 from pipeline.errors import RetinaFlowError
 
@@ -47,6 +46,10 @@ def run_step(step: str, body: Callable[[], None], run_name: str | None = None,
     ``existing_run`` names a run to continue (a resume) instead of a new one. Ctrl-C or SIGTERM
     ends the run KILLED with a one-line hint on what it left (exit 130 or 143).
     """
+    # Imported here: an entry point's --help, a bad option and train's torchrun launcher need no
+    # MLflow, and its import is ~1.5 s of CPU (torch's, through the tracking package, ~3 s more).
+    from pipeline.tracking import runs
+
     setup_logging()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop_on_sigterm)

@@ -18,8 +18,6 @@ from pipeline.cli import exit_with
 from pipeline.cli._runner import load_section, run_step, section_parser, setup_logging
 from pipeline.config import TrainConfig, coerce_int
 from pipeline.errors import ConfigError
-from pipeline.steps.train import load_run_checkpoint, run_train
-from pipeline.tracking import resume, runs
 
 log = logging.getLogger("pipeline")
 
@@ -34,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
             nproc = 1  # the run itself reports the bad value, and is marked FAILED
         if nproc > 1 and not args.resume:  # a resume with nproc > 1 is refused inside its run
             return launch_torchrun(nproc, argv)
+
+    # The training stack is imported once this process trains: a torchrun launcher (--nproc) only
+    # waits for its ranks, and would hold ~1 GB and ~5 s of CPU of imports for nothing.
+    from pipeline.steps.train import load_run_checkpoint, run_train
+    from pipeline.tracking import runs
 
     def body() -> None:
         cfg = load_section(args, "train")
@@ -60,6 +63,8 @@ def resume_target(args: argparse.Namespace) -> str | None:
 
     Under ``mlflow run`` (which has opened a run of its own) that launcher run is tagged with it.
     """
+    from pipeline.tracking import resume, runs
+
     wanted = args.resume or ""
     if not wanted:
         return None
