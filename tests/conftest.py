@@ -56,12 +56,13 @@ FAKE_WEIGHTS_SEED = 1234
 # The longest test files, longest first (seconds of test time on 3 workers, a fresh clone,
 # 2026-12-07 evening): xdist gives a worker a whole file at a time (`make test`: --dist loadfile), so
 # a long file begun last would keep one worker busy after the others finish. The other files follow
-# in collection order.
+# in collection order. The third worker begins with a file that needs no tracking server: the other
+# two wait ~8 s for the session's to start, and the machine would be half idle meanwhile.
 LONGEST_FILES_FIRST = (
     "tests/test_end_to_end.py",  # 214: the four-configuration study and its parallel twin
     "tests/test_entry_points.py",  # 195: mlflow run -e train, torchrun on one and two nodes, -e sweep
-    "tests/test_server.py",  # 153: three trainings at once, a restart, basic auth
     "tests/test_export.py",  # 118: ONNX exports, and serving from a fresh torch-free environment
+    "tests/test_server.py",  # 153: three trainings at once, a restart, basic auth
     "tests/test_resume.py",  # 96: trainings killed and resumed
     "tests/steps/test_sweep.py",  # 65: sweeps in this process and two sweep processes
     "tests/test_serving.py",  # 62: a champion served by `mlflow models serve`
