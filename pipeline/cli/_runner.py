@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from pipeline.cli import imports_done
 from pipeline.config import add_override_arguments, given_overrides, load_study_config, section_option_names
 from pipeline.errors import RetinaFlowError
 
@@ -50,6 +51,7 @@ def run_step(step: str, body: Callable[[], None], run_name: str | None = None,
     # MLflow, and its import is ~1.5 s of CPU (torch's, through the tracking package, ~3 s more).
     from pipeline.tracking import runs
 
+    imports_done()
     setup_logging()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop_on_sigterm)

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from pipeline.cli import exit_with
+from pipeline.cli import exit_with, imports_done
 from pipeline.cli._runner import EntryPointParser, setup_logging
 from pipeline.catalog import LAYOUTS
 from pipeline.config import coerce_int, coerce_value
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                         "text, bars, markers, clipping, dark photos, a small fundus); 0-1 (default %(default)s)")
     parser.add_argument("--workers", default="0", help="processes; 0 = one per core")
     args = parser.parse_args(argv)
+    imports_done()
     setup_logging()
     try:
         counts = generate_eyepacs_layout(

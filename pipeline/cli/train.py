@@ -14,7 +14,7 @@ import os
 import sys
 
 from pipeline.catalog import config_label, run_name_of
-from pipeline.cli import exit_with
+from pipeline.cli import exit_with, imports_done
 from pipeline.cli._runner import load_section, run_step, section_parser, setup_logging
 from pipeline.config import TrainConfig, coerce_int
 from pipeline.errors import ConfigError
@@ -90,6 +90,7 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
     """``torchrun --standalone --nproc_per_node=N -m pipeline.cli.train ...``; rank 0 joins MLFLOW_RUN_ID's run."""
     from torch.distributed.run import main as torchrun
 
+    imports_done()
     setup_logging()
     # torchrun's parser would read our --nproc as an abbreviation of its --nproc-per-node.
     rank_argv = strip_option(argv, "--nproc")
