@@ -364,12 +364,14 @@ def resampled_calibration_metrics(targets: np.ndarray, probabilities: np.ndarray
     # Rows that are not finite are zeroed here: every resample that draws one is NaN in the end.
     probabilities = np.where(finite[:, None], probabilities, 0.0)
     total = counts.sum(axis=1)
-    metrics = {
-        "ece": _resampled_ece(probabilities.max(axis=1), probabilities.argmax(axis=1) == targets, counts),
-        "referable_ece": _resampled_ece(referable_probability(probabilities), referable_targets(targets), counts),
-        "brier": counts @ _brier_scores(targets, probabilities) / total,
-        "nll": counts @ np.where(finite, true_grade_log_loss(targets, probabilities), 0.0) / total,
-    }
+    # An empty resample (which _resample_weights never draws) is NaN, as calibration_metrics says quietly.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        metrics = {
+            "ece": _resampled_ece(probabilities.max(axis=1), probabilities.argmax(axis=1) == targets, counts),
+            "referable_ece": _resampled_ece(referable_probability(probabilities), referable_targets(targets), counts),
+            "brier": counts @ _brier_scores(targets, probabilities) / total,
+            "nll": counts @ np.where(finite, true_grade_log_loss(targets, probabilities), 0.0) / total,
+        }
     unsound = counts[:, ~finite].sum(axis=1) > 0
     return {name: np.where(unsound, np.nan, values) for name, values in metrics.items()}
 

@@ -73,15 +73,17 @@ LONGEST_FILES_FIRST = (
 )
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Collecting imports torch, MLflow, scikit-learn and the rest with the cycle collector off, as an
-    # entry point's process imports them (pipeline/cli/__init__.py): ~2 s of CPU less per worker.
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session: pytest.Session):
+    """Collecting imports torch, MLflow, scikit-learn and the rest with the cycle collector off, as
+    an entry point's process imports them (pipeline/cli/__init__.py): ~2 s of CPU less per worker.
+    On again afterwards, whatever collecting did (xdist's controlling process collects nothing)."""
     gc.disable()
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    gc.freeze()  # what collecting imported lives as long as the session
-    gc.enable()
+    try:
+        return (yield)
+    finally:
+        gc.freeze()  # what collecting imported lives as long as the session
+        gc.enable()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -219,21 +219,25 @@ def test_every_resample_at_once_gives_all_metrics_of_each_resample(n, seed, deci
         assert {"referable_auc", "kappa"} & undefined, undefined
 
 
-@pytest.mark.parametrize("n, seed, decimals, by_patient, block", [
-    (40, 0, 1, False, None),  # tied confidences across bins' edges
-    (200, 2, 6, True, None),  # two eyes a patient: resamples of different sizes
-    (200, 2, 6, True, 1000),  # the resamples taken a few at a time
-    (5, 3, 1, False, None),  # fewer photos than bins in every resample
-    (1, 4, 2, False, None),  # one photo
+@pytest.mark.parametrize("n, seed, decimals, grouping, block", [
+    (40, 0, 1, "image", None),  # tied confidences across bins' edges
+    (200, 2, 6, "patient", None),  # two eyes a patient
+    (200, 2, 6, "uneven", None),  # groups of 1 to ~6 photos: resamples of different sizes
+    (200, 2, 6, "uneven", 1000),  # the resamples taken a few at a time
+    (5, 3, 1, "image", None),  # fewer photos than bins in every resample
+    (1, 4, 2, "image", None),  # one photo
 ])
-def test_every_resample_at_once_gives_the_calibration_of_each_resample(monkeypatch, n, seed, decimals, by_patient, block):
+def test_every_resample_at_once_gives_the_calibration_of_each_resample(monkeypatch, n, seed, decimals, grouping, block):
     """The bootstrap's vectorised ECE, Brier score and NLL against ``calibration_metrics`` on every
     resample's photos (its equal-mass bins split as np.array_split splits them)."""
     if block:
         monkeypatch.setattr("pipeline.metrics._RESAMPLE_BLOCK", block)
     targets, probabilities = rounded_predictions(n, seed, decimals)
-    groups = np.arange(n) // 2 if by_patient else np.arange(n)
+    groups = {"image": np.arange(n), "patient": np.arange(n) // 2,
+              "uneven": np.random.default_rng(seed).integers(0, max(1, n // 3), n)}[grouping]
     draws = _resample_weights(groups, 60, np.random.default_rng(seed))
+    if grouping == "uneven":
+        assert len(np.unique(draws.sum(axis=1))) > 1
     at_once = resampled_calibration_metrics(targets, probabilities, draws)
     one_by_one = each_resample(calibration_metrics)(targets, probabilities, draws)
     assert set(at_once) == set(one_by_one) == {"ece", "referable_ece", "brier", "nll"}

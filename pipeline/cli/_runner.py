@@ -47,8 +47,8 @@ def run_step(step: str, body: Callable[[], None], run_name: str | None = None,
     ``existing_run`` names a run to continue (a resume) instead of a new one. Ctrl-C or SIGTERM
     ends the run KILLED with a one-line hint on what it left (exit 130 or 143).
     """
-    # Imported here: an entry point's --help, a bad option and train's torchrun launcher need no
-    # MLflow, and its import is ~1.5 s of CPU (torch's, through the tracking package, ~3 s more).
+    # Imported here: train's --help, a bad option and its torchrun launcher need no MLflow, whose
+    # import is ~1.5 s of CPU (torch's, through the tracking package, ~3 s more).
     from pipeline.tracking import runs
 
     imports_done()

@@ -51,8 +51,8 @@ def served_code(script: Path, into: Path) -> Path:
     directly or through one another (read from their source, imports inside functions too), with
     the ``__init__.py`` of every package on the way: the ``code_paths`` of a logged grader.
 
-    What it serves with and no more (~35 of the package's ~85 modules): each file is an artifact
-    to upload when the model is logged and to download wherever it is loaded or served.
+    What it serves with and no more (the README's served-model section gives the counts): each file
+    is an artifact to upload when the model is logged and to download wherever it is loaded or served.
     """
     wanted, found = list(_package_imports(script)), set()
     while wanted:
@@ -86,13 +86,18 @@ def _source_of(module: str) -> Path | None:
 
 def _package_imports(source: Path) -> set[str]:
     """The names under this package that ``source`` imports (``from pipeline.x import y`` gives
-    ``pipeline.x`` and ``pipeline.x.y``: y may be a module)."""
+    ``pipeline.x`` and ``pipeline.x.y``: y may be a module; ``from .x import y`` is read from
+    ``source``'s own package)."""
+    # The package ``source`` is in (a script outside it has no relative imports to read).
+    own_package = [PACKAGE.name, *source.relative_to(PACKAGE).parent.parts] if source.is_relative_to(PACKAGE) else []
     names: set[str] = set()
     for node in ast.walk(ast.parse(source.read_text(), str(source))):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(own_package[:len(own_package) - node.level + 1]) if node.level else ""
+            module = ".".join(filter(None, [base, node.module]))
+            names |= {module} | {f"{module}.{alias.name}" for alias in node.names}
     return {name for name in names if name.split(".")[0] == PACKAGE.name}
 
 
