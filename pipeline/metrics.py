@@ -389,8 +389,6 @@ def _resampled_ece(confidences: np.ndarray, outcomes: np.ndarray, counts: np.nda
     confidences, outcomes = confidences[order], np.asarray(outcomes, dtype=np.float64)[order]
     counts = counts[:, order]
     ends = np.cumsum(counts, axis=1)  # the place after each image's last copy
-    sums = {name: np.cumsum(counts * values, axis=1) for name, values in
-            (("confidence", confidences), ("outcome", outcomes))}
     size = ends[:, -1]
     # np.array_split's edges: min(bins, size) groups, the first size % groups of them one longer;
     # edges past the last group stay at the end (empty groups).
@@ -406,10 +404,11 @@ def _resampled_ece(confidences: np.ndarray, outcomes: np.ndarray, counts: np.nda
     image = np.minimum(image, counts.shape[1] - 1)
     rows = np.arange(len(counts))[:, None]
     started = ends[rows, image] - counts[rows, image]  # places before the image's first copy
-    running = {}
+    running = {}  # the sums of confidences and outcomes over each edge's places before it
     for name, values in (("confidence", confidences), ("outcome", outcomes)):
-        before = sums[name][rows, image] - counts[rows, image] * values[image]
-        running[name] = np.where(inside, before + (edges - started) * values[image], sums[name][:, -1:])
+        sums = np.cumsum(counts * values, axis=1)
+        before = sums[rows, image] - counts[rows, image] * values[image]
+        running[name] = np.where(inside, before + (edges - started) * values[image], sums[:, -1:])
     gaps = np.abs(np.diff(running["outcome"], axis=1) - np.diff(running["confidence"], axis=1))
     return gaps.sum(axis=1) / size
 

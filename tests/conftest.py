@@ -78,12 +78,13 @@ def pytest_collection(session: pytest.Session):
     """Collecting imports torch, MLflow, scikit-learn and the rest with the cycle collector off, as
     an entry point's process imports them (pipeline/cli/__init__.py): ~2 s of CPU less per worker.
     On again afterwards, whatever collecting did (xdist's controlling process collects nothing)."""
+    from pipeline.cli import imports_done
+
     gc.disable()
     try:
         return (yield)
     finally:
-        gc.freeze()  # what collecting imported lives as long as the session
-        gc.enable()
+        imports_done()  # what collecting imported lives as long as the session: frozen
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -54,20 +54,17 @@ def served_code(script: Path, into: Path) -> Path:
     What it serves with and no more (the README's served-model section gives the counts): each file
     is an artifact to upload when the model is logged and to download wherever it is loaded or served.
     """
-    wanted, found = list(_package_imports(script)), set()
+    wanted, found = list(_package_imports(script)), {}
     while wanted:
-        module = wanted.pop()
-        parts = module.split(".")
+        parts = wanted.pop().split(".")
         # Importing pipeline.data.fov runs pipeline/__init__.py and pipeline/data/__init__.py first.
         for depth in range(1, len(parts) + 1):
             name = ".".join(parts[:depth])
-            source = _source_of(name)
-            if source is not None and name not in found:
-                found.add(name)
+            if name not in found and (source := _source_of(name)) is not None:
+                found[name] = source
                 wanted.extend(_package_imports(source))
     target = into / PACKAGE.name
-    for name in found:
-        source = _source_of(name)
+    for source in found.values():
         copy = target / source.relative_to(PACKAGE)
         copy.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, copy)
